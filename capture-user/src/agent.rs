@@ -1,0 +1,161 @@
+//! `capture agent`: kernel capture -> pipeline -> sinks, until a signal or `--duration`.
+//!
+//! The ring buffer is read on a tokio reactor (AsyncFd); decoded segments go in
+//! batches over a bounded channel to one worker thread that owns the pipeline.
+//! When the worker falls behind, the channel blocks the reader, the ring fills, and
+//! the kernel counts what it could not write: nothing is lost without a counter.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::time::Duration;
+
+use anyhow::Context;
+use capture_common::Counter;
+use log::{info, warn};
+
+use crate::connections::TableLimits;
+use crate::http::HttpConfig;
+use crate::kernel::ring::RingReader;
+use crate::kernel::{counters, KernelCapture};
+use crate::pipeline::{Pipeline, PipelineStats};
+use crate::record::{clock_ns, RecordContext};
+use crate::segment::Segment;
+use crate::sink::RecordSink;
+
+pub struct AgentConfig {
+    pub interfaces: Vec<String>,
+    pub ports: Vec<u16>,
+    pub ring_bytes: u32,
+    pub limits: TableLimits,
+    pub http: HttpConfig,
+    pub node: String,
+    pub stream_log: Option<PathBuf>,
+    pub duration: Option<Duration>,
+}
+
+enum Msg {
+    Segments(Vec<Segment>, u64),
+    Tick(u64),
+}
+
+/// What the agent saw, for the exit summary.
+pub struct AgentSummary {
+    pub kernel: Vec<(Counter, u64)>,
+    pub pipeline: PipelineStats,
+}
+
+impl AgentSummary {
+    /// One `key=value` line with every counter.
+    pub fn line(&self) -> String {
+        let mut parts: Vec<String> = self.kernel.iter().map(|(c, v)| format!("{}={v}", c.name())).collect();
+        parts.extend(self.pipeline.fields().into_iter().map(|(k, v)| format!("{k}={v}")));
+        parts.join(" ")
+    }
+
+    /// Kernel counters that mean lost bytes, if any are non-zero.
+    pub fn kernel_losses(&self) -> Vec<(Counter, u64)> {
+        self.kernel.iter().copied().filter(|(c, v)| c.is_loss() && *v > 0).collect()
+    }
+}
+
+pub fn run(config: AgentConfig, sinks: Vec<Box<dyn RecordSink>>) -> anyhow::Result<AgentSummary> {
+    let ctx = RecordContext::new(config.node.clone());
+    let mut pipeline = Pipeline::new(config.limits, config.http, ctx, sinks);
+    if let Some(path) = &config.stream_log {
+        let file = std::fs::File::create(path).with_context(|| format!("creating stream log {}", path.display()))?;
+        pipeline = pipeline.with_stream_digest(Box::new(file));
+    }
+    for out in pipeline.describe_outputs() {
+        eprintln!("capture: writing records to {out}");
+    }
+
+    let mut kernel = KernelCapture::load(&config.interfaces, &config.ports, config.ring_bytes)?;
+    let ring = kernel.take_ring()?;
+    let counter_map = kernel.take_counters()?;
+
+    let (tx, rx) = sync_channel::<Msg>(64);
+    let worker = std::thread::Builder::new()
+        .name("capture-pipeline".into())
+        .spawn(move || work(pipeline, rx))
+        .context("starting the pipeline thread")?;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let ports: Vec<String> = config.ports.iter().map(|p| p.to_string()).collect();
+    eprintln!(
+        "capture: ready: watching port(s) {} on {}",
+        ports.join(","),
+        config.interfaces.join(",")
+    );
+    let read_result = runtime.block_on(read_loop(ring, tx, config.duration));
+    let pipeline_stats = worker.join().map_err(|_| anyhow::anyhow!("pipeline thread panicked"))?;
+    let kernel_counters = counters::read(&counter_map);
+    drop(kernel);
+    read_result?;
+    Ok(AgentSummary { kernel: kernel_counters, pipeline: pipeline_stats })
+}
+
+async fn read_loop(
+    ring: aya::maps::RingBuf<aya::maps::MapData>,
+    tx: std::sync::mpsc::SyncSender<Msg>,
+    duration: Option<Duration>,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut reader = RingReader::new(ring).context("registering the ring buffer with the reactor")?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let deadline = async {
+        match duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
+    let mut errors = Vec::new();
+    loop {
+        let mut batch = Vec::new();
+        tokio::select! {
+            r = reader.next_batch(&mut batch, &mut errors) => r.context("reading the ring buffer")?,
+            _ = tick.tick() => {
+                if tx.send(Msg::Tick(clock_ns(libc::CLOCK_MONOTONIC))).is_err() { break; }
+                continue;
+            }
+            _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
+            _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
+            _ = &mut deadline => { info!("duration reached: stopping"); break; }
+        }
+        let n_err = errors.len() as u64;
+        if n_err > 0 {
+            warn!("{n_err} undecodable ring events, first: {}", errors[0]);
+            errors.clear();
+        }
+        if tx.send(Msg::Segments(batch, n_err)).is_err() {
+            break;
+        }
+    }
+    // What the kernel already wrote is still captured.
+    let mut batch = Vec::new();
+    reader.drain(&mut batch, &mut errors);
+    let _ = tx.send(Msg::Segments(batch, errors.len() as u64));
+    drop(tx);
+    Ok(())
+}
+
+fn work(mut pipeline: Pipeline, rx: Receiver<Msg>) -> PipelineStats {
+    while let Ok(msg) = rx.recv() {
+        match msg {
+            Msg::Segments(segments, decode_errors) => {
+                pipeline.decode_errors += decode_errors;
+                for seg in segments {
+                    pipeline.on_segment(seg);
+                }
+            }
+            Msg::Tick(now) => pipeline.on_tick(now),
+        }
+    }
+    pipeline.shutdown(clock_ns(libc::CLOCK_MONOTONIC));
+    pipeline.stats()
+}

@@ -1,0 +1,343 @@
+//! The table of live TCP connections: routes segments to each direction's
+//! reassembler, decides when a connection ends, and bounds memory.
+//!
+//! Output goes through the [`StreamSink`] seam: in-order stream chunks per
+//! connection and direction, plus open/close notices. HTTP framing sits behind it.
+
+use std::collections::HashMap;
+
+use crate::flow::{Direction, FlowKey};
+use crate::reassembly::{StreamChunk, StreamLimits, StreamReassembler, StreamStats};
+use crate::segment::Segment;
+
+/// Connection number, unique within one agent run (the record layer adds a run id).
+pub type ConnectionId = u64;
+
+#[derive(Clone, Debug)]
+pub struct ConnectionInfo {
+    pub id: ConnectionId,
+    pub flow: FlowKey,
+    pub ifindex: u32,
+    pub opened_ns: u64,
+    /// Whether the connection's SYN was seen (false: joined mid-stream).
+    pub saw_syn: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Both directions finished with FIN.
+    Fin,
+    Reset,
+    /// No segment for `idle_timeout`.
+    Idle,
+    /// A new connection (SYN) reused the 4-tuple.
+    Reused,
+    /// The table was full; the least recently used connection made room.
+    Evicted,
+    /// The agent is stopping.
+    Shutdown,
+}
+
+/// Receives reassembled streams. Implemented by the HTTP layer.
+pub trait StreamSink {
+    fn on_open(&mut self, conn: &ConnectionInfo);
+    fn on_chunk(&mut self, conn: &ConnectionInfo, dir: Direction, chunk: StreamChunk);
+    fn on_close(&mut self, conn: &ConnectionInfo, reason: CloseReason, ts_ns: u64);
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct TableLimits {
+    pub max_connections: usize,
+    pub stream: StreamLimits,
+    /// Out-of-order bytes held over all connections; past it, the connection being
+    /// fed gives up its holes.
+    pub max_total_buffered_bytes: usize,
+    /// A connection with no segment for this long is closed.
+    pub idle_timeout_ns: u64,
+    /// A hole not filled within this long is reported as a gap (retransmissions
+    /// normally fill holes within one RTO, ~200 ms).
+    pub hole_timeout_ns: u64,
+}
+
+impl Default for TableLimits {
+    fn default() -> Self {
+        TableLimits {
+            max_connections: 65_536,
+            stream: StreamLimits::default(),
+            max_total_buffered_bytes: 256 * 1024 * 1024,
+            idle_timeout_ns: 120_000_000_000,
+            hole_timeout_ns: 2_000_000_000,
+        }
+    }
+}
+
+/// Connection-level counters. Stream counters are summed in `streams`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TableStats {
+    pub segments: u64,
+    pub connections_opened: u64,
+    pub connections_joined_midstream: u64,
+    pub closed_fin: u64,
+    pub closed_reset: u64,
+    pub closed_idle: u64,
+    pub closed_reused: u64,
+    pub closed_evicted: u64,
+    pub closed_shutdown: u64,
+    /// Segments that belonged to no connection and could not open one (bare FIN/RST/ACK).
+    pub orphan_segments: u64,
+    pub hole_timeouts: u64,
+    pub memory_pressure_flushes: u64,
+    /// Stream counters of closed connections.
+    pub streams: StreamStats,
+}
+
+impl TableStats {
+    pub fn fields(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("segments", self.segments),
+            ("connections_opened", self.connections_opened),
+            ("connections_joined_midstream", self.connections_joined_midstream),
+            ("connections_closed_fin", self.closed_fin),
+            ("connections_closed_reset", self.closed_reset),
+            ("connections_closed_idle", self.closed_idle),
+            ("connections_closed_reused", self.closed_reused),
+            ("connections_closed_evicted", self.closed_evicted),
+            ("connections_closed_shutdown", self.closed_shutdown),
+            ("orphan_segments", self.orphan_segments),
+            ("hole_timeouts", self.hole_timeouts),
+            ("memory_pressure_flushes", self.memory_pressure_flushes),
+            ("stream_bytes_delivered", self.streams.bytes_delivered),
+            ("stream_out_of_order_segments", self.streams.out_of_order_segments),
+            ("stream_duplicate_bytes", self.streams.duplicate_bytes),
+            ("stream_gaps", self.streams.gaps),
+            ("stream_gap_bytes", self.streams.gap_bytes),
+        ]
+    }
+}
+
+fn add_stream_stats(total: &mut StreamStats, s: &StreamStats) {
+    total.segments += s.segments;
+    total.bytes_delivered += s.bytes_delivered;
+    total.out_of_order_segments += s.out_of_order_segments;
+    total.duplicate_bytes += s.duplicate_bytes;
+    total.gaps += s.gaps;
+    total.gap_bytes += s.gap_bytes;
+    total.forced_gaps += s.forced_gaps;
+}
+
+struct Connection {
+    info: ConnectionInfo,
+    streams: [StreamReassembler; 2],
+    last_seen_ns: u64,
+    /// Client ISN when the SYN was seen, to tell a retransmitted SYN from port reuse.
+    client_isn: Option<u32>,
+}
+
+pub struct ConnectionTable {
+    limits: TableLimits,
+    conns: HashMap<FlowKey, Connection>,
+    next_id: ConnectionId,
+    stats: TableStats,
+    chunks: Vec<StreamChunk>,
+    /// Out-of-order bytes held over all connections, kept by deltas.
+    total_buffered: usize,
+}
+
+impl ConnectionTable {
+    pub fn new(limits: TableLimits) -> Self {
+        ConnectionTable {
+            limits,
+            conns: HashMap::new(),
+            next_id: 1,
+            stats: TableStats::default(),
+            chunks: Vec::new(),
+            total_buffered: 0,
+        }
+    }
+
+    pub fn stats(&self) -> &TableStats {
+        &self.stats
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// Out-of-order bytes held over all connections.
+    pub fn buffered_bytes(&self) -> usize {
+        self.total_buffered
+    }
+
+    pub fn on_segment(&mut self, seg: Segment, sink: &mut dyn StreamSink) {
+        self.stats.segments += 1;
+        let client_syn = seg.syn() && seg.direction == Direction::ClientToServer;
+
+        // A client SYN with a new ISN on a known 4-tuple is a new connection.
+        if client_syn {
+            if let Some(conn) = self.conns.get(&seg.flow) {
+                if conn.client_isn != Some(seg.segment_seq) {
+                    self.close(seg.flow, CloseReason::Reused, seg.ts_ns, sink);
+                }
+            }
+        }
+        if !self.conns.contains_key(&seg.flow) {
+            if !client_syn && seg.data.is_empty() && !seg.syn() {
+                self.stats.orphan_segments += 1;
+                return;
+            }
+            self.open(&seg, sink);
+        }
+        let Some(conn) = self.conns.get_mut(&seg.flow) else { return };
+        conn.last_seen_ns = conn.last_seen_ns.max(seg.ts_ns);
+        let dir = seg.direction;
+        let stream = &mut conn.streams[dir.index()];
+        if seg.syn() {
+            stream.on_syn(seg.segment_seq);
+            if client_syn {
+                conn.client_isn = Some(seg.segment_seq);
+            }
+        }
+        let last_chunk = seg.is_last_chunk();
+        let (syn, fin, rst, end_seq, ts) = (seg.syn(), seg.fin(), seg.rst(), seg.end_seq(), seg.ts_ns);
+        // A SYN occupies one sequence number; its payload (TFO) starts after it.
+        let data_seq = if syn { seg.seq.wrapping_add(1) } else { seg.seq };
+        let before = stream.buffered_bytes();
+        if !seg.data.is_empty() {
+            stream.on_data(data_seq, seg.data, ts, &mut self.chunks);
+        }
+        if last_chunk && fin {
+            stream.on_fin(if syn { end_seq.wrapping_add(1) } else { end_seq });
+        }
+        self.total_buffered = self.total_buffered + stream.buffered_bytes() - before;
+        if self.total_buffered > self.limits.max_total_buffered_bytes && stream.buffered_bytes() > 0 {
+            self.stats.memory_pressure_flushes += 1;
+            self.total_buffered -= stream.buffered_bytes();
+            stream.flush(&mut self.chunks);
+        }
+        for chunk in self.chunks.drain(..) {
+            sink.on_chunk(&conn.info, dir, chunk);
+        }
+        if last_chunk && rst {
+            self.close(seg.flow, CloseReason::Reset, ts, sink);
+        } else if conn.streams[0].is_finished() && conn.streams[1].is_finished() {
+            self.close(seg.flow, CloseReason::Fin, ts, sink);
+        }
+    }
+
+    fn open(&mut self, seg: &Segment, sink: &mut dyn StreamSink) {
+        if self.conns.len() >= self.limits.max_connections {
+            let oldest = self
+                .conns
+                .iter()
+                .min_by_key(|(_, c)| c.last_seen_ns)
+                .map(|(k, _)| *k);
+            if let Some(key) = oldest {
+                self.close(key, CloseReason::Evicted, seg.ts_ns, sink);
+            }
+        }
+        let saw_syn = seg.syn();
+        let info = ConnectionInfo {
+            id: self.next_id,
+            flow: seg.flow,
+            ifindex: seg.ifindex,
+            opened_ns: seg.ts_ns,
+            saw_syn,
+        };
+        self.next_id += 1;
+        self.stats.connections_opened += 1;
+        if !saw_syn {
+            self.stats.connections_joined_midstream += 1;
+        }
+        sink.on_open(&info);
+        let limits = self.limits.stream;
+        self.conns.insert(
+            seg.flow,
+            Connection {
+                info,
+                streams: [StreamReassembler::new(limits), StreamReassembler::new(limits)],
+                last_seen_ns: seg.ts_ns,
+                client_isn: None,
+            },
+        );
+    }
+
+    fn close(&mut self, key: FlowKey, reason: CloseReason, ts_ns: u64, sink: &mut dyn StreamSink) {
+        let Some(mut conn) = self.conns.remove(&key) else { return };
+        for dir in [Direction::ClientToServer, Direction::ServerToClient] {
+            self.total_buffered -= conn.streams[dir.index()].buffered_bytes();
+            conn.streams[dir.index()].flush(&mut self.chunks);
+            for chunk in self.chunks.drain(..) {
+                sink.on_chunk(&conn.info, dir, chunk);
+            }
+            add_stream_stats(&mut self.stats.streams, conn.streams[dir.index()].stats());
+        }
+        match reason {
+            CloseReason::Fin => self.stats.closed_fin += 1,
+            CloseReason::Reset => self.stats.closed_reset += 1,
+            CloseReason::Idle => self.stats.closed_idle += 1,
+            CloseReason::Reused => self.stats.closed_reused += 1,
+            CloseReason::Evicted => self.stats.closed_evicted += 1,
+            CloseReason::Shutdown => self.stats.closed_shutdown += 1,
+        }
+        sink.on_close(&conn.info, reason, ts_ns);
+    }
+
+    /// Periodic housekeeping: closes idle connections and gives up on old holes.
+    pub fn on_tick(&mut self, now_ns: u64, sink: &mut dyn StreamSink) {
+        let idle: Vec<FlowKey> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| now_ns.saturating_sub(c.last_seen_ns) >= self.limits.idle_timeout_ns)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in idle {
+            self.close(key, CloseReason::Idle, now_ns, sink);
+        }
+        let hole_timeout = self.limits.hole_timeout_ns;
+        let mut finished = Vec::new();
+        for (key, conn) in self.conns.iter_mut() {
+            for dir in [Direction::ClientToServer, Direction::ServerToClient] {
+                let stream = &mut conn.streams[dir.index()];
+                let stale = stream
+                    .oldest_pending_ts()
+                    .is_some_and(|ts| now_ns.saturating_sub(ts) >= hole_timeout);
+                if stale {
+                    self.stats.hole_timeouts += 1;
+                    self.total_buffered -= stream.buffered_bytes();
+                    stream.flush(&mut self.chunks);
+                    for chunk in self.chunks.drain(..) {
+                        sink.on_chunk(&conn.info, dir, chunk);
+                    }
+                }
+            }
+            if conn.streams[0].is_finished() && conn.streams[1].is_finished() {
+                finished.push(*key);
+            }
+        }
+        for key in finished {
+            self.close(key, CloseReason::Fin, now_ns, sink);
+        }
+    }
+
+    /// Closes every connection (agent shutdown), delivering what is buffered.
+    pub fn close_all(&mut self, now_ns: u64, sink: &mut dyn StreamSink) {
+        let keys: Vec<FlowKey> = self.conns.keys().copied().collect();
+        for key in keys {
+            self.close(key, CloseReason::Shutdown, now_ns, sink);
+        }
+    }
+
+    /// Stream counters of closed and live connections together.
+    pub fn stream_stats_total(&self) -> StreamStats {
+        let mut total = self.stats.streams.clone();
+        for conn in self.conns.values() {
+            add_stream_stats(&mut total, conn.streams[0].stats());
+            add_stream_stats(&mut total, conn.streams[1].stats());
+        }
+        total
+    }
+}

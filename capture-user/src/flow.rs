@@ -1,0 +1,45 @@
+//! Connection identity: which side is the client, which the server.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+/// Direction of bytes on a TCP connection between a client and a watched server port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Client -> server: request bytes.
+    ClientToServer,
+    /// Server -> client: response bytes.
+    ServerToClient,
+}
+
+impl Direction {
+    /// Index for two-element arrays indexed by direction.
+    pub fn index(self) -> usize {
+        match self {
+            Direction::ClientToServer => 0,
+            Direction::ServerToClient => 1,
+        }
+    }
+}
+
+/// A TCP connection seen from the watched server's side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+}
+
+impl FlowKey {
+    pub fn new(client_ip: IpAddr, client_port: u16, server_ip: IpAddr, server_port: u16) -> Self {
+        FlowKey {
+            client: SocketAddr::new(client_ip, client_port),
+            server: SocketAddr::new(server_ip, server_port),
+        }
+    }
+}
+
+impl fmt::Display for FlowKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} -> {}", self.client, self.server)
+    }
+}

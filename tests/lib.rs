@@ -1,0 +1,406 @@
+//! Shared helpers for the end-to-end tests: network namespaces with a veth pair,
+//! real peer processes, and the `capture agent` under test.
+//!
+//! Everything a helper creates is removed on drop, so a failing test still cleans
+//! up its namespaces (which takes their veths and TC attachments with them).
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Whether kernel tests can run here. Without root they skip with a reason, unless
+/// CAPTURE_REQUIRE_KERNEL_TESTS is set (CI), where a skip is a failure.
+pub fn kernel_tests_enabled(test: &str) -> bool {
+    let root = unsafe { libc_geteuid() } == 0;
+    let missing: Vec<&str> = ["ip", "curl", "python3"].into_iter().filter(|b| !have(b)).collect();
+    let reason = if !root {
+        Some("not root".to_string())
+    } else if !missing.is_empty() {
+        Some(format!("missing {}", missing.join(", ")))
+    } else if !capture_bin().exists() {
+        Some(format!("{} not built (run `cargo xtask test`)", capture_bin().display()))
+    } else {
+        None
+    };
+    match reason {
+        None => true,
+        Some(reason) => {
+            if std::env::var_os("CAPTURE_REQUIRE_KERNEL_TESTS").is_some() {
+                panic!("{test}: kernel test cannot run: {reason}");
+            }
+            eprintln!("SKIP {test}: {reason}");
+            false
+        }
+    }
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+pub fn have(bin: &str) -> bool {
+    Command::new("sh").args(["-c", &format!("command -v {bin} >/dev/null")]).status().map(|s| s.success()).unwrap_or(false)
+}
+
+pub fn capture_bin() -> PathBuf {
+    match std::env::var_os("CAPTURE_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/capture"),
+    }
+}
+
+pub fn peers_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("peers")
+}
+
+/// Runs a command to completion, panicking with its output on failure.
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").args(["-c", cmd]).output().expect("sh");
+    if !out.status.success() {
+        panic!("`{cmd}` failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A fresh temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let p = std::env::temp_dir().join(format!("capture-test-{}-{tag}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var_os("CAPTURE_KEEP_TEST_FILES").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// Two network namespaces, client and server, joined by a veth pair with IPv4 and
+/// IPv6 addresses. Both loopbacks are up.
+pub struct NetPair {
+    pub client_ns: String,
+    pub server_ns: String,
+    pub server_if: String,
+    pub client_if: String,
+    pub server_v4: String,
+    pub client_v4: String,
+    pub server_v6: String,
+}
+
+impl NetPair {
+    pub fn new() -> NetPair {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let id = format!("{}{}", std::process::id() % 10000, n);
+        let subnet = (std::process::id() as u32 * 7 + n) % 250 + 1;
+        let pair = NetPair {
+            client_ns: format!("capc{id}"),
+            server_ns: format!("caps{id}"),
+            server_if: format!("vs{id}"),
+            client_if: format!("vc{id}"),
+            server_v4: format!("10.213.{subnet}.1"),
+            client_v4: format!("10.213.{subnet}.2"),
+            server_v6: format!("fd00:213:{subnet:x}::1"),
+        };
+        let p = &pair;
+        sh(&format!("ip netns add {}", p.server_ns));
+        sh(&format!("ip netns add {}", p.client_ns));
+        sh(&format!(
+            "ip link add {si} netns {sn} type veth peer name {ci} netns {cn}",
+            si = p.server_if, sn = p.server_ns, ci = p.client_if, cn = p.client_ns
+        ));
+        for (ns, ifname, v4, v6) in [
+            (&p.server_ns, &p.server_if, &p.server_v4, p.server_v6.clone()),
+            (&p.client_ns, &p.client_if, &p.client_v4, p.server_v6.replace("::1", "::2")),
+        ] {
+            sh(&format!("ip -n {ns} link set lo up"));
+            sh(&format!("ip -n {ns} addr add {v4}/24 dev {ifname}"));
+            sh(&format!("ip -n {ns} addr add {v6}/64 dev {ifname} nodad"));
+            sh(&format!("ip -n {ns} link set {ifname} up"));
+        }
+        pair
+    }
+}
+
+impl Drop for NetPair {
+    fn drop(&mut self) {
+        // Deleting the namespaces deletes the veth pair and every TC program on it.
+        let _ = Command::new("ip").args(["netns", "del", &self.server_ns]).status();
+        let _ = Command::new("ip").args(["netns", "del", &self.client_ns]).status();
+    }
+}
+
+/// A child process killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    /// Starts `cmd` (a shell command) in namespace `ns` and waits for `ready` on its stdout.
+    pub fn start_in(ns: &str, name: &str, cmd: &str, ready: &str) -> Proc {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns, "sh", "-c", &format!("exec {cmd}")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match lines.next() {
+                Some(Ok(line)) if line.contains(ready) => break,
+                Some(Ok(_)) => {}
+                _ => panic!("{name} exited before printing {ready:?}"),
+            }
+            if Instant::now() > deadline {
+                panic!("{name} not ready in time");
+            }
+        }
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Proc { child, name: name.to_string() }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The recording server of `peers/record_server.py` in the server namespace.
+pub struct RecordServer {
+    _proc: Proc,
+    pub log: PathBuf,
+}
+
+impl RecordServer {
+    pub fn start(ns: &str, addr: &str, port: u16, dir: &TempDir) -> RecordServer {
+        let log = dir.path(&format!("server-{port}.jsonl"));
+        let script = peers_dir().join("record_server.py");
+        let proc = Proc::start_in(
+            ns,
+            "record_server",
+            &format!("python3 -u {} {addr} {port} {}", script.display(), log.display()),
+            "ready",
+        );
+        RecordServer { _proc: proc, log }
+    }
+
+    /// Per connection (client address): (c2s bytes, c2s sha256, s2c bytes, s2c sha256).
+    pub fn connections(&self) -> HashMap<String, StreamDigest> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines()
+            .map(|l| {
+                let v = |k: &str| json_field(l, k);
+                (
+                    v("client"),
+                    StreamDigest {
+                        c2s_bytes: v("c2s_bytes").parse().unwrap(),
+                        c2s_sha256: v("c2s_sha256"),
+                        s2c_bytes: v("s2c_bytes").parse().unwrap(),
+                        s2c_sha256: v("s2c_sha256"),
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+/// Byte counts and hashes of both directions of one connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamDigest {
+    pub c2s_bytes: u64,
+    pub c2s_sha256: String,
+    pub s2c_bytes: u64,
+    pub s2c_sha256: String,
+}
+
+/// Value of `"key": value` in a flat JSON line (strings unquoted). Enough for our own logs.
+fn json_field(line: &str, key: &str) -> String {
+    let pat = format!("\"{key}\": ");
+    let start = line.find(&pat).unwrap_or_else(|| panic!("{key} missing in {line}")) + pat.len();
+    let rest = &line[start..];
+    if let Some(rest) = rest.strip_prefix('"') {
+        rest[..rest.find('"').unwrap()].to_string()
+    } else {
+        rest[..rest.find([',', '}']).unwrap()].trim().to_string()
+    }
+}
+
+/// `capture agent` running in a namespace until stopped.
+pub struct Agent {
+    child: Option<Child>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    pub stream_log: PathBuf,
+    pub output: PathBuf,
+}
+
+impl Agent {
+    /// Starts the agent in `ns` on `iface` for `ports`, writing records to a file in
+    /// `dir` and stream digests to another; waits until it is attached.
+    pub fn start(ns: &str, iface: &str, ports: &[u16], dir: &TempDir, extra: &[&str]) -> Agent {
+        let stream_log = dir.path("streams.log");
+        let output = dir.path("records.gor");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns]).arg(capture_bin()).args(["agent", "--iface", iface]);
+        for p in ports {
+            cmd.args(["--port", &p.to_string()]);
+        }
+        cmd.arg("--stream-log").arg(&stream_log);
+        cmd.arg("--output").arg(format!("file://{}", output.display()));
+        cmd.args(extra);
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped()).env("RUST_LOG", "info");
+        let mut child = cmd.spawn().expect("starting capture agent");
+        let stderr = child.stderr.take().unwrap();
+        let buf = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = buf.clone();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stderr);
+            let mut line = String::new();
+            while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                eprint!("agent: {line}");
+                if line.contains("capture: ready") {
+                    let _ = tx.send(());
+                }
+                sink.lock().unwrap().push_str(&line);
+                line.clear();
+            }
+        });
+        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("agent did not become ready:\n{}", buf.lock().unwrap());
+        }
+        Agent { child: Some(child), stderr: buf, stream_log, output }
+    }
+
+    /// Stops the agent with SIGINT and returns its stderr (with the summary line).
+    pub fn stop(&mut self) -> String {
+        // Let the last segments reach the ring and the reader.
+        std::thread::sleep(Duration::from_millis(300));
+        let mut child = self.child.take().expect("running");
+        unsafe { kill(child.id() as i32, 2) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(100));
+                let log = self.stderr.lock().unwrap().clone();
+                assert!(status.success(), "agent exited with {status}:\n{log}");
+                return log;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("agent did not stop on SIGINT");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Per connection (client address): digests of the rebuilt streams.
+    pub fn streams(&self) -> HashMap<String, (StreamDigest, u64)> {
+        let text = std::fs::read_to_string(&self.stream_log).unwrap_or_default();
+        text.lines()
+            .map(|l| {
+                let f = kv(l);
+                let gaps: u64 = f["c2s_gap_bytes"].parse::<u64>().unwrap() + f["s2c_gap_bytes"].parse::<u64>().unwrap();
+                (
+                    f["client"].clone(),
+                    (
+                        StreamDigest {
+                            c2s_bytes: f["c2s_bytes"].parse().unwrap(),
+                            c2s_sha256: f["c2s_sha256"].clone(),
+                            s2c_bytes: f["s2c_bytes"].parse().unwrap(),
+                            s2c_sha256: f["s2c_sha256"].clone(),
+                        },
+                        gaps,
+                    ),
+                )
+            })
+            .collect()
+    }
+
+    pub fn records(&self) -> Vec<u8> {
+        let mut data = Vec::new();
+        std::fs::File::open(&self.output).unwrap().read_to_end(&mut data).unwrap();
+        data
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+}
+
+/// `key=value` pairs of a line.
+pub fn kv(line: &str) -> HashMap<String, String> {
+    line.split_whitespace()
+        .filter_map(|p| p.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The agent's exit summary as counters.
+pub fn summary(stderr: &str) -> HashMap<String, u64> {
+    let line = stderr.lines().find(|l| l.contains("capture: summary")).expect("summary line");
+    kv(line).into_iter().filter_map(|(k, v)| v.parse().ok().map(|v| (k, v))).collect()
+}
+
+/// Asserts that the kernel lost nothing.
+pub fn assert_no_kernel_loss(s: &HashMap<String, u64>) {
+    for key in ["kernel_ring_full_events", "kernel_copy_errors", "kernel_truncated_skbs"] {
+        assert_eq!(s.get(key), Some(&0), "{key} must be 0: {s:?}");
+    }
+    assert_eq!(s.get("decode_errors"), Some(&0));
+}
+
+/// Asserts that every connection the server recorded was rebuilt byte for byte.
+/// Returns the total bytes compared.
+pub fn assert_streams_match(server: &HashMap<String, StreamDigest>, agent: &HashMap<String, (StreamDigest, u64)>) -> u64 {
+    assert!(!server.is_empty(), "the server recorded no connection");
+    let mut total = 0;
+    for (client, want) in server {
+        let key = client.replace("::ffff:", "");
+        let (got, gaps) = agent
+            .get(&key)
+            .or_else(|| agent.get(&format!("[{key}]")))
+            .or_else(|| {
+                // IPv6 socket addresses print as [addr]:port.
+                let (ip, port) = key.rsplit_once(':').unwrap();
+                agent.get(&format!("[{ip}]:{port}"))
+            })
+            .unwrap_or_else(|| panic!("connection {client} not captured; captured: {:?}", agent.keys().collect::<Vec<_>>()));
+        assert_eq!(*gaps, 0, "{client}: gaps in rebuilt streams");
+        assert_eq!(got, want, "{client}: rebuilt streams differ from what was sent");
+        total += want.c2s_bytes + want.s2c_bytes;
+    }
+    total
+}

@@ -1,0 +1,218 @@
+//! Developer and CI tasks: toolchain bootstrap, eBPF build, run, test.
+//!
+//! Every command installs what a fresh machine lacks before it needs it, and is
+//! fast when everything is present.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "capture build, run and test tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what is missing: nightly rust-src, bpf-linker, and (as root) the apt
+    /// packages the tests use.
+    Setup,
+    /// Build the eBPF object (nightly + bpf-linker), installing them if missing.
+    BuildEbpf,
+    /// Build the eBPF object and the `capture` binary (release).
+    Build,
+    /// Build everything, then run `capture` with the given arguments (needs root for `agent`).
+    ///
+    /// Example: cargo xtask run -- agent --iface lo --port 8080
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build, then run the whole test suite: unit tests and, as root, the
+    /// kernel end-to-end tests (which fail rather than skip when CI=true).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// Debian packages the end-to-end tests drive as real peers.
+const APT_PACKAGES: &[(&str, &str)] = &[
+    ("nginx", "nginx-light"),
+    ("curl", "curl"),
+    ("wrk", "wrk"),
+    ("ab", "apache2-utils"),
+    ("ip", "iproute2"),
+    ("tcpdump", "tcpdump"),
+    ("python3", "python3"),
+];
+
+/// bpf-linker release we build against nightly's LLVM.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.command {
+        Task::Setup => {
+            ensure_apt_packages()?;
+            ensure_ebpf_toolchain(&root)?;
+        }
+        Task::BuildEbpf => build_ebpf(&root)?,
+        Task::Build => build_all(&root)?,
+        Task::Run { args } => {
+            build_all(&root)?;
+            let bin = root.join("target/release/capture");
+            let status = Command::new(&bin).args(&args).status().with_context(|| format!("running {}", bin.display()))?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Task::Test { args } => {
+            ensure_apt_packages()?;
+            build_all(&root)?;
+            let mut cmd = cargo();
+            cmd.current_dir(&root)
+                .args(["test", "--release", "--workspace"])
+                .env("CAPTURE_BIN", root.join("target/release/capture"))
+                .args(&args);
+            if std::env::var_os("CI").is_some() {
+                // In CI the kernel tests must run: a skip is a failure there.
+                cmd.env("CAPTURE_REQUIRE_KERNEL_TESTS", "1");
+            }
+            run(&mut cmd)?;
+        }
+    }
+    Ok(())
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_path_buf()
+}
+
+/// A cargo command clean of the variables the outer `cargo xtask` set, so a
+/// nested build picks its own toolchain.
+fn cargo() -> Command {
+    let mut cmd = Command::new("cargo");
+    for var in ["RUSTC", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "RUSTUP_TOOLCHAIN", "CARGO_TARGET_DIR", "RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS"] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    if !status.success() {
+        bail!("{:?} {:?} failed with {status}", cmd.get_program(), cmd.get_args().collect::<Vec<_>>());
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn build_all(root: &Path) -> Result<()> {
+    build_ebpf(root)?;
+    run(cargo().current_dir(root).args(["build", "--release", "-p", "capture-user"]))
+}
+
+fn build_ebpf(root: &Path) -> Result<()> {
+    ensure_ebpf_toolchain(root)?;
+    let mut cmd = cargo();
+    cmd.current_dir(root.join("capture-ebpf")).args(["+nightly", "build", "--release"]);
+    run(&mut cmd).context("building the eBPF object (capture-ebpf)")?;
+    let object = root.join("capture-ebpf/target/bpfel-unknown-none/release/capture-ebpf");
+    if !object.exists() {
+        bail!("eBPF build succeeded but {} is missing", object.display());
+    }
+    Ok(())
+}
+
+/// nightly with rust-src (for -Z build-std=core) and a bpf-linker that links
+/// against nightly's own libLLVM (a plain `cargo install bpf-linker` fails: -lLLVM).
+fn ensure_ebpf_toolchain(root: &Path) -> Result<()> {
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+        .context("the nightly toolchain is missing: install it with `rustup toolchain install nightly`")?;
+    let sysroot = PathBuf::from(sysroot);
+    if !sysroot.join("lib/rustlib/src/rust/library/core").exists() {
+        eprintln!("xtask: installing rust-src for nightly");
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+            .context("installing rust-src for nightly")?;
+    }
+    let lib_dir = sysroot.join("lib");
+    if bpf_linker_ok(&lib_dir) {
+        return Ok(());
+    }
+    let libllvm = std::fs::read_dir(&lib_dir)
+        .with_context(|| format!("reading {}", lib_dir.display()))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("libLLVM") && n.contains(".so"))
+        .with_context(|| format!("no libLLVM*.so in {}: is the nightly toolchain complete?", lib_dir.display()))?;
+    // libLLVM.so.22.1-rust-1.97.0-nightly -> 22
+    let major: String = libllvm
+        .trim_start_matches("libLLVM")
+        .trim_start_matches(['.', '-'])
+        .trim_start_matches("so.")
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    if major.is_empty() {
+        bail!("cannot tell the LLVM version from {libllvm}");
+    }
+    let prefix = root.join("target/llvm-prefix");
+    std::fs::create_dir_all(prefix.join("lib"))?;
+    let link = prefix.join("lib/libLLVM.so");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(lib_dir.join(&libllvm), &link)
+        .with_context(|| format!("linking {}", link.display()))?;
+    eprintln!("xtask: installing bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM {major} ({libllvm})");
+    let mut cmd = cargo();
+    cmd.args(["install", "bpf-linker", "--locked", "--version", BPF_LINKER_VERSION, "--no-default-features", "--features"])
+        .arg(format!("llvm-{major}"))
+        .env("LLVM_PREFIX", &prefix);
+    run(&mut cmd).context("installing bpf-linker (needs crates.io)")?;
+    if !bpf_linker_ok(&lib_dir) {
+        bail!("bpf-linker was installed but does not run; check `LD_LIBRARY_PATH={} bpf-linker --version`", lib_dir.display());
+    }
+    Ok(())
+}
+
+/// bpf-linker loads nightly's libLLVM at run time; rustc (through rustup) puts its
+/// lib dir on the library path when it calls the linker, so check it the same way.
+fn bpf_linker_ok(nightly_lib: &Path) -> bool {
+    output(Command::new("bpf-linker").arg("--version").env("LD_LIBRARY_PATH", nightly_lib)).is_some()
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh").args(["-c", &format!("command -v {cmd}")]).output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+fn is_root() -> bool {
+    output(Command::new("id").arg("-u")).as_deref() == Some("0")
+}
+
+/// Installs the test peers with apt when running as root; otherwise says what is missing.
+fn ensure_apt_packages() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES.iter().filter(|(bin, _)| !have(bin)).map(|(_, pkg)| *pkg).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() || !have("apt-get") {
+        eprintln!("xtask: missing test peers (kernel tests will skip): apt-get install {}", missing.join(" "));
+        return Ok(());
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(missing.iter().map(OsStr::new))
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+    .context("installing test peers with apt-get")
+}
