@@ -1,0 +1,17 @@
+//! capture: copies live HTTP/1.x traffic off a host for replay.
+//!
+//! Data flows one way: kernel events -> [`segment`] -> [`reassembly`] ->
+//! [`connections`] -> HTTP messages -> records -> sinks. Everything but the
+//! [`kernel`] module is pure and testable without root.
+
+pub mod agent;
+pub mod connections;
+pub mod flow;
+pub mod kernel;
+pub mod output;
+pub mod pipeline;
+pub mod record;
+pub mod segment;
+pub mod sink;
+pub mod reassembly;
+pub mod http;
