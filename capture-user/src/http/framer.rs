@@ -1,0 +1,731 @@
+//! Per-direction framing state machine.
+//!
+//! Each direction keeps only the bytes it could not consume yet (a partial head, a
+//! partial chunk-size or trailer line, or a would-be message start while resyncing),
+//! plus the kept bytes of the message in progress. Body bytes are copied straight into
+//! the message (up to the size cap) and never buffered.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+use super::head::{self, Framing, ParseError, Prefix};
+use super::{HttpConfig, HttpMessage, HttpStats, MessageKind};
+
+/// A request whose head was parsed, waiting for its response (FIFO).
+#[derive(Clone, Debug)]
+pub(crate) struct Pending {
+    pub exchange: u64,
+    pub method: String,
+    pub target: String,
+    pub start_ns: u64,
+    /// Set when the request is complete.
+    pub end_ns: Option<u64>,
+    /// The request record was emitted (complete and undamaged).
+    pub emitted: bool,
+}
+
+/// Connection-wide state both directions need.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    pub pending: VecDeque<Pending>,
+    /// The request paired with the response in progress (popped from `pending`).
+    pub answering: Option<Pending>,
+    pub next_exchange: u64,
+    pub non_http: bool,
+    pub upgraded: bool,
+}
+
+impl Shared {
+    fn request_done(&mut self, exchange: u64, end_ns: u64, emitted: bool) {
+        let entry = self
+            .pending
+            .iter_mut()
+            .rev()
+            .find(|p| p.exchange == exchange)
+            .or(self.answering.as_mut().filter(|p| p.exchange == exchange));
+        if let Some(p) = entry {
+            p.end_ns = Some(end_ns);
+            p.emitted = emitted;
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Waiting for (the rest of) a head.
+    Head,
+    /// Content-Length body.
+    Body {
+        remaining: u64,
+    },
+    ChunkSize,
+    ChunkData {
+        remaining: u64,
+    },
+    /// The CRLF after chunk data.
+    ChunkDataEnd,
+    Trailers {
+        seen: usize,
+    },
+    /// Response body delimited by connection close.
+    CloseDelimited,
+    /// Skipping bytes until something that can start a message.
+    Resync,
+    /// Connection ignored (non-HTTP, upgraded) or closed.
+    Stopped,
+}
+
+/// The message in progress.
+struct Msg {
+    bytes: Vec<u8>,
+    original_len: u64,
+    start_ns: u64,
+    end_ns: u64,
+    /// Hit by a gap: framing continues but it will not be emitted.
+    damaged: bool,
+    exchange: u64,
+    method: Option<String>,
+    target: Option<String>,
+    status: Option<u16>,
+    /// Response is upgrading the connection: stop after emitting it.
+    upgrade: bool,
+}
+
+impl Msg {
+    fn push(&mut self, data: &[u8], ts: u64, max: usize) {
+        self.original_len += data.len() as u64;
+        self.end_ns = ts;
+        if !self.damaged {
+            let room = max.saturating_sub(self.bytes.len());
+            self.bytes.extend_from_slice(&data[..data.len().min(room)]);
+        }
+    }
+
+    fn damage(&mut self, stats: &mut HttpStats) {
+        if !self.damaged {
+            self.damaged = true;
+            self.bytes = Vec::new();
+            stats.lost_to_gap += 1;
+        }
+    }
+}
+
+pub(crate) struct Framer {
+    kind: MessageKind,
+    config: HttpConfig,
+    /// Unconsumed input; starts at the current message start / resync candidate.
+    buf: Vec<u8>,
+    /// Timestamp of the chunk holding `buf[0]`.
+    buf_ts: u64,
+    state: State,
+    /// Bytes of `buf` already searched for a head end / line end (avoids rescans).
+    scan: usize,
+    msg: Option<Msg>,
+    /// Resync: `buf[0]` is at the start of a line.
+    line_start: bool,
+    /// Requests: the first message start was judged (or a gap made that impossible);
+    /// only before that can a connection be declared non-HTTP.
+    decided: bool,
+}
+
+impl Framer {
+    pub(crate) fn new(kind: MessageKind, config: HttpConfig) -> Self {
+        Framer {
+            kind,
+            config,
+            buf: Vec::new(),
+            buf_ts: 0,
+            state: State::Head,
+            scan: 0,
+            msg: None,
+            line_start: true,
+            decided: false,
+        }
+    }
+
+    pub(crate) fn buffered_bytes(&self) -> usize {
+        self.buf.len() + self.msg.as_ref().map_or(0, |m| m.bytes.len())
+    }
+
+    /// Drops everything: the connection is no longer framed.
+    pub(crate) fn stop(&mut self) {
+        self.state = State::Stopped;
+        self.buf = Vec::new();
+        self.msg = None;
+    }
+
+    pub(crate) fn feed(
+        &mut self,
+        data: &[u8],
+        ts: u64,
+        sh: &mut Shared,
+        stats: &mut HttpStats,
+        out: &mut Vec<HttpMessage>,
+    ) {
+        if self.state == State::Stopped || data.is_empty() {
+            return;
+        }
+        // Work on the caller's slice directly when nothing is left over (the common case),
+        // so large bodies are not copied into our buffer.
+        let mut owned = std::mem::take(&mut self.buf);
+        let old_len = owned.len();
+        if old_len > 0 {
+            owned.extend_from_slice(data);
+        }
+        let input: &[u8] = if old_len > 0 { &owned } else { data };
+        let consumed = self.run(input, old_len, ts, sh, stats, out);
+        if self.state == State::Stopped {
+            return;
+        }
+        if old_len > 0 {
+            if consumed >= old_len {
+                self.buf_ts = ts;
+            }
+            owned.drain(..consumed);
+        } else {
+            self.buf_ts = ts;
+            owned.extend_from_slice(&data[consumed..]);
+        }
+        // Don't keep a huge allocation around after a big input was consumed.
+        let keep = 2 * self.config.max_head_bytes.max(4096);
+        if owned.capacity() > keep && owned.len() < keep / 2 {
+            owned.shrink_to(keep / 2);
+        }
+        self.buf = owned;
+    }
+
+    /// Timestamp of the byte at `pos` of this call's input.
+    fn ts_at(&self, pos: usize, old_len: usize, ts: u64) -> u64 {
+        if pos < old_len {
+            self.buf_ts
+        } else {
+            ts
+        }
+    }
+
+    /// Frames as much of `input` as possible; returns the bytes consumed.
+    fn run(
+        &mut self,
+        input: &[u8],
+        old_len: usize,
+        ts: u64,
+        sh: &mut Shared,
+        stats: &mut HttpStats,
+        out: &mut Vec<HttpMessage>,
+    ) -> usize {
+        let max_msg = self.config.max_message_bytes;
+        let max_head = self.config.max_head_bytes;
+        let mut pos = 0;
+        loop {
+            let avail = &input[pos..];
+            match self.state {
+                State::Stopped => return input.len(),
+                State::Head => {
+                    if avail.is_empty() {
+                        return pos;
+                    }
+                    if self.msg.is_none() {
+                        self.msg = Some(Msg {
+                            bytes: Vec::new(),
+                            original_len: 0,
+                            start_ns: self.ts_at(pos, old_len, ts),
+                            end_ns: ts,
+                            damaged: false,
+                            exchange: 0,
+                            method: None,
+                            target: None,
+                            status: None,
+                            upgrade: false,
+                        });
+                    }
+                    // Empty lines before a message are allowed; they ride along with it.
+                    let ws = avail
+                        .iter()
+                        .take_while(|&&b| b == b'\r' || b == b'\n')
+                        .count();
+                    if ws > MAX_LEADING_EMPTY.min(max_head) {
+                        // Not a tolerable stray CRLF any more; also keeps the rescans of
+                        // this prefix on every call cheap.
+                        self.decided = true;
+                        self.fail(ParseError::InvalidHead, stats, sh);
+                        pos = self.resync_after_head(pos, ws, stats);
+                        continue;
+                    }
+                    if ws == avail.len() {
+                        return pos;
+                    }
+                    let prefix = match self.kind {
+                        MessageKind::Request => head::request_prefix(&avail[ws..]),
+                        MessageKind::Response => head::response_prefix(&avail[ws..]),
+                    };
+                    if prefix == Prefix::No {
+                        if self.kind == MessageKind::Request && !self.decided {
+                            // The very first client bytes are not HTTP: ignore the connection.
+                            sh.non_http = true;
+                            self.stop();
+                            return input.len();
+                        }
+                        self.decided = true;
+                        self.fail(ParseError::InvalidHead, stats, sh);
+                        pos = self.resync_after_head(pos, ws, stats);
+                        continue;
+                    }
+                    let Some(end) = head::find_head_end(avail, ws, self.scan) else {
+                        if avail.len() - ws > max_head {
+                            self.decided = true;
+                            self.fail(ParseError::HeadTooLarge, stats, sh);
+                            pos = self.resync_after_head(pos, ws, stats);
+                            continue;
+                        }
+                        self.scan = avail.len();
+                        return pos;
+                    };
+                    self.scan = 0;
+                    self.decided = true;
+                    if end - ws > max_head {
+                        self.fail(ParseError::HeadTooLarge, stats, sh);
+                        pos = self.resync_after_head(pos, ws, stats);
+                        continue;
+                    }
+                    let result = match self.kind {
+                        MessageKind::Request => self.request_head(&avail[..end], ts, sh),
+                        MessageKind::Response => self.response_head(&avail[..end], ts, sh, stats),
+                    };
+                    match result {
+                        Ok((len, framing)) => {
+                            pos += len;
+                            self.start_body(framing, sh, stats, out);
+                        }
+                        Err(e) => {
+                            self.fail(e, stats, sh);
+                            pos = self.resync_after_head(pos, ws, stats);
+                        }
+                    }
+                }
+                State::Body { remaining } | State::ChunkData { remaining } => {
+                    if avail.is_empty() {
+                        return pos;
+                    }
+                    let n = (avail.len() as u64).min(remaining) as usize;
+                    self.msg_mut().push(&avail[..n], ts, max_msg);
+                    pos += n;
+                    self.body_advance(remaining - n as u64, sh, stats, out);
+                }
+                State::ChunkSize => {
+                    let Some(nl) = self.find_newline(avail) else {
+                        if avail.len() > max_head {
+                            self.fail_body(ParseError::BadChunk, input, pos, stats, sh);
+                            continue;
+                        }
+                        return pos;
+                    };
+                    let line = strip_cr(&avail[..nl]);
+                    match head::parse_chunk_size(line) {
+                        Some(size) => {
+                            self.msg_mut().push(&avail[..=nl], ts, max_msg);
+                            pos += nl + 1;
+                            self.state = if size == 0 {
+                                State::Trailers { seen: 0 }
+                            } else {
+                                State::ChunkData { remaining: size }
+                            };
+                        }
+                        None => self.fail_body(ParseError::BadChunk, input, pos, stats, sh),
+                    }
+                }
+                State::ChunkDataEnd => {
+                    let n = match avail {
+                        [] | [b'\r'] => return pos,
+                        [b'\n', ..] => 1,
+                        [b'\r', b'\n', ..] => 2,
+                        _ => 0,
+                    };
+                    if n == 0 {
+                        self.fail_body(ParseError::BadChunk, input, pos, stats, sh);
+                        continue;
+                    }
+                    self.msg_mut().push(&avail[..n], ts, max_msg);
+                    pos += n;
+                    self.state = State::ChunkSize;
+                }
+                State::Trailers { seen } => {
+                    let Some(nl) = self.find_newline(avail) else {
+                        if seen + avail.len() > max_head {
+                            self.fail_body(ParseError::BadChunk, input, pos, stats, sh);
+                            continue;
+                        }
+                        return pos;
+                    };
+                    self.msg_mut().push(&avail[..=nl], ts, max_msg);
+                    pos += nl + 1;
+                    if strip_cr(&avail[..nl]).is_empty() {
+                        self.finish(sh, stats, out);
+                    } else {
+                        self.state = State::Trailers {
+                            seen: seen + nl + 1,
+                        };
+                    }
+                }
+                State::CloseDelimited => {
+                    if !avail.is_empty() {
+                        self.msg_mut().push(avail, ts, max_msg);
+                    }
+                    return input.len();
+                }
+                State::Resync => {
+                    let mut p = pos;
+                    let mut found = false;
+                    while p < input.len() {
+                        let at_line_start = if p == pos {
+                            self.line_start
+                        } else {
+                            input[p - 1] == b'\n'
+                        };
+                        if at_line_start {
+                            let s = &input[p..];
+                            let c = match self.kind {
+                                MessageKind::Request => head::request_candidate(s, max_head),
+                                MessageKind::Response => head::response_prefix(s),
+                            };
+                            match c {
+                                Prefix::Yes => {
+                                    found = true;
+                                    break;
+                                }
+                                Prefix::NeedMore => break,
+                                Prefix::No => {}
+                            }
+                        }
+                        p += 1;
+                    }
+                    stats.resync_skipped_bytes += (p - pos) as u64;
+                    if found {
+                        self.state = State::Head;
+                        self.scan = 0;
+                        pos = p;
+                        continue;
+                    }
+                    // Either waiting at a candidate (keep it, it starts a line) or all skipped.
+                    self.line_start = p < input.len() || (p > 0 && input[p - 1] == b'\n');
+                    return p;
+                }
+            }
+        }
+    }
+
+    /// Body or chunk data went on; `remaining` bytes of it are still to come.
+    fn body_advance(
+        &mut self,
+        remaining: u64,
+        sh: &mut Shared,
+        stats: &mut HttpStats,
+        out: &mut Vec<HttpMessage>,
+    ) {
+        self.state = match (self.state, remaining) {
+            (State::Body { .. }, 0) => return self.finish(sh, stats, out),
+            (State::Body { .. }, _) => State::Body { remaining },
+            (_, 0) => State::ChunkDataEnd,
+            _ => State::ChunkData { remaining },
+        };
+    }
+
+    fn msg_mut(&mut self) -> &mut Msg {
+        self.msg.as_mut().expect("message in progress")
+    }
+
+    /// Searches for `\n` in a line state, resuming where the previous call stopped.
+    fn find_newline(&mut self, avail: &[u8]) -> Option<usize> {
+        let from = self.scan.min(avail.len());
+        match avail[from..].iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                self.scan = 0;
+                Some(from + i)
+            }
+            None => {
+                self.scan = avail.len();
+                None
+            }
+        }
+    }
+
+    /// Parses a request head: registers it for pairing. Returns (head length, framing).
+    fn request_head(
+        &mut self,
+        s: &[u8],
+        ts: u64,
+        sh: &mut Shared,
+    ) -> Result<(usize, Framing), ParseError> {
+        let (len, h) = head::parse_request(s)?;
+        let max = self.config.max_message_bytes;
+        let exchange = sh.next_exchange;
+        sh.next_exchange += 1;
+        let msg = self.msg_mut();
+        msg.push(&s[..len], ts, max);
+        msg.exchange = exchange;
+        msg.method = Some(h.method.clone());
+        msg.target = Some(h.target.clone());
+        let start_ns = msg.start_ns;
+        sh.pending.push_back(Pending {
+            exchange,
+            method: h.method,
+            target: h.target,
+            start_ns,
+            end_ns: None,
+            emitted: false,
+        });
+        Ok((len, h.framing))
+    }
+
+    /// Parses a response head. Interim 1xx heads are added to the message, which goes on
+    /// waiting for the final head; a final head takes the oldest pending request.
+    fn response_head(
+        &mut self,
+        s: &[u8],
+        ts: u64,
+        sh: &mut Shared,
+        stats: &mut HttpStats,
+    ) -> Result<(usize, Framing), ParseError> {
+        let (len, h) = head::parse_response(s)?;
+        let max = self.config.max_message_bytes;
+        let msg = self.msg.as_mut().expect("message in progress");
+        msg.push(&s[..len], ts, max);
+        if (100..200).contains(&h.status) && h.status != 101 {
+            stats.interim_responses += 1;
+            return Ok((len, Framing::Interim));
+        }
+        msg.status = Some(h.status);
+        let method = match sh.pending.pop_front() {
+            Some(req) => {
+                msg.exchange = req.exchange;
+                msg.method = Some(req.method.clone());
+                msg.target = Some(req.target.clone());
+                sh.answering = Some(req);
+                msg.method.clone()
+            }
+            None => {
+                msg.exchange = sh.next_exchange;
+                sh.next_exchange += 1;
+                sh.answering = None;
+                None
+            }
+        };
+        msg.upgrade = h.status == 101
+            || (method.as_deref() == Some("CONNECT") && (200..300).contains(&h.status));
+        Ok((len, h.framing(method.as_deref())))
+    }
+
+    fn start_body(
+        &mut self,
+        framing: Framing,
+        sh: &mut Shared,
+        stats: &mut HttpStats,
+        out: &mut Vec<HttpMessage>,
+    ) {
+        self.scan = 0;
+        match framing {
+            // Not a message end: the same message waits for the final head.
+            Framing::Interim => self.state = State::Head,
+            Framing::None => {
+                self.state = State::Head;
+                self.finish(sh, stats, out);
+            }
+            Framing::Length(n) => self.state = State::Body { remaining: n },
+            Framing::Chunked => self.state = State::ChunkSize,
+            Framing::Close => self.state = State::CloseDelimited,
+        }
+    }
+
+    /// The message in progress is complete: emit it (unless damaged) and expect a new head.
+    fn finish(&mut self, sh: &mut Shared, stats: &mut HttpStats, out: &mut Vec<HttpMessage>) {
+        self.state = State::Head;
+        self.scan = 0;
+        let Some(msg) = self.msg.take() else { return };
+        let emitted = !msg.damaged;
+        let paired_req = match self.kind {
+            MessageKind::Request => {
+                sh.request_done(msg.exchange, msg.end_ns, emitted);
+                None
+            }
+            MessageKind::Response => sh.answering.take(),
+        };
+        if !emitted {
+            return;
+        }
+        let truncated = msg.original_len > msg.bytes.len() as u64;
+        if truncated {
+            stats.truncated += 1;
+            stats.truncated_bytes += msg.original_len - msg.bytes.len() as u64;
+        }
+        let paired = match self.kind {
+            MessageKind::Request => {
+                stats.requests += 1;
+                true
+            }
+            MessageKind::Response => {
+                stats.responses += 1;
+                if paired_req.is_some() {
+                    stats.paired += 1;
+                } else {
+                    stats.unpaired_responses += 1;
+                }
+                paired_req.is_some()
+            }
+        };
+        out.push(HttpMessage {
+            kind: self.kind,
+            exchange: msg.exchange,
+            paired,
+            bytes: Bytes::from(msg.bytes),
+            original_len: msg.original_len,
+            truncated,
+            start_ns: msg.start_ns,
+            end_ns: msg.end_ns,
+            request_start_ns: paired_req.as_ref().map(|r| r.start_ns),
+            request_end_ns: paired_req.as_ref().and_then(|r| r.end_ns),
+            method: msg.method,
+            target: msg.target,
+            status: msg.status,
+        });
+        if msg.upgrade {
+            stats.upgraded_connections += 1;
+            sh.upgraded = true;
+            self.stop();
+        }
+    }
+
+    /// Counts a parse error and drops the message in progress. A request whose head was
+    /// parsed stays in the pairing FIFO (the server probably answers it, e.g. with 400).
+    fn fail(&mut self, e: ParseError, stats: &mut HttpStats, sh: &mut Shared) {
+        match e {
+            ParseError::InvalidHead => stats.parse_errors_invalid_head += 1,
+            ParseError::HeadTooLarge => stats.parse_errors_head_too_large += 1,
+            ParseError::BadContentLength => stats.parse_errors_bad_content_length += 1,
+            ParseError::BadChunk => stats.parse_errors_bad_chunk += 1,
+        }
+        if self.kind == MessageKind::Response
+            && self.msg.as_ref().is_some_and(|m| m.status.is_some())
+        {
+            // Its request was taken by this response; it is gone with it.
+            sh.answering = None;
+        }
+        self.msg = None;
+    }
+
+    /// A body framing error at `pos`: drop the message, resync from there.
+    fn fail_body(
+        &mut self,
+        e: ParseError,
+        input: &[u8],
+        pos: usize,
+        stats: &mut HttpStats,
+        sh: &mut Shared,
+    ) {
+        self.fail(e, stats, sh);
+        // The offending line may itself be a new message start (a sender that gave up).
+        self.enter_resync(pos == 0 || input[pos - 1] == b'\n', stats);
+    }
+
+    /// A head starting at `pos + ws` (after `ws` empty-line bytes) was rejected: resync
+    /// from its first byte, which may not start a message (so we always move forward).
+    /// Returns the new position.
+    fn resync_after_head(&mut self, pos: usize, ws: usize, stats: &mut HttpStats) -> usize {
+        stats.resync_skipped_bytes += ws as u64;
+        self.enter_resync(false, stats);
+        pos + ws
+    }
+
+    /// Switches to resync; `line_start` says whether the current position may start a message.
+    fn enter_resync(&mut self, line_start: bool, stats: &mut HttpStats) {
+        stats.resyncs += 1;
+        self.state = State::Resync;
+        self.scan = 0;
+        self.line_start = line_start;
+    }
+
+    /// `len` bytes are missing here. Inside a known-length body (or chunk) the message is
+    /// damaged but framing continues exactly; anywhere else the message is lost and we resync.
+    pub(crate) fn gap(
+        &mut self,
+        len: u64,
+        sh: &mut Shared,
+        stats: &mut HttpStats,
+        out: &mut Vec<HttpMessage>,
+    ) {
+        if self.state == State::Stopped {
+            return;
+        }
+        self.decided = true;
+        match self.state {
+            State::Body { remaining } | State::ChunkData { remaining } if len <= remaining => {
+                let msg = self.msg_mut();
+                msg.damage(stats);
+                msg.original_len += len;
+                self.body_advance(remaining - len, sh, stats, out);
+            }
+            State::CloseDelimited => {
+                let msg = self.msg_mut();
+                msg.damage(stats);
+                msg.original_len += len;
+            }
+            State::Resync => {
+                stats.resync_skipped_bytes += self.buf.len() as u64;
+                self.buf.clear();
+                self.line_start = true;
+            }
+            _ => {
+                let in_progress = self.msg.as_ref().is_some_and(|m| m.original_len > 0)
+                    || self.buf.iter().any(|&b| b != b'\r' && b != b'\n');
+                if in_progress && !self.msg.as_ref().is_some_and(|m| m.damaged) {
+                    stats.lost_to_gap += 1;
+                }
+                if self.kind == MessageKind::Response
+                    && self.msg.as_ref().is_some_and(|m| m.status.is_some())
+                {
+                    sh.answering = None;
+                }
+                self.msg = None;
+                self.buf.clear();
+                stats.resyncs += 1;
+                self.state = State::Resync;
+                self.scan = 0;
+                self.line_start = true;
+            }
+        }
+    }
+
+    /// End of stream: a close-delimited response is complete; anything else partial is
+    /// counted as incomplete_at_close and dropped.
+    pub(crate) fn close(
+        &mut self,
+        sh: &mut Shared,
+        stats: &mut HttpStats,
+        out: &mut Vec<HttpMessage>,
+    ) {
+        match self.state {
+            State::Stopped => {}
+            State::CloseDelimited => self.finish(sh, stats, out),
+            State::Resync => stats.resync_skipped_bytes += self.buf.len() as u64,
+            State::Head => {
+                let partial = self.msg.as_ref().is_some_and(|m| m.original_len > 0)
+                    || self.buf.iter().any(|&b| b != b'\r' && b != b'\n');
+                if partial && !self.msg.as_ref().is_some_and(|m| m.damaged) {
+                    stats.incomplete_at_close += 1;
+                }
+            }
+            _ => {
+                if !self.msg.as_ref().is_some_and(|m| m.damaged) {
+                    stats.incomplete_at_close += 1;
+                }
+            }
+        }
+        self.stop();
+    }
+}
+
+/// Empty-line bytes tolerated before a message (RFC 9112 2.2 asks for at least one line).
+const MAX_LEADING_EMPTY: usize = 256;
+
+fn strip_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}

@@ -1,0 +1,358 @@
+//! Start-line / header parsing helpers. Heads are parsed with httparse; only the
+//! body-framing decision (RFC 9112 section 6) is ours.
+
+/// Why a head (or body framing) was rejected; each maps to one stats counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ParseError {
+    InvalidHead,
+    HeadTooLarge,
+    BadContentLength,
+    BadChunk,
+}
+
+/// How the body after a head is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    /// Until the connection closes (responses only).
+    Close,
+    /// An interim 1xx response head: the final head follows in the same message.
+    Interim,
+}
+
+/// Answer of a cheap check on the first bytes of a would-be message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Prefix {
+    Yes,
+    NeedMore,
+    No,
+}
+
+pub(crate) struct RequestHead {
+    pub method: String,
+    pub target: String,
+    pub framing: Framing,
+}
+
+pub(crate) struct ResponseHead {
+    pub status: u16,
+    pub te_chunked: bool,
+    pub te_present: bool,
+    pub content_length: Option<u64>,
+}
+
+/// Header array sizes tried in turn: most heads fit the first, a few need more.
+const HEADER_COUNTS: [usize; 3] = [64, 512, 8192];
+
+/// Longest method token we accept when looking for a request start (real methods are short).
+const MAX_METHOD_LEN: usize = 32;
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Can `s` start a request line (`TOKEN SP`)? Cheap: looks at most 33 bytes.
+pub(crate) fn request_prefix(s: &[u8]) -> Prefix {
+    for (i, &b) in s.iter().enumerate().take(MAX_METHOD_LEN + 1) {
+        if b == b' ' {
+            return if i > 0 { Prefix::Yes } else { Prefix::No };
+        }
+        if !is_tchar(b) {
+            return Prefix::No;
+        }
+    }
+    if s.len() > MAX_METHOD_LEN {
+        Prefix::No
+    } else {
+        Prefix::NeedMore
+    }
+}
+
+/// Can `s` start a status line (`HTTP/1.`)?
+pub(crate) fn response_prefix(s: &[u8]) -> Prefix {
+    const P: &[u8] = b"HTTP/1.";
+    let n = s.len().min(P.len());
+    if s[..n] != P[..n] {
+        Prefix::No
+    } else if n == P.len() {
+        Prefix::Yes
+    } else {
+        Prefix::NeedMore
+    }
+}
+
+/// Resync candidate test for requests: `TOKEN SP` and httparse does not reject what is there.
+pub(crate) fn request_candidate(s: &[u8], max_head: usize) -> Prefix {
+    match request_prefix(s) {
+        Prefix::Yes => {}
+        other => return other,
+    }
+    let s = &s[..s.len().min(max_head)];
+    let mut headers = vec![httparse::EMPTY_HEADER; HEADER_COUNTS[0]];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(s) {
+        Ok(_) | Err(httparse::Error::TooManyHeaders) => Prefix::Yes,
+        Err(_) => Prefix::No,
+    }
+}
+
+/// Finds the end of a head in `s` (index just past the empty line), searching from `from`.
+/// `start` is where the start line begins (after any leading empty lines). Only looks back
+/// two bytes, so resuming from where the last search stopped is linear overall.
+pub(crate) fn find_head_end(s: &[u8], start: usize, from: usize) -> Option<usize> {
+    let mut i = from.max(start);
+    while i < s.len() {
+        if s[i] == b'\n'
+            && ((i > start && s[i - 1] == b'\n')
+                || (i > start + 1 && s[i - 1] == b'\r' && s[i - 2] == b'\n'))
+        {
+            return Some(i + 1);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Runs an httparse parse with growing header arrays (TooManyHeaders -> retry bigger).
+fn with_headers<'b, T>(
+    mut f: impl FnMut(&mut [httparse::Header<'b>]) -> Result<Option<T>, httparse::Error>,
+) -> Result<T, ParseError> {
+    for &n in HEADER_COUNTS.iter() {
+        let mut headers = vec![httparse::EMPTY_HEADER; n];
+        match f(&mut headers) {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => return Err(ParseError::InvalidHead),
+            Err(httparse::Error::TooManyHeaders) => continue,
+            Err(_) => return Err(ParseError::InvalidHead),
+        }
+    }
+    Err(ParseError::InvalidHead)
+}
+
+/// What the length-related headers say.
+struct LengthHeaders {
+    te_present: bool,
+    te_chunked: bool,
+    content_length: Option<u64>,
+}
+
+fn length_headers(headers: &[httparse::Header<'_>]) -> Result<LengthHeaders, ParseError> {
+    let mut te_present = false;
+    let mut te_chunked = false;
+    let mut cl: Option<u64> = None;
+    let mut cl_bad = false;
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            te_present = true;
+            // The last coding of the last Transfer-Encoding header decides (RFC 9112 6.3).
+            let v = String::from_utf8_lossy(h.value);
+            if let Some(last) = v.split(',').map(str::trim).rfind(|c| !c.is_empty()) {
+                te_chunked = last.eq_ignore_ascii_case("chunked");
+            }
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            // A list of identical values ("5, 5") is tolerated; anything else is invalid.
+            for part in h.value.split(|&b| b == b',') {
+                match parse_decimal(trim_ows(part)) {
+                    Some(n) if cl.is_none() || cl == Some(n) => cl = Some(n),
+                    _ => cl_bad = true,
+                }
+            }
+        }
+    }
+    // Chunked wins over Content-Length, so a broken Content-Length is ignored then.
+    if cl_bad && !te_chunked {
+        return Err(ParseError::BadContentLength);
+    }
+    Ok(LengthHeaders {
+        te_present,
+        te_chunked,
+        content_length: cl,
+    })
+}
+
+fn trim_ows(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+fn parse_decimal(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    s.iter().try_fold(0u64, |acc, &d| {
+        acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+/// Parses a complete request head (`s` ends with the empty line).
+pub(crate) fn parse_request(s: &[u8]) -> Result<(usize, RequestHead), ParseError> {
+    let (len, method, target, lh) = with_headers(|headers| {
+        let mut req = httparse::Request::new(headers);
+        match req.parse(s)? {
+            httparse::Status::Complete(n) => {
+                let lh = length_headers(req.headers);
+                Ok(Some((
+                    n,
+                    req.method.unwrap_or("").to_string(),
+                    req.path.unwrap_or("").to_string(),
+                    lh,
+                )))
+            }
+            httparse::Status::Partial => Ok(None),
+        }
+    })?;
+    let lh = lh?;
+    let framing = if lh.te_chunked {
+        Framing::Chunked
+    } else if lh.te_present {
+        // A request body we cannot delimit (RFC 9112 6.3 says: reject).
+        return Err(ParseError::InvalidHead);
+    } else {
+        match lh.content_length {
+            Some(0) | None => Framing::None,
+            Some(n) => Framing::Length(n),
+        }
+    };
+    Ok((
+        len,
+        RequestHead {
+            method,
+            target,
+            framing,
+        },
+    ))
+}
+
+/// Parses a complete response head (`s` ends with the empty line).
+pub(crate) fn parse_response(s: &[u8]) -> Result<(usize, ResponseHead), ParseError> {
+    let (len, status, lh) = with_headers(|headers| {
+        let mut resp = httparse::Response::new(headers);
+        match resp.parse(s)? {
+            httparse::Status::Complete(n) => {
+                let lh = length_headers(resp.headers);
+                Ok(Some((n, resp.code.unwrap_or(0), lh)))
+            }
+            httparse::Status::Partial => Ok(None),
+        }
+    })?;
+    let lh = lh?;
+    Ok((
+        len,
+        ResponseHead {
+            status,
+            te_chunked: lh.te_chunked,
+            te_present: lh.te_present,
+            content_length: lh.content_length,
+        },
+    ))
+}
+
+impl ResponseHead {
+    /// Body framing of a final response (RFC 9112 6.3), given its request's method.
+    pub(crate) fn framing(&self, request_method: Option<&str>) -> Framing {
+        let no_body = request_method == Some("HEAD")
+            || (100..200).contains(&self.status)
+            || self.status == 204
+            || self.status == 304
+            || (request_method == Some("CONNECT") && (200..300).contains(&self.status));
+        if no_body {
+            Framing::None
+        } else if self.te_chunked {
+            Framing::Chunked
+        } else if self.te_present {
+            Framing::Close
+        } else {
+            match self.content_length {
+                Some(0) => Framing::None,
+                Some(n) => Framing::Length(n),
+                None => Framing::Close,
+            }
+        }
+    }
+}
+
+/// Parses a chunk-size line (without its line ending): hex size, then optional
+/// whitespace and `;extensions`.
+pub(crate) fn parse_chunk_size(line: &[u8]) -> Option<u64> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 {
+        return None;
+    }
+    let rest = trim_ows(&line[digits..]);
+    if !(rest.is_empty() || rest[0] == b';') {
+        return None;
+    }
+    let mut n = 0u64;
+    for &b in &line[..digits] {
+        n = (n << 4) | u64::from((b as char).to_digit(16)?);
+    }
+    Some(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes() {
+        assert_eq!(request_prefix(b"GET / HTTP/1.1"), Prefix::Yes);
+        assert_eq!(request_prefix(b"GE"), Prefix::NeedMore);
+        assert_eq!(request_prefix(b"\x16\x03\x01"), Prefix::No);
+        assert_eq!(request_prefix(b"SSH-2.0-OpenSSH_8.9\r\n"), Prefix::No);
+        assert_eq!(request_prefix(b" GET"), Prefix::No);
+        assert_eq!(response_prefix(b"HTTP/1.1 200"), Prefix::Yes);
+        assert_eq!(response_prefix(b"HTT"), Prefix::NeedMore);
+        assert_eq!(response_prefix(b"HTTP/2 200"), Prefix::No);
+    }
+
+    #[test]
+    fn head_end() {
+        let s = b"GET / HTTP/1.1\r\nA: b\r\n\r\nrest";
+        assert_eq!(find_head_end(s, 0, 0), Some(s.len() - 4));
+        assert_eq!(find_head_end(b"\r\n\r\nGET / HTTP/1.1\n\n", 4, 0), Some(20));
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\n", 0, 0), None);
+    }
+
+    #[test]
+    fn content_length_rules() {
+        let ok = parse_request(b"POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n").unwrap();
+        assert_eq!(ok.1.framing, Framing::Length(5));
+        let bad =
+            parse_request(b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n");
+        assert_eq!(bad.err(), Some(ParseError::BadContentLength));
+        let bad = parse_request(b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n");
+        assert_eq!(bad.err(), Some(ParseError::BadContentLength));
+        let both = parse_request(
+            b"POST / HTTP/1.1\r\nContent-Length: 9\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(both.1.framing, Framing::Chunked);
+    }
+
+    #[test]
+    fn chunk_sizes() {
+        assert_eq!(parse_chunk_size(b"1a"), Some(26));
+        assert_eq!(parse_chunk_size(b"5;name=value"), Some(5));
+        assert_eq!(parse_chunk_size(b"5 ; x"), Some(5));
+        assert_eq!(parse_chunk_size(b"x"), None);
+        assert_eq!(parse_chunk_size(b"5x"), None);
+        assert_eq!(parse_chunk_size(b"11111111111111111"), None);
+    }
+
+    #[test]
+    fn many_headers() {
+        let mut h = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..1000 {
+            h.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+        }
+        h.extend_from_slice(b"\r\n");
+        assert_eq!(parse_request(&h).unwrap().0, h.len());
+    }
+}

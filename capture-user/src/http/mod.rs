@@ -1,0 +1,256 @@
+//! HTTP/1.x framing and request/response pairing over reassembled TCP streams.
+//!
+//! Each connection has one framer per direction ([`framer`]) and a FIFO of requests
+//! whose head was parsed, which responses pair with. Emitted bytes are exactly the
+//! wire bytes (never re-serialised), so concatenating all request messages of a
+//! well-formed connection gives back the client stream, and likewise for responses.
+//!
+//! Policies (kept deliberately simple):
+//! - **Pairing**: a final response takes the oldest request whose head was parsed,
+//!   even if that request's body is still arriving (early 413/417). Interim 1xx
+//!   responses take nothing; their bytes start the message of the final response.
+//! - **Gaps**: a gap inside a Content-Length body or a chunk's data damages that message:
+//!   it is not emitted (counted `lost_to_gap`), but framing continues at the exact end of
+//!   the body. A damaged request keeps its place in the pairing FIFO, so the response
+//!   still pairs with the right exchange (and carries that request's method/target).
+//!   A gap anywhere else loses the message in progress and resyncs that direction; a
+//!   request lost before its head was parsed never enters the FIFO, so later responses
+//!   of that connection may pair off by one.
+//! - **Parse errors**: the message in progress is dropped and the direction resyncs to the
+//!   next line that can start a message. A request dropped after its head was parsed keeps
+//!   its FIFO place (the server usually answers it, e.g. with 400).
+//! - **Close**: a close-delimited response in progress is complete and emitted; any other
+//!   partial message is counted `incomplete_at_close` and not emitted. Requests emitted but
+//!   never answered are counted `unanswered_requests`.
+//! - **Upgrades**: after a 101, or a 2xx to CONNECT, the response is emitted and the whole
+//!   connection is ignored until close (the tunnel is not HTTP).
+//! - **Non-HTTP**: if the first client bytes cannot start a request line (`TOKEN SP`), the
+//!   connection is ignored and all its bytes are counted `non_http_bytes`.
+
+mod framer;
+mod head;
+#[cfg(test)]
+mod tests;
+
+use crate::flow::Direction;
+use framer::{Framer, Shared};
+
+/// Limits for framing.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpConfig {
+    /// Bytes kept per message; the rest is framed but not stored (message flagged truncated).
+    pub max_message_bytes: usize,
+    /// A head (start line + headers) longer than this is a parse error.
+    pub max_head_bytes: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            max_message_bytes: 1_000_000,
+            max_head_bytes: 64 * 1024,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageKind {
+    Request,
+    Response,
+}
+
+/// One framed HTTP message.
+#[derive(Clone, Debug)]
+pub struct HttpMessage {
+    pub kind: MessageKind,
+    /// Index of the exchange within its connection: a request and its response share it.
+    /// Requests get 0, 1, 2, ... in order; a response with no request to pair with gets a
+    /// fresh index from the same counter (so indices never collide).
+    pub exchange: u64,
+    /// For responses: whether it was matched with a request. Always true for requests.
+    pub paired: bool,
+    /// The exact bytes as sent on the wire (for responses: including any interim 1xx
+    /// responses that preceded the final one), cut to max_message_bytes.
+    pub bytes: bytes::Bytes,
+    /// Full length on the wire (>= bytes.len()).
+    pub original_len: u64,
+    pub truncated: bool,
+    /// Timestamps (ns, as passed to on_data) of the chunk holding the first and the last byte.
+    pub start_ns: u64,
+    pub end_ns: u64,
+    /// For a paired response: its request's start_ns/end_ns (end is None if the request was
+    /// not complete when the response ended, e.g. an early 413).
+    pub request_start_ns: Option<u64>,
+    pub request_end_ns: Option<u64>,
+    /// Request method; for a paired response, its request's method.
+    pub method: Option<String>,
+    /// Request-target; for a paired response, its request's.
+    pub target: Option<String>,
+    /// Response: final status code.
+    pub status: Option<u16>,
+}
+
+macro_rules! stats_struct {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// Counters; the caller aggregates them over all connections and prints/exports them.
+        #[derive(Clone, Debug, Default, PartialEq, Eq)]
+        pub struct HttpStats {
+            $($(#[$doc])* pub $name: u64,)*
+        }
+
+        impl HttpStats {
+            /// Adds `other` into `self`.
+            pub fn add(&mut self, other: &HttpStats) {
+                $(self.$name += other.$name;)*
+            }
+
+            /// (name, value) pairs with stable snake_case names, for printing.
+            pub fn fields(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name)),*]
+            }
+        }
+    };
+}
+
+stats_struct! {
+    /// Requests emitted.
+    requests,
+    /// Responses emitted.
+    responses,
+    /// Responses emitted paired with a request.
+    paired,
+    unpaired_responses,
+    /// Emitted requests whose connection closed before a response.
+    unanswered_requests,
+    truncated,
+    truncated_bytes,
+    /// 1xx (except 101) before a final response.
+    interim_responses,
+    /// Partial messages when the stream ended (not emitted).
+    incomplete_at_close,
+    /// Messages damaged by a stream gap (not emitted).
+    lost_to_gap,
+    /// Times a direction started looking for the next message start.
+    resyncs,
+    resync_skipped_bytes,
+    non_http_connections,
+    non_http_bytes,
+    /// 101 Switching Protocols / 2xx to CONNECT: framing stops.
+    upgraded_connections,
+    parse_errors_invalid_head,
+    parse_errors_head_too_large,
+    parse_errors_bad_content_length,
+    parse_errors_bad_chunk,
+}
+
+/// Framing state of one TCP connection (both directions) plus request/response pairing.
+pub struct HttpConnection {
+    /// Indexed by [`Direction::index`]: requests, responses.
+    framers: [Framer; 2],
+    shared: Shared,
+    /// Bytes seen per direction before the connection was judged (for non_http_bytes).
+    seen_bytes: u64,
+    closed: bool,
+}
+
+impl HttpConnection {
+    pub fn new(config: HttpConfig) -> Self {
+        HttpConnection {
+            framers: [
+                Framer::new(MessageKind::Request, config),
+                Framer::new(MessageKind::Response, config),
+            ],
+            shared: Shared::default(),
+            seen_bytes: 0,
+            closed: false,
+        }
+    }
+
+    /// In-order bytes of one direction (the caller's TCP reassembly guarantees order).
+    pub fn on_data(
+        &mut self,
+        dir: Direction,
+        data: &[u8],
+        ts_ns: u64,
+        stats: &mut HttpStats,
+        out: &mut Vec<HttpMessage>,
+    ) {
+        if self.closed {
+            return;
+        }
+        if self.shared.non_http {
+            stats.non_http_bytes += data.len() as u64;
+            return;
+        }
+        if self.shared.upgraded {
+            return;
+        }
+        self.seen_bytes += data.len() as u64;
+        self.framers[dir.index()].feed(data, ts_ns, &mut self.shared, stats, out);
+        self.after_event(stats);
+    }
+
+    /// `len` bytes of that direction's stream are missing at this point.
+    pub fn on_gap(
+        &mut self,
+        dir: Direction,
+        len: u64,
+        stats: &mut HttpStats,
+        out: &mut Vec<HttpMessage>,
+    ) {
+        if self.closed || self.shared.upgraded {
+            return;
+        }
+        if self.shared.non_http {
+            stats.non_http_bytes += len;
+            return;
+        }
+        self.seen_bytes += len;
+        self.framers[dir.index()].gap(len, &mut self.shared, stats, out);
+        self.after_event(stats);
+    }
+
+    /// The connection ended (FIN both ways, RST, or idle). A close-delimited response in
+    /// progress is complete and emitted (its end_ns is that of its last data, not `ts_ns`).
+    /// Any other partial message is counted in `incomplete_at_close` and NOT emitted.
+    /// Requests that were emitted but never answered are counted in `unanswered_requests`.
+    pub fn on_close(&mut self, ts_ns: u64, stats: &mut HttpStats, out: &mut Vec<HttpMessage>) {
+        let _ = ts_ns;
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        let [req, resp] = &mut self.framers;
+        resp.close(&mut self.shared, stats, out);
+        req.close(&mut self.shared, stats, out);
+        stats.unanswered_requests +=
+            self.shared.pending.iter().filter(|p| p.emitted).count() as u64;
+        self.shared.pending.clear();
+    }
+
+    /// True when the connection was found not to be HTTP (or was upgraded) and is being ignored.
+    pub fn is_ignored(&self) -> bool {
+        self.shared.non_http || self.shared.upgraded
+    }
+
+    /// Bytes currently buffered (for the caller's memory accounting).
+    pub fn buffered_bytes(&self) -> usize {
+        self.framers.iter().map(Framer::buffered_bytes).sum()
+    }
+
+    /// Once the connection is ignored, both directions stop and free their buffers.
+    fn after_event(&mut self, stats: &mut HttpStats) {
+        if !self.is_ignored() {
+            return;
+        }
+        if self.shared.non_http {
+            stats.non_http_connections += 1;
+            stats.non_http_bytes += self.seen_bytes;
+        }
+        for f in &mut self.framers {
+            f.stop();
+        }
+        self.shared.pending.clear();
+        self.shared.answering = None;
+    }
+}
