@@ -153,6 +153,7 @@ impl Counter {
                 | Counter::CopyErrors
                 | Counter::Truncated
                 | Counter::TruncatedBytes
+                | Counter::Unsupported
         )
     }
 }

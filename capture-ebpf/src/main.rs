@@ -40,6 +40,12 @@ const ETH_HLEN: u32 = 14;
 const ETH_P_IP: u32 = 0x0800;
 const ETH_P_IPV6: u32 = 0x86DD;
 const IPPROTO_TCP: u8 = 6;
+const NEXTHDR_HOP: u8 = 0;
+const NEXTHDR_ROUTING: u8 = 43;
+const NEXTHDR_FRAGMENT: u8 = 44;
+const NEXTHDR_DEST: u8 = 60;
+/// IPv6 extension headers walked before giving up (bounded for the verifier).
+const MAX_EXT_HEADERS: u32 = 4;
 
 #[classifier]
 pub fn capture_ingress(ctx: TcContext) -> i32 {
@@ -114,13 +120,29 @@ fn capture(ctx: &TcContext, direction: u8) {
         hdr.family = FAMILY_IPV6;
         hdr.saddr.copy_from_slice(&ip[8..24]);
         hdr.daddr.copy_from_slice(&ip[24..40]);
-        if ip[6] != IPPROTO_TCP {
-            // Extension headers before TCP are rare for TCP and not parsed: such
-            // packets are not captured (documented limitation).
+        // Walk extension headers: big skbs on lo carry a Hop-by-Hop jumbo header
+        // (payload_len 0) before TCP. See include/net/ipv6.h, ipv6_has_hopopt_jumbo().
+        let mut next = ip[6];
+        let mut off = ETH_HLEN + 40;
+        let mut hops = 0;
+        while next != IPPROTO_TCP && hops < MAX_EXT_HEADERS {
+            if next != NEXTHDR_HOP && next != NEXTHDR_ROUTING && next != NEXTHDR_DEST {
+                break;
+            }
+            let Some(ext) = load::<2>(ctx, off) else { return };
+            next = ext[0];
+            off += (ext[1] as u32 + 1) * 8;
+            hops += 1;
+        }
+        if next != IPPROTO_TCP {
+            // Fragments, AH/ESP or a chain too long to walk: count it if it could be ours.
+            if next == NEXTHDR_FRAGMENT && watched(ctx, off + 8, direction) {
+                count(Counter::Unsupported, 1);
+            }
             return;
         }
         let end = if payload_len == 0 { 0 } else { ETH_HLEN + 40 + payload_len };
-        (ETH_HLEN + 40, end)
+        (off, end)
     } else {
         return;
     };
