@@ -105,6 +105,7 @@ pub struct NetPair {
 }
 
 impl NetPair {
+    #[allow(clippy::new_without_default)] // creates kernel state; not a default value
     pub fn new() -> NetPair {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let id = format!("{}{}", std::process::id() % 10000, n);

@@ -49,7 +49,7 @@ def handle(sock, addr, log, lock):
         while True:
             head = c.read_until(b"\r\n\r\n").decode("latin-1")
             lines = head.split("\r\n")
-            method, target, _ = lines[0].split(" ", 2)
+            method, target, version = lines[0].split(" ", 2)
             hdrs = {}
             for l in lines[1:]:
                 if ":" in l:
@@ -73,9 +73,11 @@ def handle(sock, addr, log, lock):
                 body = b"got %d" % body_len
             else:
                 body = b"ok"
-            close = hdrs.get("connection", "").lower() == "close"
+            conn_hdr = hdrs.get("connection", "").lower()
+            # HTTP/1.0 closes unless asked to keep alive (ab, python clients).
+            close = conn_hdr == "close" or (version == "HTTP/1.0" and conn_hdr != "keep-alive")
             resp = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n%s\r\n" % (
-                len(body), b"Connection: close\r\n" if close else b"")
+                len(body), b"Connection: close\r\n" if close else (b"Connection: keep-alive\r\n" if version == "HTTP/1.0" else b""))
             c.send(resp + (b"" if method == "HEAD" else body))
             if close:
                 break

@@ -16,12 +16,12 @@ pub enum KernelError {
     #[error("this agent was built without its eBPF object: run `cargo xtask build-ebpf`, then rebuild")]
     NoObject,
     #[error("loading the eBPF object failed (are you root, with CAP_BPF and CAP_NET_ADMIN?): {0}")]
-    Load(#[source] aya::EbpfError),
+    Load(#[source] Box<aya::EbpfError>),
     #[error("the kernel verifier rejected program {program}: {source}")]
     Verify {
         program: &'static str,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("attaching {program} to {iface} ({direction}) failed: {source}")]
     Attach {
@@ -29,7 +29,7 @@ pub enum KernelError {
         iface: String,
         direction: &'static str,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("no network interface matches {0:?} (see `ip link`)")]
     NoSuchInterface(String),
@@ -47,7 +47,7 @@ pub enum KernelError {
     Map {
         name: &'static str,
         #[source]
-        source: aya::maps::MapError,
+        source: Box<aya::maps::MapError>,
     },
 }
 
@@ -96,15 +96,15 @@ impl KernelCapture {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(MAP_EVENTS, ring_bytes)
             .load(OBJECT)
-            .map_err(KernelError::Load)?;
+            .map_err(|e| KernelError::Load(Box::new(e)))?;
 
         let map = ebpf.take_map(MAP_PORTS).ok_or(KernelError::MissingMap(MAP_PORTS))?;
         let mut port_map: BpfHashMap<MapData, u16, u8> =
-            BpfHashMap::try_from(map).map_err(|source| KernelError::Map { name: MAP_PORTS, source })?;
+            BpfHashMap::try_from(map).map_err(|source| KernelError::Map { name: MAP_PORTS, source: Box::new(source) })?;
         for port in ports {
             port_map
                 .insert(port, 1, 0)
-                .map_err(|source| KernelError::Map { name: MAP_PORTS, source })?;
+                .map_err(|source| KernelError::Map { name: MAP_PORTS, source: Box::new(source) })?;
         }
 
         for (name, attach) in [(PROG_INGRESS, TcAttachType::Ingress), (PROG_EGRESS, TcAttachType::Egress)] {
@@ -113,7 +113,7 @@ impl KernelCapture {
                 .expect("program compiled into the object")
                 .try_into()
                 .expect("program is a classifier");
-            prog.load().map_err(|source| KernelError::Verify { program: name, source })?;
+            prog.load().map_err(|source| KernelError::Verify { program: name, source: Box::new(source) })?;
             for iface in interfaces {
                 remove_stale(iface, attach, name);
                 let direction = if attach == TcAttachType::Ingress { "ingress" } else { "egress" };
@@ -131,7 +131,7 @@ impl KernelCapture {
                     program: name,
                     iface: iface.clone(),
                     direction,
-                    source,
+                    source: Box::new(source),
                 })?;
                 info!("attached {name} to {iface} ({direction})");
             }
@@ -148,7 +148,7 @@ impl KernelCapture {
         for port in ports {
             self.ports
                 .insert(port, 1, 0)
-                .map_err(|source| KernelError::Map { name: MAP_PORTS, source })?;
+                .map_err(|source| KernelError::Map { name: MAP_PORTS, source: Box::new(source) })?;
         }
         Ok(())
     }
@@ -156,13 +156,13 @@ impl KernelCapture {
     /// Takes the ring buffer for the reader.
     pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, KernelError> {
         let map = self.ebpf.take_map(MAP_EVENTS).ok_or(KernelError::MissingMap(MAP_EVENTS))?;
-        RingBuf::try_from(map).map_err(|source| KernelError::Map { name: MAP_EVENTS, source })
+        RingBuf::try_from(map).map_err(|source| KernelError::Map { name: MAP_EVENTS, source: Box::new(source) })
     }
 
     /// Takes the per-CPU counters.
     pub fn take_counters(&mut self) -> Result<PerCpuArray<MapData, u64>, KernelError> {
         let map = self.ebpf.take_map(MAP_COUNTERS).ok_or(KernelError::MissingMap(MAP_COUNTERS))?;
-        PerCpuArray::try_from(map).map_err(|source| KernelError::Map { name: MAP_COUNTERS, source })
+        PerCpuArray::try_from(map).map_err(|source| KernelError::Map { name: MAP_COUNTERS, source: Box::new(source) })
     }
 }
 
