@@ -341,3 +341,200 @@ impl ConnectionTable {
         total
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use capture_common::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+
+    /// Records what the table hands on.
+    #[derive(Default)]
+    struct Recorder {
+        opened: Vec<ConnectionId>,
+        data: HashMap<(ConnectionId, usize), Vec<u8>>,
+        gaps: HashMap<(ConnectionId, usize), u64>,
+        closed: Vec<(ConnectionId, CloseReason)>,
+    }
+
+    impl StreamSink for Recorder {
+        fn on_open(&mut self, conn: &ConnectionInfo) {
+            self.opened.push(conn.id);
+        }
+        fn on_chunk(&mut self, conn: &ConnectionInfo, dir: Direction, chunk: StreamChunk) {
+            match chunk {
+                StreamChunk::Data { bytes, .. } => {
+                    self.data.entry((conn.id, dir.index())).or_default().extend_from_slice(&bytes)
+                }
+                StreamChunk::Gap { len } => *self.gaps.entry((conn.id, dir.index())).or_default() += len,
+            }
+        }
+        fn on_close(&mut self, conn: &ConnectionInfo, reason: CloseReason, _ts: u64) {
+            self.closed.push((conn.id, reason));
+        }
+    }
+
+    fn flow(port: u16) -> FlowKey {
+        FlowKey::new("10.0.0.1".parse().unwrap(), port, "10.0.0.2".parse().unwrap(), 80)
+    }
+
+    fn seg(port: u16, dir: Direction, seq: u32, flags: u8, data: &'static [u8], ts: u64) -> Segment {
+        Segment {
+            flow: flow(port),
+            direction: dir,
+            seq,
+            segment_seq: seq,
+            segment_len: data.len() as u32,
+            flags,
+            ts_ns: ts,
+            ifindex: 1,
+            data: Bytes::from_static(data),
+        }
+    }
+
+    const C2S: Direction = Direction::ClientToServer;
+    const S2C: Direction = Direction::ServerToClient;
+
+    /// SYN, SYN-ACK, request, response, FIN both ways.
+    fn full_connection(t: &mut ConnectionTable, r: &mut Recorder, port: u16, isn: u32) {
+        t.on_segment(seg(port, C2S, isn, TCP_SYN, b"", 1), r);
+        t.on_segment(seg(port, S2C, 5000, TCP_SYN | TCP_ACK, b"", 2), r);
+        t.on_segment(seg(port, C2S, isn.wrapping_add(1), TCP_ACK, b"GET / HTTP/1.1\r\n\r\n", 3), r);
+        t.on_segment(seg(port, S2C, 5001, TCP_ACK, b"HTTP/1.1 200 OK\r\n\r\n", 4), r);
+        t.on_segment(seg(port, C2S, isn.wrapping_add(19), TCP_FIN | TCP_ACK, b"", 5), r);
+        t.on_segment(seg(port, S2C, 5020, TCP_FIN | TCP_ACK, b"", 6), r);
+    }
+
+    #[test]
+    fn fin_both_ways_closes_with_all_bytes_delivered() {
+        let mut t = ConnectionTable::new(TableLimits::default());
+        let mut r = Recorder::default();
+        full_connection(&mut t, &mut r, 1000, u32::MAX - 5);
+        assert_eq!(r.closed, vec![(1, CloseReason::Fin)]);
+        assert_eq!(r.data[&(1, 0)], b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(r.data[&(1, 1)], b"HTTP/1.1 200 OK\r\n\r\n");
+        assert!(r.gaps.is_empty());
+        assert!(t.is_empty());
+        assert_eq!(t.stats().closed_fin, 1);
+    }
+
+    #[test]
+    fn fin_before_late_data_waits_for_the_data() {
+        let mut t = ConnectionTable::new(TableLimits::default());
+        let mut r = Recorder::default();
+        t.on_segment(seg(1, C2S, 100, TCP_SYN, b"", 1), &mut r);
+        t.on_segment(seg(1, S2C, 900, TCP_SYN | TCP_ACK, b"", 1), &mut r);
+        // FIN (seq 104) arrives before the 3 bytes it follows.
+        t.on_segment(seg(1, C2S, 104, TCP_FIN, b"", 2), &mut r);
+        t.on_segment(seg(1, S2C, 901, TCP_FIN, b"", 2), &mut r);
+        assert!(r.closed.is_empty(), "closed before the data came");
+        t.on_segment(seg(1, C2S, 101, TCP_ACK, b"abc", 3), &mut r);
+        assert_eq!(r.closed, vec![(1, CloseReason::Fin)]);
+        assert_eq!(r.data[&(1, 0)], b"abc");
+    }
+
+    #[test]
+    fn rst_closes_and_flushes_holes_as_gaps() {
+        let mut t = ConnectionTable::new(TableLimits::default());
+        let mut r = Recorder::default();
+        t.on_segment(seg(1, C2S, 0, TCP_SYN, b"", 1), &mut r);
+        t.on_segment(seg(1, C2S, 1, 0, b"ab", 2), &mut r);
+        t.on_segment(seg(1, C2S, 6, 0, b"xy", 3), &mut r); // hole of 3
+        t.on_segment(seg(1, S2C, 77, TCP_RST, b"", 4), &mut r);
+        assert_eq!(r.closed, vec![(1, CloseReason::Reset)]);
+        assert_eq!(r.data[&(1, 0)], b"abxy");
+        assert_eq!(r.gaps[&(1, 0)], 3);
+        assert_eq!(t.buffered_bytes(), 0);
+    }
+
+    #[test]
+    fn new_syn_on_same_tuple_starts_a_new_connection() {
+        let mut t = ConnectionTable::new(TableLimits::default());
+        let mut r = Recorder::default();
+        t.on_segment(seg(1, C2S, 10, TCP_SYN, b"", 1), &mut r);
+        t.on_segment(seg(1, C2S, 11, 0, b"one", 2), &mut r);
+        // A retransmitted SYN (same ISN) is not a new connection.
+        t.on_segment(seg(1, C2S, 10, TCP_SYN, b"", 3), &mut r);
+        assert_eq!(r.opened, vec![1]);
+        t.on_segment(seg(1, C2S, 5000, TCP_SYN, b"", 4), &mut r);
+        t.on_segment(seg(1, C2S, 5001, 0, b"two", 5), &mut r);
+        assert_eq!(r.opened, vec![1, 2]);
+        assert_eq!(r.closed, vec![(1, CloseReason::Reused)]);
+        assert_eq!(r.data[&(2, 0)], b"two");
+    }
+
+    #[test]
+    fn idle_connections_close_and_old_holes_become_gaps() {
+        let limits = TableLimits { idle_timeout_ns: 1_000, hole_timeout_ns: 100, ..TableLimits::default() };
+        let mut t = ConnectionTable::new(limits);
+        let mut r = Recorder::default();
+        t.on_segment(seg(1, C2S, 0, TCP_SYN, b"", 0), &mut r);
+        t.on_segment(seg(1, C2S, 1, 0, b"ab", 10), &mut r);
+        t.on_segment(seg(1, C2S, 5, 0, b"ef", 20), &mut r);
+        t.on_tick(50, &mut r);
+        assert!(!r.gaps.contains_key(&(1, 0)), "hole given up too early");
+        t.on_tick(200, &mut r);
+        assert_eq!(r.gaps[&(1, 0)], 2);
+        assert_eq!(r.data[&(1, 0)], b"abef");
+        assert_eq!(t.stats().hole_timeouts, 1);
+        t.on_tick(2_000, &mut r);
+        assert_eq!(r.closed, vec![(1, CloseReason::Idle)]);
+    }
+
+    #[test]
+    fn mid_stream_join_and_orphans_are_counted() {
+        let mut t = ConnectionTable::new(TableLimits::default());
+        let mut r = Recorder::default();
+        t.on_segment(seg(1, S2C, 40, TCP_FIN, b"", 1), &mut r);
+        assert_eq!(t.stats().orphan_segments, 1);
+        assert!(r.opened.is_empty());
+        t.on_segment(seg(1, C2S, 1234, TCP_ACK, b"GET", 2), &mut r);
+        assert_eq!(t.stats().connections_joined_midstream, 1);
+        assert_eq!(r.data[&(1, 0)], b"GET");
+    }
+
+    #[test]
+    fn full_table_evicts_least_recently_active() {
+        let limits = TableLimits { max_connections: 2, ..TableLimits::default() };
+        let mut t = ConnectionTable::new(limits);
+        let mut r = Recorder::default();
+        t.on_segment(seg(1, C2S, 0, TCP_SYN, b"", 10), &mut r);
+        t.on_segment(seg(2, C2S, 0, TCP_SYN, b"", 5), &mut r);
+        t.on_segment(seg(3, C2S, 0, TCP_SYN, b"", 20), &mut r);
+        assert_eq!(r.closed, vec![(2, CloseReason::Evicted)]);
+        assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn total_memory_budget_forces_gaps_instead_of_growing() {
+        let limits = TableLimits { max_total_buffered_bytes: 4, ..TableLimits::default() };
+        let mut t = ConnectionTable::new(limits);
+        let mut r = Recorder::default();
+        t.on_segment(seg(1, C2S, 0, TCP_SYN, b"", 0), &mut r);
+        t.on_segment(seg(1, C2S, 10, 0, b"0123456789", 1), &mut r);
+        assert_eq!(t.buffered_bytes(), 0);
+        assert_eq!(t.stats().memory_pressure_flushes, 1);
+        assert_eq!(r.gaps[&(1, 0)], 9);
+        assert_eq!(r.data[&(1, 0)], b"0123456789");
+    }
+
+    #[test]
+    fn large_segment_chunks_apply_fin_after_last_chunk() {
+        let mut t = ConnectionTable::new(TableLimits::default());
+        let mut r = Recorder::default();
+        t.on_segment(seg(1, C2S, 0, TCP_SYN, b"", 0), &mut r);
+        t.on_segment(seg(1, S2C, 0, TCP_SYN, b"", 0), &mut r);
+        t.on_segment(seg(1, S2C, 1, TCP_FIN, b"", 0), &mut r);
+        // One 6-byte segment with FIN, delivered as two chunks (second first).
+        let mut second = seg(1, C2S, 4, TCP_FIN, b"def", 1);
+        second.segment_seq = 1;
+        second.segment_len = 6;
+        let mut first = seg(1, C2S, 1, TCP_FIN, b"abc", 1);
+        first.segment_len = 6;
+        t.on_segment(second, &mut r);
+        assert!(r.closed.is_empty());
+        t.on_segment(first, &mut r);
+        assert_eq!(r.data[&(1, 0)], b"abcdef");
+        assert_eq!(r.closed, vec![(1, CloseReason::Fin)]);
+    }
+}
