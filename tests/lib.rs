@@ -260,17 +260,32 @@ impl Agent {
     /// Starts the agent in `ns` on `iface` for `ports`, writing records to a file in
     /// `dir` and stream digests to another; waits until it is attached.
     pub fn start(ns: &str, iface: &str, ports: &[u16], dir: &TempDir, extra: &[&str]) -> Agent {
+        Self::start_with(ns, iface, ports, dir, extra, false)
+    }
+
+    /// Like `start`, but with `--output stdout`; stdout is collected into `output`.
+    pub fn start_stdout(ns: &str, iface: &str, ports: &[u16], dir: &TempDir, extra: &[&str]) -> Agent {
+        Self::start_with(ns, iface, ports, dir, extra, true)
+    }
+
+    fn start_with(ns: &str, iface: &str, ports: &[u16], dir: &TempDir, extra: &[&str], stdout: bool) -> Agent {
         let stream_log = dir.path("streams.log");
-        let output = dir.path("records.gor");
+        let output = dir.path(if stdout { "stdout.gor" } else { "records.gor" });
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", ns]).arg(capture_bin()).args(["agent", "--iface", iface]);
         for p in ports {
             cmd.args(["--port", &p.to_string()]);
         }
         cmd.arg("--stream-log").arg(&stream_log);
-        cmd.arg("--output").arg(format!("file://{}", output.display()));
+        if stdout {
+            cmd.args(["--output", "stdout"]);
+            cmd.stdout(std::fs::File::create(&output).unwrap());
+        } else {
+            cmd.arg("--output").arg(format!("file://{}", output.display()));
+            cmd.stdout(Stdio::null());
+        }
         cmd.args(extra);
-        cmd.stdout(Stdio::null()).stderr(Stdio::piped()).env("RUST_LOG", "info");
+        cmd.stderr(Stdio::piped()).env("RUST_LOG", "info");
         let mut child = cmd.spawn().expect("starting capture agent");
         let stderr = child.stderr.take().unwrap();
         let buf = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
@@ -404,4 +419,176 @@ pub fn assert_streams_match(server: &HashMap<String, StreamDigest>, agent: &Hash
         total += want.c2s_bytes + want.s2c_bytes;
     }
     total
+}
+
+/// A record read back from a `.gor` file, parsed independently of the agent's code.
+#[derive(Clone, Debug)]
+pub struct GorRecord {
+    pub ty: u8,
+    pub id: String,
+    pub ts_ns: u64,
+    pub latency_ns: i64,
+    pub payload: Vec<u8>,
+}
+
+impl GorRecord {
+    /// The connection part of the id: run id (16 hex) + connection number (8 hex).
+    pub fn connection(&self) -> &str {
+        &self.id[..24]
+    }
+    pub fn connection_number(&self) -> u64 {
+        u64::from_str_radix(&self.id[16..24], 16).unwrap()
+    }
+    pub fn start_line(&self) -> String {
+        let end = self.payload.windows(2).position(|w| w == b"\r\n").unwrap_or(self.payload.len());
+        String::from_utf8_lossy(&self.payload[..end]).into_owned()
+    }
+}
+
+pub const SEPARATOR: &[u8] = "\n\u{1F435}\u{1F648}\u{1F649}\n".as_bytes();
+
+pub fn parse_gor(data: &[u8]) -> Vec<GorRecord> {
+    let mut out = Vec::new();
+    let mut rest = data;
+    while !rest.is_empty() {
+        let end = rest.windows(SEPARATOR.len()).position(|w| w == SEPARATOR).expect("record without separator");
+        let value = &rest[..end];
+        rest = &rest[end + SEPARATOR.len()..];
+        let nl = value.iter().position(|&b| b == b'\n').expect("header line");
+        let header = std::str::from_utf8(&value[..nl]).unwrap();
+        let parts: Vec<&str> = header.split(' ').collect();
+        assert_eq!(parts.len(), 4, "header {header:?}");
+        assert_eq!(parts[1].len(), 32, "id {:?}", parts[1]);
+        out.push(GorRecord {
+            ty: parts[0].as_bytes()[0],
+            id: parts[1].to_string(),
+            ts_ns: parts[2].parse().unwrap(),
+            latency_ns: parts[3].parse().unwrap(),
+            payload: value[nl + 1..].to_vec(),
+        });
+    }
+    out
+}
+
+/// Records grouped by connection number, in file order.
+pub fn by_connection(records: &[GorRecord]) -> std::collections::BTreeMap<u64, Vec<GorRecord>> {
+    let mut map: std::collections::BTreeMap<u64, Vec<GorRecord>> = Default::default();
+    for r in records {
+        map.entry(r.connection_number()).or_default().push(r.clone());
+    }
+    map
+}
+
+/// Concatenated payloads of one type (b'1' requests, b'2' responses).
+pub fn concat(records: &[GorRecord], ty: u8) -> Vec<u8> {
+    records.iter().filter(|r| r.ty == ty).flat_map(|r| r.payload.clone()).collect()
+}
+
+/// The exact bytes curl sent and received, from a `curl --trace` file (one connection).
+pub fn curl_trace(path: &Path) -> (Vec<u8>, Vec<u8>) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let (mut sent, mut received) = (Vec::new(), Vec::new());
+    let mut target: Option<bool> = None;
+    for line in text.lines() {
+        if line.starts_with("=> Send") {
+            target = Some(true);
+        } else if line.starts_with("<= Recv") {
+            target = Some(false);
+        } else if line.starts_with("==") {
+            target = None;
+        } else if let Some(to_sent) = target {
+            // "0000: 47 45 54 ... ascii"
+            let Some((_, rest)) = line.split_once(": ") else { continue };
+            let hex = &rest[..rest.len().min(16 * 3)];
+            for byte in hex.split_whitespace() {
+                if let Ok(b) = u8::from_str_radix(byte, 16) {
+                    if byte.len() == 2 {
+                        if to_sent { sent.push(b) } else { received.push(b) }
+                    }
+                }
+            }
+        }
+    }
+    (sent, received)
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = Command::new("sha256sum").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
+}
+
+/// Waits until something accepts TCP connections on addr:port inside `ns`.
+pub fn wait_listening(ns: &str, host: &str, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let ok = Command::new("ip")
+            .args(["netns", "exec", ns, "curl", "-s", "-o", "/dev/null", "-g", &format!("http://{host}:{port}/__probe")])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if ok {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("nothing listening on {host}:{port} in {ns}");
+}
+
+/// nginx serving `dir/www` on a port in a namespace, with its own access log.
+pub struct Nginx {
+    child: Child,
+    pub access_log: PathBuf,
+    pub www: PathBuf,
+}
+
+impl Nginx {
+    pub fn start(ns: &str, port: u16, dir: &TempDir) -> Nginx {
+        let www = dir.path("www");
+        std::fs::create_dir_all(&www).unwrap();
+        std::fs::write(www.join("index.html"), "hello from nginx\n").unwrap();
+        let big: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(www.join("64k.bin"), big).unwrap();
+        let access_log = dir.path("access.log");
+        let conf = dir.path("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "daemon off;\nuser root;\nworker_processes 1;\npid {pid};\nerror_log {err} warn;\n\
+                 events {{ worker_connections 1024; }}\n\
+                 http {{\n  access_log {log};\n  keepalive_requests 100000;\n  if_modified_since before;\n  client_body_temp_path {tmp};\n\
+                   server {{ listen {port}; listen [::]:{port}; root {www}; location /__probe {{ return 204; }} }}\n}}\n",
+                pid = dir.path("nginx.pid").display(),
+                err = dir.path("error.log").display(),
+                log = access_log.display(),
+                tmp = dir.path("body").display(),
+                www = www.display(),
+            ),
+        )
+        .unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "nginx", "-c"])
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting nginx");
+        wait_listening(ns, "127.0.0.1", port);
+        Nginx { child, access_log, www }
+    }
+
+    /// Requests nginx logged, not counting readiness probes.
+    pub fn requests_logged(&self) -> usize {
+        let text = std::fs::read_to_string(&self.access_log).unwrap_or_default();
+        text.lines().filter(|l| !l.contains("/__probe")).count()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
