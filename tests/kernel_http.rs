@@ -206,7 +206,7 @@ fn ab_and_wrk_keepalive_loads_are_captured_completely() {
     let net = NetPair::new();
     let dir = TempDir::new("load");
     let nginx = Nginx::start(&net.server_ns, PORT, &dir);
-    let mut agent = Agent::start(&net.server_ns, &net.server_if, &[PORT], &dir, &[]);
+    let mut agent = Agent::start(&net.server_ns, &net.server_if, &[PORT], &dir, &["--no-stream-log"]);
     let url = format!("http://{}:{PORT}", net.server_v4);
     sh(&format!("ip netns exec {} ab -q -k -n 2000 -c 10 {url}/64k.bin > /dev/null", net.client_ns));
     let wrk = sh(&format!("ip netns exec {} wrk -t 2 -c 20 -d 2s {url}/index.html", net.client_ns));

@@ -276,7 +276,10 @@ impl Agent {
         for p in ports {
             cmd.args(["--port", &p.to_string()]);
         }
-        cmd.arg("--stream-log").arg(&stream_log);
+        // Stream digests hash every byte: only where a test compares streams.
+        if !extra.contains(&"--no-stream-log") {
+            cmd.arg("--stream-log").arg(&stream_log);
+        }
         if stdout {
             cmd.args(["--output", "stdout"]);
             cmd.stdout(std::fs::File::create(&output).unwrap());
@@ -284,7 +287,7 @@ impl Agent {
             cmd.arg("--output").arg(format!("file://{}", output.display()));
             cmd.stdout(Stdio::null());
         }
-        cmd.args(extra);
+        cmd.args(extra.iter().filter(|a| **a != "--no-stream-log"));
         cmd.stderr(Stdio::piped()).env("RUST_LOG", "info");
         let mut child = cmd.spawn().expect("starting capture agent");
         let stderr = child.stderr.take().unwrap();
