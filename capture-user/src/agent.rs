@@ -45,10 +45,12 @@ pub struct AgentSummary {
 }
 
 impl AgentSummary {
-    /// One `key=value` line with every counter.
+    /// One `key=value` line with every counter, plus the agent's own CPU time and peak RSS.
     pub fn line(&self) -> String {
         let mut parts: Vec<String> = self.kernel.iter().map(|(c, v)| format!("{}={v}", c.name())).collect();
         parts.extend(self.pipeline.fields().into_iter().map(|(k, v)| format!("{k}={v}")));
+        let (user_ms, sys_ms, max_rss_kb) = own_usage();
+        parts.push(format!("agent_cpu_user_ms={user_ms} agent_cpu_sys_ms={sys_ms} agent_max_rss_kb={max_rss_kb}"));
         parts.join(" ")
     }
 
@@ -56,6 +58,15 @@ impl AgentSummary {
     pub fn kernel_losses(&self) -> Vec<(Counter, u64)> {
         self.kernel.iter().copied().filter(|(c, v)| c.is_loss() && *v > 0).collect()
     }
+}
+
+/// (user ms, system ms, peak RSS KiB) of this process so far.
+fn own_usage() -> (u64, u64, u64) {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to a rusage struct.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let ms = |tv: libc::timeval| tv.tv_sec as u64 * 1000 + tv.tv_usec as u64 / 1000;
+    (ms(ru.ru_utime), ms(ru.ru_stime), ru.ru_maxrss as u64)
 }
 
 pub fn run(config: AgentConfig, sinks: Vec<Box<dyn RecordSink>>) -> anyhow::Result<AgentSummary> {
@@ -73,7 +84,8 @@ pub fn run(config: AgentConfig, sinks: Vec<Box<dyn RecordSink>>) -> anyhow::Resu
     let ring = kernel.take_ring()?;
     let counter_map = kernel.take_counters()?;
 
-    let (tx, rx) = sync_channel::<Msg>(64);
+    // At most 8 batches of <= 1 MiB wait for the pipeline: ~8 MiB queued.
+    let (tx, rx) = sync_channel::<Msg>(8);
     let worker = std::thread::Builder::new()
         .name("capture-pipeline".into())
         .spawn(move || work(pipeline, rx))

@@ -64,7 +64,7 @@ impl Default for TableLimits {
         TableLimits {
             max_connections: 65_536,
             stream: StreamLimits::default(),
-            max_total_buffered_bytes: 256 * 1024 * 1024,
+            max_total_buffered_bytes: 64 * 1024 * 1024,
             idle_timeout_ns: 120_000_000_000,
             hole_timeout_ns: 2_000_000_000,
         }

@@ -11,6 +11,7 @@ use capture::agent::{self, AgentConfig};
 use capture::connections::TableLimits;
 use capture::http::HttpConfig;
 use capture::output::{parse_size, OutputSpec};
+use capture::sink::kafka::{self, KafkaConfig, KafkaSink};
 use capture::sink::{file::FileSink, stdout::StdoutSink, RecordSink};
 
 /// capture: copies live HTTP/1.x traffic off this host with eBPF, byte for byte,
@@ -45,8 +46,9 @@ struct AgentArgs {
     #[arg(long = "port", required = true, env = "CAPTURE_PORT", value_delimiter = ',')]
     ports: Vec<u16>,
 
-    /// Where records go: `stdout`, `file:///dir/name.gor` (or a path ending in .gor).
-    /// Repeatable. Default: `capture-<time>.gor` in the working directory.
+    /// Where records go: `stdout`, `file:///dir/name.gor` (or a path ending in .gor),
+    /// `kafka://host:port[,host:port]/topic`. Repeatable: each output gets every record
+    /// and keeps its own counters. Default: `capture-<time>.gor` in the working directory.
     #[arg(long = "output", env = "CAPTURE_OUTPUT", value_delimiter = ',')]
     outputs: Vec<OutputSpec>,
 
@@ -70,6 +72,21 @@ struct AgentArgs {
     #[arg(long, default_value_t = 65_536, env = "CAPTURE_MAX_CONNECTIONS")]
     max_connections: usize,
 
+    /// librdkafka setting for Kafka outputs, e.g. `security.protocol=SASL_SSL`,
+    /// `sasl.mechanism=SCRAM-SHA-512`, `ssl.ca.location=/etc/ssl/ca.pem`, `linger.ms=50`.
+    /// Repeatable; overrides the defaults (acks=all, zstd, linger.ms=20, batch.size=1000000).
+    #[arg(long = "kafka-opt", env = "CAPTURE_KAFKA_OPT", value_delimiter = ';', value_parser = parse_kafka_opt)]
+    kafka_opts: Vec<(String, String)>,
+
+    /// Memory for records waiting for Kafka (broker down or slow). When full, new
+    /// records are dropped and counted (`outputN_buffer_full`); capture goes on.
+    #[arg(long, default_value = "128MiB", env = "CAPTURE_KAFKA_BUFFER", value_parser = parse_size)]
+    kafka_buffer: u64,
+
+    /// Seconds to wait at shutdown for Kafka to acknowledge queued records.
+    #[arg(long, default_value_t = 10.0, env = "CAPTURE_KAFKA_FLUSH_TIMEOUT")]
+    kafka_flush_timeout: f64,
+
     /// Node name written into record metadata (default: the hostname).
     #[arg(long, env = "CAPTURE_NODE_NAME")]
     node_name: Option<String>,
@@ -82,6 +99,10 @@ struct AgentArgs {
     /// SHA-256 of each rebuilt direction to this file.
     #[arg(long, env = "CAPTURE_STREAM_LOG")]
     stream_log: Option<PathBuf>,
+}
+
+fn parse_kafka_opt(s: &str) -> Result<(String, String), String> {
+    kafka::parse_option(s).map_err(|e| e.to_string())
 }
 
 fn parse_ring_size(s: &str) -> Result<u32, String> {
@@ -114,6 +135,16 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
                 let path = std::path::absolute(&path).unwrap_or(path);
                 sinks.push(Box::new(FileSink::create(&path, args.file_rotate_size)?));
             }
+            OutputSpec::Kafka { brokers, topic } => {
+                sinks.push(Box::new(KafkaSink::create(KafkaConfig {
+                    brokers,
+                    topic,
+                    options: args.kafka_opts.clone(),
+                    buffer_bytes: args.kafka_buffer,
+                    flush_timeout: Duration::from_secs_f64(args.kafka_flush_timeout.max(0.0)),
+                    client_id: format!("capture-{node}"),
+                })?));
+            }
         }
     }
     let config = AgentConfig {
@@ -134,6 +165,14 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     eprintln!("capture: summary {}", summary.line());
     for (counter, value) in summary.kernel_losses() {
         eprintln!("capture: warning: kernel lost data: {}={value}", counter.name());
+    }
+    for (name, s) in &summary.pipeline.sinks {
+        if s.records_failed + s.records_dropped + s.records_pending > 0 {
+            eprintln!(
+                "capture: warning: {name}: {} record(s) failed, {} dropped, {} never acknowledged",
+                s.records_failed, s.records_dropped, s.records_pending
+            );
+        }
     }
     Ok(())
 }

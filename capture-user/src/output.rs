@@ -7,6 +7,8 @@ pub enum OutputSpec {
     Stdout,
     /// A `.gor` file; rotated files get `.1`, `.2`, ... before the extension.
     File(PathBuf),
+    /// `kafka://host:port[,host:port]/topic`.
+    Kafka { brokers: String, topic: String },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -15,8 +17,8 @@ pub enum OutputError {
     Unknown(String),
     #[error("output {0:?}: a file URL needs an absolute path, e.g. file:///var/lib/capture/out.gor")]
     RelativeFileUrl(String),
-    #[error("output {0:?}: Kafka output is not available in this build yet; use stdout or a file")]
-    KafkaUnavailable(String),
+    #[error("output {0:?}: expected kafka://host:port[,host:port]/topic")]
+    BadKafkaUrl(String),
 }
 
 impl std::str::FromStr for OutputSpec {
@@ -32,8 +34,18 @@ impl std::str::FromStr for OutputSpec {
             }
             return Ok(OutputSpec::File(PathBuf::from(path)));
         }
-        if s.starts_with("kafka://") {
-            return Err(OutputError::KafkaUnavailable(s.to_string()));
+        if let Some(rest) = s.strip_prefix("kafka://") {
+            let bad = || OutputError::BadKafkaUrl(s.to_string());
+            let (brokers, topic) = rest.split_once('/').ok_or_else(bad)?;
+            let valid_topic = !topic.is_empty()
+                && topic.len() <= 249
+                && topic.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+            let valid_brokers = !brokers.is_empty()
+                && brokers.split(',').all(|b| b.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()));
+            if !valid_topic || !valid_brokers {
+                return Err(bad());
+            }
+            return Ok(OutputSpec::Kafka { brokers: brokers.to_string(), topic: topic.to_string() });
         }
         // A bare path is a file too, if it looks like one.
         if s.ends_with(".gor") {
@@ -75,6 +87,13 @@ mod tests {
             "file://tmp/a.gor".parse::<OutputSpec>(),
             Err(OutputError::RelativeFileUrl("file://tmp/a.gor".into()))
         );
+        assert_eq!(
+            "kafka://a:9092,b:9093/capture.http".parse(),
+            Ok(OutputSpec::Kafka { brokers: "a:9092,b:9093".into(), topic: "capture.http".into() })
+        );
+        for bad in ["kafka://a:9092", "kafka://a/t", "kafka://:1/t", "kafka://a:1/", "kafka://a:1/t/x"] {
+            assert_eq!(bad.parse::<OutputSpec>(), Err(OutputError::BadKafkaUrl(bad.into())), "{bad}");
+        }
         let err = "ftp://x".parse::<OutputSpec>().unwrap_err().to_string();
         assert!(err.contains("ftp://x") && err.contains("expected"), "{err}");
     }

@@ -174,8 +174,13 @@ impl PipelineStats {
         out.extend(self.http.fields().into_iter().map(|(k, v)| (format!("http_{k}"), v)));
         for (i, (_, s)) in self.sinks.iter().enumerate() {
             out.push((format!("output{i}_records_written"), s.records_written));
-            out.push((format!("output{i}_records_failed"), s.records_failed));
             out.push((format!("output{i}_bytes_written"), s.bytes_written));
+            out.push((format!("output{i}_records_failed"), s.records_failed));
+            out.push((format!("output{i}_records_dropped"), s.records_dropped));
+            out.push((format!("output{i}_records_pending"), s.records_pending));
+            for (reason, n) in &s.reasons {
+                out.push((format!("output{i}_{reason}"), *n));
+            }
         }
         out
     }
@@ -221,12 +226,16 @@ impl Pipeline {
         self.flush();
     }
 
-    /// Closes every connection and flushes the sinks.
+    /// Closes every connection and closes the sinks (each bounded by its own timeout).
     pub fn shutdown(&mut self, now_ns: u64) {
         let mut fan = Fanout { http: &mut self.http, digest: self.digest.as_mut() };
         self.table.close_all(now_ns, &mut fan);
         self.emit();
-        self.flush();
+        for out in &mut self.outputs {
+            if let Err(e) = out.sink.close() {
+                warn!("{e}");
+            }
+        }
     }
 
     fn emit(&mut self) {

@@ -10,6 +10,8 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+mod bench;
+
 #[derive(Parser)]
 #[command(name = "xtask", about = "capture build, run and test tasks")]
 struct Cli {
@@ -33,6 +35,22 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Benchmark (root): nginx + wrk with no capture (A), with the agent (B: file, and
+    /// Kafka unless --no-kafka) and with tcpdump (C), interleaved; prints one table.
+    Bench {
+        /// Seconds of wrk load per run.
+        #[arg(long, default_value_t = 5)]
+        duration: u64,
+        /// Times each variant runs (interleaved A B C A B C ...).
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// wrk connections.
+        #[arg(long, default_value_t = 32)]
+        connections: u32,
+        /// Skip the Kafka variant (no tansu needed).
+        #[arg(long)]
+        no_kafka: bool,
+    },
     /// Set up, build, then run the whole test suite: unit tests and, as root, the
     /// kernel end-to-end tests (which fail rather than skip when CI=true).
     Test {
@@ -53,6 +71,14 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("python3", "python3"),
 ];
 
+/// Debian packages needed to build the agent (rdkafka's TLS support links system OpenSSL).
+const BUILD_PACKAGES: &[(&str, &str)] = &[("pkg-config", "pkg-config"), ("make", "make"), ("HEADER:/usr/include/openssl/ssl.h", "libssl-dev")];
+
+/// The Kafka-protocol test broker, built from crates.io (~20 min on 2 cores, once).
+const TANSU_VERSION: &str = "0.6.0";
+/// The independent Kafka consumer the tests read records back with.
+const CONFLUENT_KAFKA_VERSION: &str = "2.16.1";
+
 /// bpf-linker release we build against nightly's LLVM.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -61,7 +87,9 @@ fn main() -> Result<()> {
     let root = workspace_root();
     match cli.command {
         Task::Setup => {
+            ensure_packages(BUILD_PACKAGES, true)?;
             ensure_apt_packages()?;
+            ensure_kafka_test_tools()?;
             ensure_ebpf_toolchain(&root)?;
         }
         Task::BuildEbpf => build_ebpf(&root)?,
@@ -72,8 +100,17 @@ fn main() -> Result<()> {
             let status = Command::new(&bin).args(&args).status().with_context(|| format!("running {}", bin.display()))?;
             std::process::exit(status.code().unwrap_or(1));
         }
+        Task::Bench { duration, repeats, connections, no_kafka } => {
+            ensure_apt_packages()?;
+            if !no_kafka {
+                ensure_kafka_test_tools()?;
+            }
+            build_all(&root)?;
+            bench::bench(&root, bench::BenchOptions { duration_s: duration, repeats: repeats.max(1), kafka: !no_kafka, connections })?;
+        }
         Task::Test { args } => {
             ensure_apt_packages()?;
+            ensure_kafka_test_tools()?;
             build_all(&root)?;
             let mut cmd = cargo();
             cmd.current_dir(&root)
@@ -118,6 +155,7 @@ fn output(cmd: &mut Command) -> Option<String> {
 }
 
 fn build_all(root: &Path) -> Result<()> {
+    ensure_packages(BUILD_PACKAGES, true)?;
     build_ebpf(root)?;
     run(cargo().current_dir(root).args(["build", "--release", "-p", "capture-user"]))
 }
@@ -190,6 +228,24 @@ fn bpf_linker_ok(nightly_lib: &Path) -> bool {
     output(Command::new("bpf-linker").arg("--version").env("LD_LIBRARY_PATH", nightly_lib)).is_some()
 }
 
+/// tansu (test broker) and Python's confluent-kafka (independent consumer).
+fn ensure_kafka_test_tools() -> Result<()> {
+    if !have("tansu") {
+        eprintln!("xtask: installing the tansu {TANSU_VERSION} test broker (about 20 minutes on 2 cores, once per machine)");
+        run(cargo().args(["install", "tansu", "--locked", "--features", "dynostore", "--version", TANSU_VERSION]))
+            .context("installing tansu (needs crates.io)")?;
+    }
+    let has_client = Command::new("python3").args(["-c", "import confluent_kafka"]).output().map(|o| o.status.success()).unwrap_or(false);
+    if !has_client {
+        eprintln!("xtask: installing python confluent-kafka {CONFLUENT_KAFKA_VERSION}");
+        run(Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--root-user-action=ignore"])
+            .arg(format!("confluent-kafka=={CONFLUENT_KAFKA_VERSION}")))
+        .context("installing confluent-kafka with pip (needs PyPI)")?;
+    }
+    Ok(())
+}
+
 fn have(cmd: &str) -> bool {
     Command::new("sh").args(["-c", &format!("command -v {cmd}")]).output().map(|o| o.status.success()).unwrap_or(false)
 }
@@ -200,11 +256,24 @@ fn is_root() -> bool {
 
 /// Installs the test peers with apt when running as root; otherwise says what is missing.
 fn ensure_apt_packages() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES.iter().filter(|(bin, _)| !have(bin)).map(|(_, pkg)| *pkg).collect();
+    ensure_packages(APT_PACKAGES, false)
+}
+
+/// Installs missing packages (a command name, or `HEADER:<path>` for -dev packages).
+/// `required`: without root/apt, fail (build needs them) instead of warning (tests skip).
+fn ensure_packages(packages: &[(&str, &str)], required: bool) -> Result<()> {
+    let present = |probe: &str| match probe.strip_prefix("HEADER:") {
+        Some(path) => Path::new(path).exists(),
+        None => have(probe),
+    };
+    let missing: Vec<&str> = packages.iter().filter(|(probe, _)| !present(probe)).map(|(_, pkg)| *pkg).collect();
     if missing.is_empty() {
         return Ok(());
     }
     if !is_root() || !have("apt-get") {
+        if required {
+            bail!("missing build packages: run `apt-get install {}` as root", missing.join(" "));
+        }
         eprintln!("xtask: missing test peers (kernel tests will skip): apt-get install {}", missing.join(" "));
         return Ok(());
     }
@@ -214,5 +283,5 @@ fn ensure_apt_packages() -> Result<()> {
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(missing.iter().map(OsStr::new))
         .env("DEBIAN_FRONTEND", "noninteractive"))
-    .context("installing test peers with apt-get")
+    .with_context(|| format!("installing {} with apt-get", missing.join(" ")))
 }

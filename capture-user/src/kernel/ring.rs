@@ -9,8 +9,10 @@ pub struct RingReader {
     fd: AsyncFd<RingBuf<MapData>>,
 }
 
-/// Events handed on at most per batch, so one busy ring does not starve the rest.
+/// Events and payload bytes per batch at most: bounds the memory queued between the
+/// reader and the pipeline thread (batches in flight x this).
 const MAX_BATCH: usize = 4096;
+const MAX_BATCH_BYTES: usize = 1 << 20;
 
 impl RingReader {
     pub fn new(ring: RingBuf<MapData>) -> std::io::Result<Self> {
@@ -30,20 +32,23 @@ impl RingReader {
         loop {
             let mut guard = self.fd.readable_mut().await?;
             let ring = guard.get_inner_mut();
-            let mut n = 0;
-            while n < MAX_BATCH {
+            let (mut n, mut bytes) = (0, 0);
+            let mut full = false;
+            while !full {
                 let Some(item) = ring.next() else { break };
+                bytes += item.len();
                 match segment::decode(&item) {
                     Ok(seg) => segments.push(seg),
                     Err(e) => errors.push(e),
                 }
                 n += 1;
+                full = n >= MAX_BATCH || bytes >= MAX_BATCH_BYTES;
             }
             if n == 0 {
                 guard.clear_ready();
                 continue;
             }
-            if n < MAX_BATCH {
+            if !full {
                 guard.clear_ready();
             }
             return Ok(());

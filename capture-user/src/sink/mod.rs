@@ -1,15 +1,24 @@
 //! Sinks: where records are written. Each sink keeps its own accounting.
 
 pub mod file;
+pub mod kafka;
 pub mod stdout;
 
 use crate::record::Record;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SinkStats {
+    /// Records written (files, stdout) or acknowledged by the broker (Kafka).
     pub records_written: u64,
     pub bytes_written: u64,
+    /// Records accepted but never written/acknowledged (write error, delivery failure).
     pub records_failed: u64,
+    /// Records refused before queueing (Kafka: buffer full, too large).
+    pub records_dropped: u64,
+    /// Records still queued (Kafka: waiting for the broker).
+    pub records_pending: u64,
+    /// Failures and drops by reason, e.g. `("message_timed_out", 3)`.
+    pub reasons: Vec<(String, u64)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -20,12 +29,20 @@ pub enum SinkError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{sink}: {message}")]
+    Kafka { sink: String, message: String },
 }
 
 pub trait RecordSink: Send {
     /// Human-readable name, e.g. `file:///var/lib/capture/out.gor`.
     fn describe(&self) -> String;
+    /// Writes or queues one record. Must not block for long: it runs on the pipeline thread.
     fn write(&mut self, record: &Record) -> Result<(), SinkError>;
+    /// Pushes buffered data out without waiting for acknowledgements (periodic).
     fn flush(&mut self) -> Result<(), SinkError>;
+    /// Final flush at shutdown; may wait, bounded by the sink's own timeout.
+    fn close(&mut self) -> Result<(), SinkError> {
+        self.flush()
+    }
     fn stats(&self) -> SinkStats;
 }
