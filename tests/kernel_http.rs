@@ -76,7 +76,7 @@ fn curl_exchanges_are_captured_byte_exact_and_paired_on_stdout() {
     let url = format!("http://{}:{PORT}", net.server_v4);
     std::fs::write(dir.path("body.bin"), (0..20_000u32).map(|i| (i * 7) as u8).collect::<Vec<u8>>()).unwrap();
     let body = dir.path("body.bin").display().to_string();
-    let cases = vec![
+    let cases = [
         ("get", format!("{url}/hello")),
         ("keepalive", format!("{url}/a {url}/bytes/70000 {url}/c -o /dev/null -o /dev/null")),
         ("post", format!("-X POST --data-binary @{body} {url}/post")),

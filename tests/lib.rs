@@ -595,3 +595,140 @@ impl Drop for Nginx {
         let _ = self.child.wait();
     }
 }
+
+/// Waits until a TCP port accepts connections inside `ns`.
+pub fn wait_tcp(ns: &str, host: &str, port: u16) {
+    let probe = format!("import socket; socket.create_connection(('{host}', {port}), timeout=1).close()");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let ok = Command::new("ip")
+            .args(["netns", "exec", ns, "python3", "-c", &probe])
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if ok {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("nothing listening on {host}:{port} in {ns}");
+}
+
+/// A tansu Kafka broker (in-memory storage) on 127.0.0.1:port inside a namespace.
+pub struct Broker {
+    child: Option<Child>,
+    ns: String,
+    pub port: u16,
+    log: PathBuf,
+}
+
+impl Broker {
+    pub fn start(ns: &str, port: u16, dir: &TempDir) -> Broker {
+        let mut b = Broker { child: None, ns: ns.to_string(), port, log: dir.path(&format!("tansu-{port}.log")) };
+        b.restart();
+        b
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (again) a broker on the same port; in-memory storage starts empty.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "broker already running");
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns, "tansu", "broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting tansu (cargo xtask test installs it)");
+        self.child = Some(child);
+        wait_tcp(&self.ns, "127.0.0.1", self.port);
+    }
+
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the broker: down for clients, state kept.
+    pub fn freeze(&self, frozen: bool) {
+        let child = self.child.as_ref().expect("running");
+        // `ip netns exec` execs tansu, so this is tansu's pid.
+        unsafe { kill(child.id() as i32, if frozen { 19 } else { 18 }) };
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn create_topic(&self, topic: &str, partitions: u32) {
+        sh(&format!(
+            "ip netns exec {} tansu topic create {topic} --broker tcp://127.0.0.1:{} --partitions {partitions}",
+            self.ns, self.port
+        ));
+    }
+
+    /// Reads the topic with an independent client (Python confluent-kafka) until
+    /// `count` messages arrived or `idle_s` seconds passed without one.
+    pub fn consume(&self, topic: &str, count: usize, idle_s: f64, dir: &TempDir) -> Vec<KafkaMessage> {
+        let out = dir.path(&format!("consumed-{}.jsonl", NEXT.fetch_add(1, Ordering::SeqCst)));
+        sh(&format!(
+            "ip netns exec {} python3 {} {} {topic} {count} {idle_s} {}",
+            self.ns,
+            peers_dir().join("kafka_consume.py").display(),
+            self.bootstrap(),
+            out.display()
+        ));
+        let text = std::fs::read_to_string(&out).unwrap();
+        text.lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                KafkaMessage {
+                    partition: v["partition"].as_i64().unwrap(),
+                    offset: v["offset"].as_i64().unwrap(),
+                    key: v["key"].as_str().unwrap().to_string(),
+                    timestamp_ms: v["timestamp"].as_i64().unwrap(),
+                    headers: v["headers"]
+                        .as_object()
+                        .unwrap()
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+                        .collect(),
+                    value: hex_decode(v["value"].as_str().unwrap()),
+                }
+            })
+            .collect()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct KafkaMessage {
+    pub partition: i64,
+    pub offset: i64,
+    pub key: String,
+    pub timestamp_ms: i64,
+    pub headers: HashMap<String, String>,
+    pub value: Vec<u8>,
+}
+
+impl KafkaMessage {
+    /// The value parsed as a record (header line + payload), like a `.gor` record.
+    pub fn record(&self) -> GorRecord {
+        let mut with_sep = self.value.clone();
+        with_sep.extend_from_slice(SEPARATOR);
+        parse_gor(&with_sep).pop().unwrap()
+    }
+}
+
+fn hex_decode(s: &str) -> Vec<u8> {
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+}
