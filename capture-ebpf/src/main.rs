@@ -44,6 +44,12 @@ const NEXTHDR_HOP: u8 = 0;
 const NEXTHDR_ROUTING: u8 = 43;
 const NEXTHDR_FRAGMENT: u8 = 44;
 const NEXTHDR_DEST: u8 = 60;
+/// bpf_ringbuf_output/query flags (include/uapi/linux/bpf.h).
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+/// Pending bytes that make the kernel wake the reader.
+const WAKEUP_BYTES: u64 = 256 * 1024;
 /// IPv6 extension headers walked before giving up (bounded for the verifier).
 const MAX_EXT_HEADERS: u32 = 4;
 
@@ -212,12 +218,15 @@ fn capture(ctx: &TcContext, direction: u8) {
             }
             size += n as u64;
         }
+        // Wake the reader only when a good batch is waiting; it also polls on a short
+        // timer. One wakeup per event costs a context switch each (kernel/bpf/ringbuf.c).
+        let wakeup = if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
         let ret = unsafe {
             bpf_ringbuf_output(
                 &EVENTS as *const _ as *mut _,
                 scratch as *mut _,
                 size,
-                0,
+                wakeup,
             )
         };
         if ret < 0 {

@@ -126,11 +126,15 @@ async fn read_loop(
         }
     };
     tokio::pin!(deadline);
+    // The kernel wakes us only past a fill threshold; this timer bounds the delay
+    // for a trickle of events.
+    let mut poll = tokio::time::interval(Duration::from_millis(5));
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut errors = Vec::new();
     loop {
-        let mut batch = Vec::new();
         tokio::select! {
-            r = reader.next_batch(&mut batch, &mut errors) => r.context("reading the ring buffer")?,
+            r = reader.wait() => r.context("waiting for the ring buffer")?,
+            _ = poll.tick() => {}
             _ = tick.tick() => {
                 if tx.send(Msg::Tick(clock_ns(libc::CLOCK_MONOTONIC))).is_err() { break; }
                 continue;
@@ -139,13 +143,20 @@ async fn read_loop(
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
             _ = &mut deadline => { info!("duration reached: stopping"); break; }
         }
-        let n_err = errors.len() as u64;
-        if n_err > 0 {
-            warn!("{n_err} undecodable ring events, first: {}", errors[0]);
-            errors.clear();
-        }
-        if tx.send(Msg::Segments(batch, n_err)).is_err() {
-            break;
+        // Drain what is there, in bounded batches; then look at signals and ticks again.
+        for _ in 0..16 {
+            let mut batch = Vec::new();
+            if reader.try_batch(&mut batch, &mut errors) == 0 {
+                break;
+            }
+            let n_err = errors.len() as u64;
+            if n_err > 0 {
+                warn!("{n_err} undecodable ring events, first: {}", errors[0]);
+                errors.clear();
+            }
+            if tx.send(Msg::Segments(batch, n_err)).is_err() {
+                return Ok(());
+            }
         }
     }
     // What the kernel already wrote is still captured.

@@ -22,37 +22,29 @@ impl RingReader {
         Ok(RingReader { fd })
     }
 
-    /// Waits until events are available, then decodes up to a batch of them.
+    /// Waits until the kernel signals data (it does so only past a fill threshold;
+    /// callers also poll with [`RingReader::try_batch`] on a timer).
+    pub async fn wait(&mut self) -> std::io::Result<()> {
+        let mut guard = self.fd.readable_mut().await?;
+        guard.clear_ready();
+        Ok(())
+    }
+
+    /// Decodes up to a batch of available events without waiting; returns how many.
     /// Decoding errors are handed back so the caller can count them.
-    pub async fn next_batch(
-        &mut self,
-        segments: &mut Vec<Segment>,
-        errors: &mut Vec<DecodeError>,
-    ) -> std::io::Result<()> {
-        loop {
-            let mut guard = self.fd.readable_mut().await?;
-            let ring = guard.get_inner_mut();
-            let (mut n, mut bytes) = (0, 0);
-            let mut full = false;
-            while !full {
-                let Some(item) = ring.next() else { break };
-                bytes += item.len();
-                match segment::decode(&item) {
-                    Ok(seg) => segments.push(seg),
-                    Err(e) => errors.push(e),
-                }
-                n += 1;
-                full = n >= MAX_BATCH || bytes >= MAX_BATCH_BYTES;
+    pub fn try_batch(&mut self, segments: &mut Vec<Segment>, errors: &mut Vec<DecodeError>) -> usize {
+        let ring = self.fd.get_mut();
+        let (mut n, mut bytes) = (0, 0);
+        while n < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+            let Some(item) = ring.next() else { break };
+            bytes += item.len();
+            match segment::decode(&item) {
+                Ok(seg) => segments.push(seg),
+                Err(e) => errors.push(e),
             }
-            if n == 0 {
-                guard.clear_ready();
-                continue;
-            }
-            if !full {
-                guard.clear_ready();
-            }
-            return Ok(());
+            n += 1;
         }
+        n
     }
 
     /// Drains what is in the ring now without waiting (used at shutdown).
