@@ -5,12 +5,14 @@
 //! [`kernel`] module is pure and testable without root.
 
 pub mod agent;
+pub mod compare;
 pub mod connections;
 pub mod flow;
 pub mod kernel;
 pub mod output;
 pub mod pipeline;
 pub mod record;
+pub mod replay;
 pub mod segment;
 pub mod sink;
 pub mod reassembly;

@@ -10,14 +10,20 @@ use clap::{Args, Parser, Subcommand};
 use capture::agent::{self, AgentConfig};
 use capture::connections::TableLimits;
 use capture::http::HttpConfig;
+use capture::compare::{CompareConfig, Report};
 use capture::output::{parse_size, OutputSpec};
+use capture::replay::input::{read_gor_files, InputStats};
+use capture::replay::kafka_input::{consume_group, parse_time, read_window, KafkaInput};
+use capture::replay::request::{RewriteOptions, TargetUrl};
+use capture::replay::{self, Pacing, ReplayConfig, SAFE_METHODS};
 use capture::sink::kafka::{self, KafkaConfig, KafkaSink};
 use capture::sink::{file::FileSink, stdout::StdoutSink, RecordSink};
 
 /// capture: copies live HTTP/1.x traffic off this host with eBPF, byte for byte,
 /// so it can be replayed against a candidate release.
 ///
-/// Exit codes: 0 success, 1 runtime error (message on stderr), 2 bad usage.
+/// Exit codes: 0 success, 1 runtime error (message on stderr), 2 bad usage,
+/// 3 differences found (`replay --fail-on-diff`).
 #[derive(Parser)]
 #[command(name = "capture", version, propagate_version = true)]
 struct Cli {
@@ -33,8 +39,220 @@ enum Command {
     /// rebuilds every TCP connection to the watched ports, frames HTTP/1.x requests and
     /// responses and writes them as GoReplay-compatible records. Stops on SIGINT/SIGTERM
     /// (or after --duration), flushes outputs and prints a summary of all counters.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
+    /// Replay captured requests against candidate targets and compare their answers
+    /// with production's.
+    ///
+    /// Reads `.gor` files (the agent's or GoReplay's), keeps the order of requests within
+    /// each captured connection, paces them like the capture (or --speed / --rate), and
+    /// sends only GET, HEAD and OPTIONS unless --allow-method names more. Every replayed
+    /// request carries a marking header. With --compare, each candidate response is
+    /// compared with the captured production response (status, headers, JSON fields /
+    /// text lines / binary hash, latency); --baseline names a second production copy whose
+    /// differences are reported as noise. Exit code 3 with --fail-on-diff when any
+    /// difference was found.
+    Replay(Box<ReplayArgs>),
 }
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// Captured records: a `.gor` file (repeatable), or `kafka://host:port[,host:port]/topic`
+    /// with --group (live, consumer group) or --from/--to (a time window).
+    #[arg(long = "input", required = true, env = "CAPTURE_INPUT", value_delimiter = ',')]
+    inputs: Vec<String>,
+
+    /// Kafka input: consumer group to join (offsets are committed only after the
+    /// requests were replayed: at-least-once). Several replayers share the partitions.
+    #[arg(long, env = "CAPTURE_GROUP", conflicts_with_all = ["from", "to"])]
+    group: Option<String>,
+
+    /// Kafka input: start of the time window, RFC 3339 or relative (`-15m`). Read
+    /// without a consumer group; no offsets are committed.
+    #[arg(long, env = "CAPTURE_FROM", allow_hyphen_values = true)]
+    from: Option<String>,
+
+    /// Kafka input: end of the time window (RFC 3339, `-5m`, `now`). Default: now.
+    #[arg(long, env = "CAPTURE_TO", allow_hyphen_values = true)]
+    to: Option<String>,
+
+    /// Kafka input, group mode: stop after this many seconds without a new record.
+    #[arg(long, default_value_t = 10.0, env = "CAPTURE_IDLE_EXIT")]
+    idle_exit: f64,
+
+    /// librdkafka setting for the Kafka input (`key=value`, repeatable), e.g. TLS/SASL.
+    #[arg(long = "kafka-opt", value_parser = parse_kafka_opt)]
+    kafka_opts: Vec<(String, String)>,
+
+    /// Candidate base URL, `http://host:port`. Repeatable: every request goes to each.
+    #[arg(long = "target", required = true, env = "CAPTURE_TARGET", value_delimiter = ',')]
+    targets: Vec<TargetUrl>,
+
+    /// Replay at this multiple of the captured pace (2 = twice as fast). Default 1.
+    #[arg(long, env = "CAPTURE_SPEED", conflicts_with = "rate")]
+    speed: Option<f64>,
+
+    /// Replay at a fixed number of requests per second instead of the captured pace.
+    #[arg(long, env = "CAPTURE_RATE")]
+    rate: Option<f64>,
+
+    /// Also replay this method (GET, HEAD and OPTIONS always are). Repeatable.
+    #[arg(long = "allow-method", env = "CAPTURE_ALLOW_METHOD", value_delimiter = ',')]
+    allow_methods: Vec<String>,
+
+    /// Keep the captured Host header instead of the target's host:port.
+    #[arg(long)]
+    keep_host: bool,
+
+    /// Header added to every replayed request, `Name: value`.
+    #[arg(long, default_value = "X-Capture-Replay: 1", env = "CAPTURE_MARK_HEADER", value_parser = parse_header)]
+    mark_header: (String, String),
+
+    /// Set a header on every replayed request, `Name: value` (e.g. test credentials). Repeatable.
+    #[arg(long = "set-header", value_parser = parse_header)]
+    set_headers: Vec<(String, String)>,
+
+    /// Remove a header from every replayed request (e.g. Cookie). Repeatable.
+    #[arg(long = "drop-header")]
+    drop_headers: Vec<String>,
+
+    /// Compare candidate responses with the captured production responses.
+    #[arg(long)]
+    compare: bool,
+
+    /// A second production copy: differences it shows too are counted as noise.
+    #[arg(long, requires = "compare")]
+    baseline: Option<TargetUrl>,
+
+    /// Header never compared, added to the defaults (Date, Server, request ids, ...). Repeatable.
+    #[arg(long = "ignore-header")]
+    ignore_headers: Vec<String>,
+
+    /// JSON field never compared, e.g. `$.meta.generated_at` or `$.items[*].id`. Repeatable.
+    #[arg(long = "ignore-field")]
+    ignore_fields: Vec<String>,
+
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    report_json: Option<PathBuf>,
+
+    /// Write the report as a self-contained HTML page to this file.
+    #[arg(long)]
+    report_html: Option<PathBuf>,
+
+    /// Captured connections replayed at once (each keeps its order).
+    #[arg(long, default_value_t = 32, env = "CAPTURE_CONCURRENCY")]
+    concurrency: usize,
+
+    /// Seconds to wait for each connect and response.
+    #[arg(long, default_value_t = 10.0, env = "CAPTURE_TIMEOUT")]
+    timeout: f64,
+
+    /// Exit with code 3 when any difference was found.
+    #[arg(long)]
+    fail_on_diff: bool,
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    match s.split_once(':') {
+        Some((n, v)) if !n.trim().is_empty() && !n.contains(' ') => Ok((n.trim().to_string(), v.trim().to_string())),
+        _ => Err(format!("{s:?}: expected `Name: value`")),
+    }
+}
+
+fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let kafka: Vec<&String> = args.inputs.iter().filter(|i| i.starts_with("kafka://")).collect();
+    if !kafka.is_empty() && (kafka.len() > 1 || args.inputs.len() > 1) {
+        anyhow::bail!("--input: give one kafka:// input, or any number of .gor files");
+    }
+    let mut allow: Vec<String> = SAFE_METHODS.iter().map(|m| m.to_string()).collect();
+    allow.extend(args.allow_methods.iter().map(|m| m.trim().to_ascii_uppercase()));
+    let mut compare_cfg = CompareConfig::default();
+    compare_cfg.ignore_headers.extend(args.ignore_headers.iter().map(|h| h.to_ascii_lowercase()));
+    compare_cfg.ignore_fields.extend(args.ignore_fields.iter().cloned());
+    let config = ReplayConfig {
+        targets: args.targets,
+        baseline: args.baseline,
+        pacing: match (args.rate, args.speed) {
+            (Some(rate), _) if rate > 0.0 => Pacing::Rate(rate),
+            (Some(rate), _) => anyhow::bail!("--rate {rate}: expected a positive number of requests per second"),
+            (None, Some(speed)) if speed > 0.0 => Pacing::Original { speed },
+            (None, Some(speed)) => anyhow::bail!("--speed {speed}: expected a positive factor"),
+            (None, None) => Pacing::Original { speed: 1.0 },
+        },
+        allow_methods: allow,
+        rewrite: RewriteOptions { keep_host: args.keep_host, mark: args.mark_header, set: args.set_headers, drop: args.drop_headers },
+        concurrency: args.concurrency.max(1),
+        timeout: Duration::from_secs_f64(args.timeout.max(0.001)),
+        compare: args.compare.then_some(compare_cfg),
+    };
+    let title = format!("capture replay of {}", args.inputs.join(", "));
+    let targets = config.targets.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ");
+    let describe = |stats: &InputStats, n: usize| {
+        eprintln!(
+            "capture: replaying {n} request(s) from {} record(s) ({} unparseable, {} responses without request, {} ignored) to {targets}",
+            stats.records, stats.bad_records, stats.responses_without_request, stats.ignored_records
+        )
+    };
+    let report = match kafka.first() {
+        None => {
+            let paths: Vec<&std::path::Path> = args.inputs.iter().map(std::path::Path::new).collect();
+            let (exchanges, stats) = read_gor_files(&paths).with_context(|| format!("reading {:?}", args.inputs))?;
+            describe(&stats, exchanges.len());
+            replay::run(exchanges, &config, Report::new(title))
+        }
+        Some(url) => {
+            let (brokers, topic) = match url.parse::<OutputSpec>() {
+                Ok(OutputSpec::Kafka { brokers, topic }) => (brokers, topic),
+                _ => anyhow::bail!("--input {url:?}: expected kafka://host:port[,host:port]/topic"),
+            };
+            let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+            let parse = |t: &Option<String>| t.as_deref().map(|t| parse_time(t, now_ms)).transpose().map_err(anyhow::Error::msg);
+            let input = KafkaInput {
+                brokers,
+                topic,
+                group: args.group.clone(),
+                from_ms: parse(&args.from)?,
+                to_ms: parse(&args.to)?.or(Some(now_ms)),
+                options: args.kafka_opts.clone(),
+                idle: Duration::from_secs_f64(args.idle_exit.max(0.1)),
+            };
+            match &args.group {
+                Some(group) => {
+                    let mut report = Some(Report::new(title));
+                    let stats = consume_group(&input, group, |batch| {
+                        eprintln!("capture: replaying a batch of {} request(s)", batch.len());
+                        report = Some(replay::run(batch, &config, report.take().expect("report")));
+                    })?;
+                    let report = report.expect("report");
+                    describe(&stats, report.total());
+                    report
+                }
+                None => {
+                    if args.from.is_none() {
+                        anyhow::bail!("--input {url}: give --group (live) or --from (time window)");
+                    }
+                    let (exchanges, stats) = read_window(&input)?;
+                    describe(&stats, exchanges.len());
+                    replay::run(exchanges, &config, Report::new(title))
+                }
+            }
+        }
+    };
+    print!("{}", report.terminal_summary());
+    if let Some(path) = &args.report_json {
+        std::fs::write(path, report.to_json()).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("capture: JSON report written to {}", path.display());
+    }
+    if let Some(path) = &args.report_html {
+        std::fs::write(path, report.to_html()).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("capture: HTML report written to {}", path.display());
+    }
+    if args.fail_on_diff && report.with_differences() > 0 {
+        return Ok(ExitCode::from(3));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 
 #[derive(Args)]
 struct AgentArgs {
@@ -181,10 +399,11 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Agent(args) => run_agent(args),
+        Command::Agent(args) => run_agent(*args).map(|()| ExitCode::SUCCESS),
+        Command::Replay(args) => run_replay(*args),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("capture: error: {e:#}");
             ExitCode::from(1)

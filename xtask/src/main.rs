@@ -69,6 +69,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("tcpdump", "tcpdump"),
     ("python3", "python3"),
+    // Renders the replay HTML report in a test (screenshot).
+    ("chromium", "chromium"),
 ];
 
 /// Debian packages needed to build the agent (rdkafka's TLS support links system OpenSSL).
