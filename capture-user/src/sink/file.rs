@@ -8,8 +8,8 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use super::{RecordSink, SinkError, SinkStats};
-use crate::record::{Record, FILE_SEPARATOR};
+use super::{write_gor, RecordSink, SinkError, SinkStats};
+use crate::record::Record;
 
 pub struct FileSink {
     base: PathBuf,
@@ -76,15 +76,8 @@ impl RecordSink for FileSink {
         if self.current_bytes >= self.rotate_bytes {
             self.rotate()?;
         }
-        let header = record.header_line();
-        let result = self
-            .out
-            .write_all(header.as_bytes())
-            .and_then(|_| self.out.write_all(&record.payload))
-            .and_then(|_| self.out.write_all(FILE_SEPARATOR));
-        match result {
-            Ok(()) => {
-                let n = (header.len() + record.payload.len() + FILE_SEPARATOR.len()) as u64;
+        match write_gor(&mut self.out, record) {
+            Ok(n) => {
                 self.current_bytes += n;
                 self.stats.records_written += 1;
                 self.stats.bytes_written += n;

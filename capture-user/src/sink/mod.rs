@@ -4,7 +4,18 @@ pub mod file;
 pub mod kafka;
 pub mod stdout;
 
-use crate::record::Record;
+use std::io::Write;
+
+use crate::record::{Record, FILE_SEPARATOR};
+
+/// Writes a record as in `.gor` files (header line, payload, separator); returns its size.
+pub fn write_gor(out: &mut impl Write, record: &Record) -> std::io::Result<u64> {
+    let header = record.header_line();
+    out.write_all(header.as_bytes())?;
+    out.write_all(&record.payload)?;
+    out.write_all(FILE_SEPARATOR)?;
+    Ok((header.len() + record.payload.len() + FILE_SEPARATOR.len()) as u64)
+}
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SinkStats {

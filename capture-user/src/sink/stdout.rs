@@ -2,8 +2,8 @@
 
 use std::io::Write;
 
-use super::{RecordSink, SinkError, SinkStats};
-use crate::record::{Record, FILE_SEPARATOR};
+use super::{write_gor, RecordSink, SinkError, SinkStats};
+use crate::record::Record;
 
 pub struct StdoutSink {
     out: std::io::BufWriter<std::io::Stdout>,
@@ -28,16 +28,10 @@ impl RecordSink for StdoutSink {
     }
 
     fn write(&mut self, record: &Record) -> Result<(), SinkError> {
-        let header = record.header_line();
-        let result = self
-            .out
-            .write_all(header.as_bytes())
-            .and_then(|_| self.out.write_all(&record.payload))
-            .and_then(|_| self.out.write_all(FILE_SEPARATOR));
-        match result {
-            Ok(()) => {
+        match write_gor(&mut self.out, record) {
+            Ok(n) => {
                 self.stats.records_written += 1;
-                self.stats.bytes_written += (header.len() + record.payload.len() + FILE_SEPARATOR.len()) as u64;
+                self.stats.bytes_written += n;
                 Ok(())
             }
             Err(source) => {
