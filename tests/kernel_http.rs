@@ -12,17 +12,6 @@ use capture_tests::*;
 
 const PORT: u16 = 18081;
 
-/// Runs curl in the client namespace with `--trace`; returns (sent, received).
-fn curl(net: &NetPair, dir: &TempDir, name: &str, args: &str) -> (Vec<u8>, Vec<u8>) {
-    let trace = dir.path(&format!("{name}.trace"));
-    sh(&format!(
-        "ip netns exec {} curl -sS -g --trace {} -o /dev/null {args}",
-        net.client_ns,
-        trace.display()
-    ));
-    curl_trace(&trace)
-}
-
 /// Finds the captured connection whose requests are exactly `sent`, and checks that
 /// its responses are exactly `received` and every request is paired by id.
 fn assert_connection_captured(records: &[GorRecord], sent: &[u8], received: &[u8], what: &str) -> Vec<GorRecord> {
@@ -84,7 +73,7 @@ fn curl_exchanges_are_captured_byte_exact_and_paired_on_stdout() {
         ("expect100", format!("-H 'Expect: 100-continue' --data-binary @{body} {url}/upload")),
     ];
     let traces: Vec<(&str, Vec<u8>, Vec<u8>)> =
-        cases.iter().map(|(name, args)| { let (s, r) = curl(&net, &dir, name, args); (*name, s, r) }).collect();
+        cases.iter().map(|(name, args)| { let (s, r) = curl_traced(&net, &dir, name, args); (*name, s, r) }).collect();
     let stderr = agent.stop();
     let counters = summary(&stderr);
     assert_no_kernel_loss(&counters);
@@ -144,9 +133,9 @@ fn python_http10_close_delimited_responses_are_captured_whole() {
     );
     let mut agent = Agent::start(&net.server_ns, &net.server_if, &[PORT], &dir, &[]);
     let url = format!("http://{}:{PORT}", net.server_v4);
-    let small = curl(&net, &dir, "small", &format!("{url}/11"));
-    let large = curl(&net, &dir, "large", &format!("{url}/300000"));
-    let http10 = curl(&net, &dir, "http10", &format!("-0 {url}/5"));
+    let small = curl_traced(&net, &dir, "small", &format!("{url}/11"));
+    let large = curl_traced(&net, &dir, "large", &format!("{url}/300000"));
+    let http10 = curl_traced(&net, &dir, "http10", &format!("-0 {url}/5"));
     let counters = summary(&agent.stop());
     assert_no_kernel_loss(&counters);
     let records = parse_gor(&agent.records());
@@ -169,10 +158,10 @@ fn nginx_keepalive_head_and_304_are_framed_exactly() {
     let nginx = Nginx::start(&net.server_ns, PORT, &dir);
     let mut agent = Agent::start(&net.server_ns, &net.server_if, &[PORT], &dir, &[]);
     let url = format!("http://{}:{PORT}", net.server_v4);
-    let keepalive = curl(&net, &dir, "keepalive", &format!("{url}/index.html {url}/64k.bin {url}/missing -o /dev/null -o /dev/null"));
+    let keepalive = curl_traced(&net, &dir, "keepalive", &format!("{url}/index.html {url}/64k.bin {url}/missing -o /dev/null -o /dev/null"));
     // Two HEADs on one connection: the Content-Length of the first must not eat the second.
-    let head = curl(&net, &dir, "head", &format!("-I {url}/64k.bin {url}/index.html"));
-    let not_modified = curl(
+    let head = curl_traced(&net, &dir, "head", &format!("-I {url}/64k.bin {url}/index.html"));
+    let not_modified = curl_traced(
         &net,
         &dir,
         "304",
@@ -285,7 +274,7 @@ fn non_http_bytes_on_a_watched_port_are_counted_and_http_still_captured() {
         dir.path("tls.bin").display(),
         dir.path("tls.out").display()
     ));
-    let ok = curl(&net, &dir, "after", &format!("http://{}:{PORT}/index.html", net.server_v4));
+    let ok = curl_traced(&net, &dir, "after", &format!("http://{}:{PORT}/index.html", net.server_v4));
     let counters = summary(&agent.stop());
     assert_no_kernel_loss(&counters);
     assert_eq!(counters["http_non_http_connections"], 1);

@@ -10,29 +10,6 @@ const HTTP_PORT: u16 = 18082;
 const KAFKA_PORT: u16 = 19092;
 const TOPIC: &str = "capture.http";
 
-fn kafka_tests_enabled(test: &str) -> bool {
-    if !kernel_tests_enabled(test) {
-        return false;
-    }
-    let missing: Vec<&str> = ["tansu"].into_iter().filter(|b| !have(b)).collect();
-    let py = std::process::Command::new("python3").args(["-c", "import confluent_kafka"]).status().map(|s| s.success()).unwrap_or(false);
-    if missing.is_empty() && py {
-        return true;
-    }
-    let reason = "missing tansu or python confluent-kafka (cargo xtask test installs both)";
-    if std::env::var_os("CAPTURE_REQUIRE_KERNEL_TESTS").is_some() {
-        panic!("{test}: {reason}");
-    }
-    eprintln!("SKIP {test}: {reason}");
-    false
-}
-
-fn curl(net: &NetPair, dir: &TempDir, name: &str, args: &str) -> (Vec<u8>, Vec<u8>) {
-    let trace = dir.path(&format!("{name}.trace"));
-    sh(&format!("ip netns exec {} curl -sS -g --trace {} -o /dev/null {args}", net.client_ns, trace.display()));
-    curl_trace(&trace)
-}
-
 #[test]
 fn records_reach_kafka_keyed_ordered_with_headers_and_exact_bytes() {
     if !kafka_tests_enabled("records_reach_kafka_keyed_ordered_with_headers_and_exact_bytes") {
@@ -49,9 +26,9 @@ fn records_reach_kafka_keyed_ordered_with_headers_and_exact_bytes() {
     let url = format!("http://{}:{HTTP_PORT}", net.server_v4);
     let mut traces = Vec::new();
     for i in 0..6 {
-        traces.push(curl(&net, &dir, &format!("ka{i}"), &format!("{url}/a{i} {url}/bytes/{} {url}/c{i} -o /dev/null -o /dev/null", 1000 * (i + 1))));
+        traces.push(curl_traced(&net, &dir, &format!("ka{i}"), &format!("{url}/a{i} {url}/bytes/{} {url}/c{i} -o /dev/null -o /dev/null", 1000 * (i + 1))));
     }
-    traces.push(curl(&net, &dir, "post", &format!("-X POST --data-binary @/etc/services {url}/post")));
+    traces.push(curl_traced(&net, &dir, "post", &format!("-X POST --data-binary @/etc/services {url}/post")));
     let stderr = agent.stop();
     let s = summary(&stderr);
     assert_no_kernel_loss(&s);

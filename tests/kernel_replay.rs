@@ -14,22 +14,6 @@ const CANDIDATE_PORT: u16 = 18085;
 const KAFKA_PORT: u16 = 19093;
 const TOPIC: &str = "capture.replay";
 
-fn enabled(test: &str) -> bool {
-    if !kernel_tests_enabled(test) {
-        return false;
-    }
-    let ok = have("tansu")
-        && Command::new("python3").args(["-c", "import confluent_kafka"]).status().map(|s| s.success()).unwrap_or(false);
-    if !ok {
-        let reason = "missing tansu or python confluent-kafka (cargo xtask test installs both)";
-        if std::env::var_os("CAPTURE_REQUIRE_KERNEL_TESTS").is_some() {
-            panic!("{test}: {reason}");
-        }
-        eprintln!("SKIP {test}: {reason}");
-    }
-    ok
-}
-
 struct App {
     _proc: Proc,
     log: std::path::PathBuf,
@@ -111,7 +95,7 @@ fn assert_known_differences(report: &serde_json::Value, with_baseline: bool) {
 
 #[test]
 fn capture_kafka_replay_and_compare_find_exactly_the_known_differences() {
-    if !enabled("capture_kafka_replay_and_compare_find_exactly_the_known_differences") {
+    if !kafka_tests_enabled("capture_kafka_replay_and_compare_find_exactly_the_known_differences") {
         return;
     }
     let net = NetPair::new();

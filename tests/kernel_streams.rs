@@ -12,7 +12,7 @@ const PORT: u16 = 18080;
 /// Runs `clients` (shell commands in the client namespace) against a recording
 /// server at `server_addr` while the agent captures on `iface` in the server
 /// namespace. Returns (bytes compared, connections compared).
-fn capture_and_compare(test: &str, use_loopback: bool, ipv6: bool, clients: &[String]) -> (u64, usize) {
+fn capture_and_compare(test: &str, use_loopback: bool, ipv6: bool, clients: &[String], connections: usize) -> (u64, usize) {
     let net = NetPair::new();
     let dir = TempDir::new(test);
     let (server_addr, iface, client_ns) = match (use_loopback, ipv6) {
@@ -28,8 +28,8 @@ fn capture_and_compare(test: &str, use_loopback: bool, ipv6: bool, clients: &[St
         let cmd = cmd.replace("{URL}", &format!("http://{url_host}:{PORT}")).replace("{DIR}", &dir.0.display().to_string());
         sh(&format!("ip netns exec {client_ns} sh -c '{cmd}'"));
     }
-    // The server logs a connection when it closes; give the last ones a moment.
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // The server logs a connection when it closes.
+    server.wait_connections(connections);
     let stderr = agent.stop();
     let counters = summary(&stderr);
     assert_no_kernel_loss(&counters);
@@ -58,7 +58,7 @@ fn veth_small_requests_are_rebuilt_exactly() {
         "curl -sf -X POST --data hello-world {URL}/form -o /dev/null".to_string(),
         "curl -sf -H \"Transfer-Encoding: chunked\" --data-binary abcdefghij {URL}/chunked -o /dev/null".to_string(),
     ];
-    let (bytes, conns) = capture_and_compare("veth_small", false, false, &clients);
+    let (bytes, conns) = capture_and_compare("veth_small", false, false, &clients, 4);
     assert_eq!(conns, 4);
     assert!(bytes > 500);
 }
@@ -73,7 +73,7 @@ fn veth_5mb_upload_and_download_are_rebuilt_exactly() {
         "curl -sf --data-binary @{DIR}/up.bin {URL}/upload -o /dev/null".to_string(),
         "curl -sf {URL}/bytes/5000000 -o /dev/null".to_string(),
     ];
-    let (bytes, _) = capture_and_compare("veth_5mb", false, false, &clients);
+    let (bytes, _) = capture_and_compare("veth_5mb", false, false, &clients, 2);
     assert!(bytes > 10_000_000, "{bytes}");
 }
 
@@ -89,7 +89,7 @@ fn loopback_5mb_upload_and_download_are_rebuilt_exactly() {
         "curl -sf {URL}/bytes/5000000 -o /dev/null".to_string(),
         "curl -sf {URL}/small -o /dev/null".to_string(),
     ];
-    let (bytes, conns) = capture_and_compare("lo_5mb", true, false, &clients);
+    let (bytes, conns) = capture_and_compare("lo_5mb", true, false, &clients, 3);
     assert_eq!(conns, 3);
     assert!(bytes > 10_000_000, "{bytes}");
 }
@@ -104,7 +104,7 @@ fn veth_200_concurrent_connections_are_rebuilt_exactly() {
     }
     // 400 requests, 200 at a time, one connection each.
     let clients = vec!["ab -q -n 400 -c 200 {URL}/bytes/2000 > /dev/null".to_string()];
-    let (_, conns) = capture_and_compare("veth_200", false, false, &clients);
+    let (_, conns) = capture_and_compare("veth_200", false, false, &clients, 400);
     assert_eq!(conns, 400);
 }
 
@@ -118,7 +118,7 @@ fn veth_ipv6_is_rebuilt_exactly() {
         "curl -sf -g {URL}/bytes/300000 -o /dev/null".to_string(),
         "curl -sf -g -X POST --data-binary @/etc/services {URL}/post -o /dev/null".to_string(),
     ];
-    let (_, conns) = capture_and_compare("veth_v6", false, true, &clients);
+    let (_, conns) = capture_and_compare("veth_v6", false, true, &clients, 3);
     assert_eq!(conns, 3);
 }
 
@@ -128,6 +128,6 @@ fn loopback_ipv6_is_rebuilt_exactly() {
         return;
     }
     let clients = vec!["curl -sf -g {URL}/bytes/1000000 {URL}/x -o /dev/null -o /dev/null".to_string()];
-    let (_, conns) = capture_and_compare("lo_v6", true, true, &clients);
+    let (_, conns) = capture_and_compare("lo_v6", true, true, &clients, 1);
     assert_eq!(conns, 1);
 }

@@ -207,6 +207,14 @@ impl RecordServer {
         RecordServer { _proc: proc, log }
     }
 
+    /// Waits (up to 20 s) until the server has logged `n` closed connections.
+    pub fn wait_connections(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.connections().len() < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Per connection (client address): (c2s bytes, c2s sha256, s2c bytes, s2c sha256).
     pub fn connections(&self) -> HashMap<String, StreamDigest> {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -523,23 +531,6 @@ pub fn sha256_hex(data: &[u8]) -> String {
     String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
 }
 
-/// Waits until something accepts TCP connections on addr:port inside `ns`.
-pub fn wait_listening(ns: &str, host: &str, port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        let ok = Command::new("ip")
-            .args(["netns", "exec", ns, "curl", "-s", "-o", "/dev/null", "-g", &format!("http://{host}:{port}/__probe")])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if ok {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("nothing listening on {host}:{port} in {ns}");
-}
-
 /// nginx serving `dir/www` on a port in a namespace, with its own access log.
 pub struct Nginx {
     child: Child,
@@ -578,7 +569,7 @@ impl Nginx {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("starting nginx");
-        wait_listening(ns, "127.0.0.1", port);
+        wait_tcp(ns, "127.0.0.1", port);
         Nginx { child, access_log, www }
     }
 
@@ -731,4 +722,29 @@ impl KafkaMessage {
 
 fn hex_decode(s: &str) -> Vec<u8> {
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+}
+
+/// Runs curl in the client namespace with `--trace`; returns the exact bytes it sent
+/// and received on its (single) connection.
+pub fn curl_traced(net: &NetPair, dir: &TempDir, name: &str, args: &str) -> (Vec<u8>, Vec<u8>) {
+    let trace = dir.path(&format!("{name}.trace"));
+    sh(&format!("ip netns exec {} curl -sS -g --trace {} -o /dev/null {args}", net.client_ns, trace.display()));
+    curl_trace(&trace)
+}
+
+/// Kernel tests that also need the tansu broker and Python's confluent-kafka.
+pub fn kafka_tests_enabled(test: &str) -> bool {
+    if !kernel_tests_enabled(test) {
+        return false;
+    }
+    let client = Command::new("python3").args(["-c", "import confluent_kafka"]).status().map(|s| s.success()).unwrap_or(false);
+    if have("tansu") && client {
+        return true;
+    }
+    let reason = "missing tansu or python confluent-kafka (cargo xtask test installs both)";
+    if std::env::var_os("CAPTURE_REQUIRE_KERNEL_TESTS").is_some() {
+        panic!("{test}: {reason}");
+    }
+    eprintln!("SKIP {test}: {reason}");
+    false
 }
