@@ -110,6 +110,56 @@ impl Drop for FileSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::RunId;
+
+    fn record(n: usize) -> Record {
+        use crate::connections::ConnectionInfo;
+        use crate::http::{HttpMessage, MessageKind};
+        use crate::record::{RecordContext, RunId};
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let conn = ConnectionInfo { id: 1, flow: crate::flow::FlowKey { client: addr, server: addr }, ifindex: 1, opened_ns: 0, saw_syn: true };
+        let ctx = RecordContext { run: RunId(7), node: "n".into(), wall_offset_ns: 0 };
+        let msg = HttpMessage {
+            kind: MessageKind::Request,
+            exchange: n as u64,
+            paired: true,
+            bytes: bytes::Bytes::from(vec![b'x'; 100]),
+            original_len: 100,
+            truncated: false,
+            start_ns: 1,
+            end_ns: 2,
+            request_start_ns: None,
+            request_end_ns: None,
+            method: None,
+            target: None,
+            status: None,
+        };
+        Record::from_message(&msg, &conn, &ctx)
+    }
+
+    #[test]
+    fn rotates_at_the_size_limit_and_keeps_every_record() {
+        let dir = std::env::temp_dir().join(format!("capture-rotate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let base = dir.join("out.gor");
+        let mut sink = FileSink::create(&base, 300).unwrap();
+        for n in 0..5 {
+            sink.write(&record(n)).unwrap();
+        }
+        sink.flush().unwrap();
+        drop(sink);
+        let mut ids = Vec::new();
+        for path in [base.clone(), rotated_path(&base, 1), rotated_path(&base, 2)] {
+            let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            for value in crate::record::split_file(&data) {
+                ids.push(crate::record::parse_value(value).unwrap().id);
+            }
+        }
+        assert!(!rotated_path(&base, 3).exists());
+        let want: Vec<String> = (0..5).map(|n| RunId(7).record_id(1, n)).collect();
+        assert_eq!(ids, want, "every record once, in order, across the rotated files");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn rotated_names_keep_extension() {
