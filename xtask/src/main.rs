@@ -52,7 +52,8 @@ enum Task {
         no_kafka: bool,
     },
     /// Set up, build, then run the whole test suite: unit tests and, as root, the
-    /// kernel end-to-end tests (which fail rather than skip when CI=true).
+    /// kernel end-to-end tests (which fail rather than skip when CI=true), then each
+    /// fuzz target for CAPTURE_FUZZ_SECONDS (default 20).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -124,7 +125,37 @@ fn main() -> Result<()> {
                 cmd.env("CAPTURE_REQUIRE_KERNEL_TESTS", "1");
             }
             run(&mut cmd)?;
+            fuzz(&root)?;
         }
+    }
+    Ok(())
+}
+
+/// cargo-fuzz release used for the fuzz targets.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+const FUZZ_TARGETS: &[&str] = &["http_segments", "reassembly_segments"];
+
+/// Runs every fuzz target for CAPTURE_FUZZ_SECONDS (default 20; 0 skips) with
+/// libFuzzer; a crash, a panic or a memory blow-up fails the run.
+fn fuzz(root: &Path) -> Result<()> {
+    let seconds: u64 = std::env::var("CAPTURE_FUZZ_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
+    if seconds == 0 {
+        eprintln!("xtask: fuzzing skipped (CAPTURE_FUZZ_SECONDS=0)");
+        return Ok(());
+    }
+    if !have("cargo-fuzz") {
+        eprintln!("xtask: installing cargo-fuzz {CARGO_FUZZ_VERSION}");
+        run(cargo().args(["install", "cargo-fuzz", "--locked", "--version", CARGO_FUZZ_VERSION]))
+            .context("installing cargo-fuzz (needs crates.io)")?;
+    }
+    for target in FUZZ_TARGETS {
+        eprintln!("xtask: fuzzing {target} for {seconds} s");
+        run(cargo()
+            .current_dir(root.join("fuzz"))
+            .args(["+nightly", "fuzz", "run", "-O", target, "--"])
+            .arg(format!("-max_total_time={seconds}"))
+            .arg("-rss_limit_mb=1024"))
+        .with_context(|| format!("fuzz target {target} failed: see fuzz/artifacts/{target}/"))?;
     }
     Ok(())
 }

@@ -8,6 +8,7 @@
 //! Nothing is retried.
 
 pub mod input;
+#[cfg(feature = "kafka")]
 pub mod kafka_input;
 pub mod request;
 

@@ -1,6 +1,7 @@
 //! Sinks: where records are written. Each sink keeps its own accounting.
 
 pub mod file;
+#[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod stdout;
 
