@@ -131,3 +131,30 @@ fn loopback_ipv6_is_rebuilt_exactly() {
     let (_, conns) = capture_and_compare("lo_v6", true, true, &clients, 1);
     assert_eq!(conns, 1);
 }
+
+#[test]
+fn agent_detaches_on_exit_and_leaves_nothing_after_sigkill() {
+    if !kernel_tests_enabled("agent_detaches_on_exit_and_leaves_nothing_after_sigkill") {
+        return;
+    }
+    let net = NetPair::new();
+    let dir = TempDir::new("detach");
+    let iface = net.server_if.clone();
+    let expected = vec![format!("{iface} ingress capture_ingress"), format!("{iface} egress capture_egress")];
+    let mut agent = Agent::start(&net.server_ns, &iface, &[PORT], &dir, &["--no-stream-log"]);
+    assert_eq!(attachments(&net.server_ns, &iface), expected, "attached while running");
+    agent.stop();
+    assert!(attachments(&net.server_ns, &iface).is_empty(), "detached after SIGINT");
+
+    let mut agent = Agent::start(&net.server_ns, &iface, &[PORT], &dir, &["--no-stream-log"]);
+    agent.kill9();
+    assert!(attachments(&net.server_ns, &iface).is_empty(), "nothing left after SIGKILL");
+    // A new agent attaches once, and captures.
+    let server = RecordServer::start(&net.server_ns, &net.server_v4, PORT, &dir);
+    let mut agent = Agent::start(&net.server_ns, &iface, &[PORT], &dir, &[]);
+    assert_eq!(attachments(&net.server_ns, &iface), expected);
+    sh(&format!("ip netns exec {} curl -sf http://{}:{PORT}/again -o /dev/null", net.client_ns, net.server_v4));
+    server.wait_connections(1);
+    agent.stop();
+    assert_streams_match(&server.connections(), &agent.streams());
+}

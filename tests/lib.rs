@@ -344,6 +344,13 @@ impl Agent {
         }
     }
 
+    /// Kills the agent with SIGKILL (no cleanup of its own).
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
     /// Per connection (client address): digests of the rebuilt streams.
     pub fn streams(&self) -> HashMap<String, (StreamDigest, u64)> {
         let text = std::fs::read_to_string(&self.stream_log).unwrap_or_default();
@@ -747,4 +754,11 @@ pub fn kafka_tests_enabled(test: &str) -> bool {
     }
     eprintln!("SKIP {test}: {reason}");
     false
+}
+
+/// `capture attachments` in `ns`: lines "iface direction program".
+pub fn attachments(ns: &str, iface: &str) -> Vec<String> {
+    let out = Command::new("ip").args(["netns", "exec", ns]).arg(capture_bin()).args(["attachments", "--iface", iface]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
 }

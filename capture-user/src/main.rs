@@ -52,6 +52,13 @@ enum Command {
     /// differences are reported as noise. Exit code 3 with --fail-on-diff when any
     /// difference was found.
     Replay(Box<ReplayArgs>),
+    /// List this agent's classifiers attached (TCX) to interfaces: a check that nothing
+    /// is left behind after an agent stopped or was killed. Needs root.
+    Attachments {
+        /// Interface name or glob. Repeatable.
+        #[arg(long = "iface", required = true, value_delimiter = ',')]
+        ifaces: Vec<String>,
+    },
 }
 
 #[derive(Args)]
@@ -395,12 +402,27 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn list_attachments(patterns: &[String]) -> anyhow::Result<ExitCode> {
+    let mut any = false;
+    for iface in capture::kernel::loader::resolve_interfaces(patterns)? {
+        for (direction, name) in capture::kernel::loader::attached_programs(&iface)? {
+            println!("{iface} {direction} {name}");
+            any = true;
+        }
+    }
+    if !any {
+        eprintln!("capture: no capture classifier attached");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Agent(args) => run_agent(*args).map(|()| ExitCode::SUCCESS),
         Command::Replay(args) => run_replay(*args),
+        Command::Attachments { ifaces } => list_attachments(&ifaces),
     };
     match result {
         Ok(code) => code,

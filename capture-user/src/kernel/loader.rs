@@ -174,6 +174,27 @@ impl Drop for KernelCapture {
     }
 }
 
+/// This agent's classifiers attached to `iface` through TCX, as `(direction, program)`.
+/// Netlink (clsact) filters are not listed: `tc filter show dev IFACE ingress` shows them.
+pub fn attached_programs(iface: &str) -> Result<Vec<(&'static str, String)>, KernelError> {
+    let mut out = Vec::new();
+    for (attach, direction) in [(TcAttachType::Ingress, "ingress"), (TcAttachType::Egress, "egress")] {
+        let (_, programs) = SchedClassifier::query_tcx(iface, attach).map_err(|source| KernelError::Attach {
+            program: "(query)",
+            iface: iface.to_string(),
+            direction,
+            source: Box::new(source),
+        })?;
+        for p in programs {
+            let name = p.name_as_str().unwrap_or("").to_string();
+            if name == PROG_INGRESS || name == PROG_EGRESS {
+                out.push((direction, name));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Removes netlink (clsact) filters a killed earlier run left behind. TCX links
 /// die with their owning process, so only the netlink path can leave stale state.
 fn remove_stale(iface: &str, attach: TcAttachType, name: &str) {
