@@ -243,3 +243,37 @@ fn replay_keeps_the_captured_pace_at_1x_and_10x() {
         }
     }
 }
+
+#[test]
+fn unreachable_target_and_bad_records_are_reported_not_fatal() {
+    if !kernel_tests_enabled("unreachable_target_and_bad_records_are_reported_not_fatal") {
+        return;
+    }
+    let net = NetPair::new();
+    let dir = TempDir::new("unreachable");
+    let mut gor = Vec::new();
+    for i in 0..3u64 {
+        let id = format!("{:016x}{:08x}{:08x}", 0xdefu64, i, 0);
+        gor.extend_from_slice(format!("1 {id} {} 0\nGET /x/{i} HTTP/1.1\r\nHost: prod\r\n\r\n", 1_700_000_000_000_000_000u64 + i).as_bytes());
+        gor.extend_from_slice(SEPARATOR);
+    }
+    gor.extend_from_slice(b"this is not a record");
+    gor.extend_from_slice(SEPARATOR);
+    let input = dir.path("in.gor");
+    std::fs::write(&input, gor).unwrap();
+    let json = dir.path("r.json");
+    // Nothing listens on this port in the fresh namespace.
+    let (code, out) = replay(
+        &net.client_ns,
+        &["--input", input.to_str().unwrap(), "--target", &format!("http://{}:9", net.server_v4), "--timeout", "2", "--report-json", json.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("1 unparseable"), "{out}");
+    let report = read_json(&json);
+    assert_eq!(report["totals"]["errors"].as_u64(), Some(3), "{report}");
+    assert!(report.to_string().to_lowercase().contains("connection refused"), "{report}");
+    // A bad target URL is a usage error naming the value.
+    let (code, out) = replay(&net.client_ns, &["--input", input.to_str().unwrap(), "--target", "https://x"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("https://x") && out.contains("only http://"), "{out}");
+}
