@@ -86,9 +86,11 @@ pub fn run(config: AgentConfig, sinks: Vec<Box<dyn RecordSink>>) -> anyhow::Resu
 
     // At most 8 batches of <= 1 MiB wait for the pipeline: ~8 MiB queued.
     let (tx, rx) = sync_channel::<Msg>(8);
+    // Emptied batch vectors go back to the reader: no allocation per batch.
+    let (back_tx, back_rx) = sync_channel::<Vec<Segment>>(16);
     let worker = std::thread::Builder::new()
         .name("capture-pipeline".into())
-        .spawn(move || work(pipeline, rx))
+        .spawn(move || work(pipeline, rx, back_tx))
         .context("starting the pipeline thread")?;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -101,7 +103,7 @@ pub fn run(config: AgentConfig, sinks: Vec<Box<dyn RecordSink>>) -> anyhow::Resu
         ports.join(","),
         config.interfaces.join(",")
     );
-    let read_result = runtime.block_on(read_loop(ring, tx, config.duration));
+    let read_result = runtime.block_on(read_loop(ring, tx, back_rx, config.duration));
     let pipeline_stats = worker.join().map_err(|_| anyhow::anyhow!("pipeline thread panicked"))?;
     let kernel_counters = counters::read(&counter_map);
     drop(kernel);
@@ -112,6 +114,7 @@ pub fn run(config: AgentConfig, sinks: Vec<Box<dyn RecordSink>>) -> anyhow::Resu
 async fn read_loop(
     ring: aya::maps::RingBuf<aya::maps::MapData>,
     tx: std::sync::mpsc::SyncSender<Msg>,
+    spare: Receiver<Vec<Segment>>,
     duration: Option<Duration>,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -145,7 +148,7 @@ async fn read_loop(
         }
         // Drain what is there, in bounded batches; then look at signals and ticks again.
         for _ in 0..16 {
-            let mut batch = Vec::new();
+            let mut batch = spare.try_recv().unwrap_or_default();
             if reader.try_batch(&mut batch, &mut errors) == 0 {
                 break;
             }
@@ -167,14 +170,15 @@ async fn read_loop(
     Ok(())
 }
 
-fn work(mut pipeline: Pipeline, rx: Receiver<Msg>) -> PipelineStats {
+fn work(mut pipeline: Pipeline, rx: Receiver<Msg>, spare: std::sync::mpsc::SyncSender<Vec<Segment>>) -> PipelineStats {
     while let Ok(msg) = rx.recv() {
         match msg {
-            Msg::Segments(segments, decode_errors) => {
+            Msg::Segments(mut segments, decode_errors) => {
                 pipeline.decode_errors += decode_errors;
-                for seg in segments {
+                for seg in segments.drain(..) {
                     pipeline.on_segment(seg);
                 }
+                let _ = spare.try_send(segments);
             }
             Msg::Tick(now) => pipeline.on_tick(now),
         }

@@ -6,6 +6,9 @@
 
 use std::collections::HashMap;
 
+/// Seeded per process (keys come from the network), much cheaper than SipHash.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 use crate::flow::{Direction, FlowKey};
 use crate::reassembly::{StreamChunk, StreamLimits, StreamReassembler, StreamStats};
 use crate::segment::Segment;
@@ -135,7 +138,7 @@ struct Connection {
 
 pub struct ConnectionTable {
     limits: TableLimits,
-    conns: HashMap<FlowKey, Connection>,
+    conns: FastMap<FlowKey, Connection>,
     next_id: ConnectionId,
     stats: TableStats,
     chunks: Vec<StreamChunk>,
@@ -147,7 +150,7 @@ impl ConnectionTable {
     pub fn new(limits: TableLimits) -> Self {
         ConnectionTable {
             limits,
-            conns: HashMap::new(),
+            conns: FastMap::default(),
             next_id: 1,
             stats: TableStats::default(),
             chunks: Vec::new(),

@@ -3,6 +3,9 @@
 //! and by recorded segments in tests and benchmarks.
 
 use std::collections::HashMap;
+
+/// Seeded per process (keys come from the network), much cheaper than SipHash.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::io::Write;
 
 use log::warn;
@@ -19,7 +22,7 @@ use crate::sink::{RecordSink, SinkStats};
 /// Frames HTTP on every connection and collects the finished messages.
 pub struct HttpLayer {
     config: HttpConfig,
-    conns: HashMap<ConnectionId, HttpConnection>,
+    conns: FastMap<ConnectionId, HttpConnection>,
     pub stats: HttpStats,
     /// Messages framed since the caller last took them.
     pub messages: Vec<(ConnectionInfo, HttpMessage)>,
@@ -28,7 +31,7 @@ pub struct HttpLayer {
 
 impl HttpLayer {
     pub fn new(config: HttpConfig) -> Self {
-        HttpLayer { config, conns: HashMap::new(), stats: HttpStats::default(), messages: Vec::new(), scratch: Vec::new() }
+        HttpLayer { config, conns: FastMap::default(), stats: HttpStats::default(), messages: Vec::new(), scratch: Vec::new() }
     }
 
     fn collect(&mut self, conn: &ConnectionInfo) {
@@ -69,7 +72,7 @@ impl StreamSink for HttpLayer {
 /// rebuilt direction, so tests can compare against what the peers sent.
 pub struct StreamDigest {
     out: Box<dyn Write + Send>,
-    live: HashMap<ConnectionId, DigestState>,
+    live: FastMap<ConnectionId, DigestState>,
 }
 
 struct DigestState {
@@ -80,7 +83,7 @@ struct DigestState {
 
 impl StreamDigest {
     pub fn new(out: Box<dyn Write + Send>) -> Self {
-        StreamDigest { out, live: HashMap::new() }
+        StreamDigest { out, live: FastMap::default() }
     }
 
     fn finish(&mut self, conn: &ConnectionInfo, reason: &str) {
@@ -240,7 +243,7 @@ impl Pipeline {
 
     fn emit(&mut self) {
         for (conn, msg) in self.http.messages.drain(..) {
-            let record = Record::from_message(&msg, &conn, &self.ctx);
+            let record = Record::from_message(msg, &conn, &self.ctx);
             for out in &mut self.outputs {
                 if let Err(e) = out.sink.write(&record) {
                     if !out.error_logged {

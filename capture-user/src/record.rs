@@ -41,13 +41,43 @@ impl RunId {
 
     /// Connection id: 16 hex digits of run id + 8 of connection number.
     pub fn connection_id(self, conn: u64) -> String {
-        format!("{:016x}{:08x}", self.0, conn as u32)
+        let mut s = String::with_capacity(24);
+        push_hex(&mut s, self.0, 16);
+        push_hex(&mut s, conn as u32 as u64, 8);
+        s
     }
 
     /// Record id (shared by a request and its response): connection id + exchange index.
     pub fn record_id(self, conn: u64, exchange: u64) -> String {
-        format!("{:016x}{:08x}{:08x}", self.0, conn as u32, exchange as u32)
+        let mut s = String::with_capacity(32);
+        push_hex(&mut s, self.0, 16);
+        push_hex(&mut s, conn as u32 as u64, 8);
+        push_hex(&mut s, exchange as u32 as u64, 8);
+        s
     }
+}
+
+/// Appends `v` as exactly `digits` lower-case hex digits (hot path: no formatter).
+fn push_hex(s: &mut String, v: u64, digits: u32) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for i in (0..digits).rev() {
+        s.push(HEX[((v >> (i * 4)) & 0xf) as usize] as char);
+    }
+}
+
+/// Appends `v` in decimal.
+fn push_decimal(out: &mut Vec<u8>, mut v: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
 }
 
 /// Metadata that travels beside the value (Kafka headers; not in `.gor` files).
@@ -55,7 +85,7 @@ impl RunId {
 pub struct RecordMeta {
     pub client: SocketAddr,
     pub server: SocketAddr,
-    pub node: String,
+    pub node: std::sync::Arc<str>,
     pub ifindex: u32,
     pub truncated: bool,
     pub original_len: u64,
@@ -89,15 +119,15 @@ pub struct Record {
 #[derive(Clone, Debug)]
 pub struct RecordContext {
     pub run: RunId,
-    /// Node name (hostname, or `--node-name`).
-    pub node: String,
+    /// Node name (hostname, or `--node-name`); shared by every record.
+    pub node: std::sync::Arc<str>,
     /// Wall-clock ns minus kernel monotonic ns, measured at start.
     pub wall_offset_ns: i64,
 }
 
 impl RecordContext {
     pub fn new(node: String) -> RecordContext {
-        RecordContext { run: RunId::random(), node, wall_offset_ns: wall_offset_ns() }
+        RecordContext { run: RunId::random(), node: node.into(), wall_offset_ns: wall_offset_ns() }
     }
 
     /// Kernel timestamps (CLOCK_MONOTONIC, as `bpf_ktime_get_ns`) to wall-clock ns.
@@ -120,8 +150,8 @@ pub fn clock_ns(clock: libc::clockid_t) -> u64 {
 }
 
 impl Record {
-    /// Builds a record from a framed message of connection `conn`.
-    pub fn from_message(msg: &HttpMessage, conn: &ConnectionInfo, ctx: &RecordContext) -> Record {
+    /// Builds a record from a framed message of connection `conn` (moving its bytes).
+    pub fn from_message(msg: HttpMessage, conn: &ConnectionInfo, ctx: &RecordContext) -> Record {
         let (run, to_wall) = (ctx.run, |t| ctx.to_wall(t));
         let (client, server, ifindex, node) = (conn.flow.client, conn.flow.server, conn.ifindex, &ctx.node);
         let conn = conn.id;
@@ -137,11 +167,11 @@ impl Record {
             connection_id: run.connection_id(conn),
             ts_ns: to_wall(msg.start_ns),
             latency_ns,
-            payload: msg.bytes.clone(),
+            payload: msg.bytes,
             meta: RecordMeta {
                 client,
                 server,
-                node: node.to_string(),
+                node: node.clone(),
                 ifindex,
                 truncated: msg.truncated,
                 original_len: msg.original_len,
@@ -149,8 +179,8 @@ impl Record {
                 end_ns: to_wall(msg.end_ns),
                 request_start_ns: msg.request_start_ns.map(&to_wall),
                 request_end_ns: msg.request_end_ns.map(&to_wall),
-                method: msg.method.clone(),
-                target: msg.target.clone(),
+                method: msg.method,
+                target: msg.target,
                 status: msg.status,
             },
         }
@@ -163,16 +193,29 @@ impl Record {
         }
     }
 
+    /// Appends the header line `"<type> <id> <ts_ns> <latency_ns>\n"` to `out`.
+    pub fn write_header_line(&self, out: &mut Vec<u8>) {
+        out.push(self.type_byte());
+        out.push(b' ');
+        out.extend_from_slice(self.id.as_bytes());
+        out.push(b' ');
+        push_decimal(out, self.ts_ns);
+        out.push(b' ');
+        push_decimal(out, self.latency_ns);
+        out.push(b'\n');
+    }
+
     /// The header line, without the payload.
     pub fn header_line(&self) -> String {
-        format!("{} {} {} {}\n", self.type_byte() as char, self.id, self.ts_ns, self.latency_ns)
+        let mut out = Vec::with_capacity(64);
+        self.write_header_line(&mut out);
+        String::from_utf8(out).expect("ASCII")
     }
 
     /// The Kafka value: header line + payload, no separator.
     pub fn value(&self) -> Vec<u8> {
-        let header = self.header_line();
-        let mut out = Vec::with_capacity(header.len() + self.payload.len());
-        out.extend_from_slice(header.as_bytes());
+        let mut out = Vec::with_capacity(64 + self.payload.len());
+        self.write_header_line(&mut out);
         out.extend_from_slice(&self.payload);
         out
     }
@@ -266,8 +309,8 @@ mod tests {
             opened_ns: 0,
             saw_syn: true,
         };
-        let req = Record::from_message(&message(MessageKind::Request, b"GET / HTTP/1.1\r\n\r\n"), &conn, &ctx);
-        let resp = Record::from_message(&message(MessageKind::Response, b"HTTP/1.1 200 OK\r\n\r\n"), &conn, &ctx);
+        let req = Record::from_message(message(MessageKind::Request, b"GET / HTTP/1.1\r\n\r\n"), &conn, &ctx);
+        let resp = Record::from_message(message(MessageKind::Response, b"HTTP/1.1 200 OK\r\n\r\n"), &conn, &ctx);
         assert_eq!(req.id, resp.id);
         assert_eq!(req.id, "0000000000abcdef0000000700000003");
         assert_eq!(req.connection_id, "0000000000abcdef00000007");
@@ -284,6 +327,18 @@ mod tests {
         let values = split_file(&file);
         assert_eq!(values.len(), 2);
         assert_eq!(parse_value(values[1]).unwrap().type_byte, b'2');
+    }
+
+    #[test]
+    fn ids_and_numbers_format_like_the_formatter() {
+        let run = RunId(0x0123_4567_89ab_cdef);
+        assert_eq!(run.record_id(0x1_0000_0002, 0xff), format!("{:016x}{:08x}{:08x}", run.0, 2u32, 0xffu32));
+        assert_eq!(run.connection_id(7), format!("{:016x}{:08x}", run.0, 7));
+        for v in [0u64, 9, 10, 1_795_587_641_486_497_627, u64::MAX] {
+            let mut out = Vec::new();
+            push_decimal(&mut out, v);
+            assert_eq!(out, v.to_string().as_bytes());
+        }
     }
 
     #[test]

@@ -227,7 +227,8 @@ impl Framer {
                     }
                     if self.msg.is_none() {
                         self.msg = Some(Msg {
-                            bytes: Vec::new(),
+                            // Usually the whole message is in this input: one allocation, no regrowth.
+                            bytes: Vec::with_capacity(avail.len().min(max_msg).min(1 << 16)),
                             original_len: 0,
                             start_ns: self.ts_at(pos, old_len, ts),
                             end_ns: ts,

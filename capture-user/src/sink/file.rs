@@ -134,7 +134,7 @@ mod tests {
             target: None,
             status: None,
         };
-        Record::from_message(&msg, &conn, &ctx)
+        Record::from_message(msg, &conn, &ctx)
     }
 
     #[test]

@@ -257,7 +257,7 @@ pub fn headers(record: &Record, iface: &str) -> OwnedHeaders {
         ("capture-connection", record.connection_id.clone()),
         ("capture-client", m.client.to_string()),
         ("capture-server", m.server.to_string()),
-        ("capture-node", m.node.clone()),
+        ("capture-node", m.node.to_string()),
         ("capture-iface", iface.to_string()),
         ("capture-truncated", if m.truncated { "1" } else { "0" }.into()),
         ("capture-original-length", m.original_len.to_string()),

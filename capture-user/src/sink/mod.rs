@@ -11,8 +11,9 @@ use crate::record::{Record, FILE_SEPARATOR};
 
 /// Writes a record as in `.gor` files (header line, payload, separator); returns its size.
 pub fn write_gor(out: &mut impl Write, record: &Record) -> std::io::Result<u64> {
-    let header = record.header_line();
-    out.write_all(header.as_bytes())?;
+    let mut header = Vec::with_capacity(64);
+    record.write_header_line(&mut header);
+    out.write_all(&header)?;
     out.write_all(&record.payload)?;
     out.write_all(FILE_SEPARATOR)?;
     Ok((header.len() + record.payload.len() + FILE_SEPARATOR.len()) as u64)
