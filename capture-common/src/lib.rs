@@ -23,7 +23,7 @@ pub const MAX_CHUNKS: u32 = 32;
 pub const SCRATCH_SIZE: usize = EVENT_HEADER_SIZE + CHUNK_SIZE;
 
 /// Default ring buffer size; userspace can change it at load time.
-pub const DEFAULT_RING_BYTES: u32 = 32 * 1024 * 1024;
+pub const DEFAULT_RING_BYTES: u32 = 16 * 1024 * 1024;
 
 /// Watched ports at most.
 pub const MAX_PORTS: u32 = 64;

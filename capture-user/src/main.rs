@@ -286,7 +286,7 @@ struct AgentArgs {
     file_rotate_size: u64,
 
     /// Kernel ring buffer size (a power of two, at least 4KiB).
-    #[arg(long, default_value = "32MiB", env = "CAPTURE_RING_SIZE", value_parser = parse_ring_size)]
+    #[arg(long, default_value = "16MiB", env = "CAPTURE_RING_SIZE", value_parser = parse_ring_size)]
     ring_size: u32,
 
     /// Close a connection after this many seconds without a segment.
