@@ -207,10 +207,18 @@ impl RecordServer {
         RecordServer { _proc: proc, log }
     }
 
-    /// Waits (up to 20 s) until the server has logged `n` closed connections.
+    /// Waits (up to 20 s) until the server has logged at least `n` closed connections
+    /// and no new one for 0.5 s (clients such as ab may open more than they use).
     pub fn wait_connections(&self, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while self.connections().len() < n && Instant::now() < deadline {
+        let (mut last, mut since) = (usize::MAX, Instant::now());
+        while Instant::now() < deadline {
+            let now = self.connections().len();
+            if now != last {
+                (last, since) = (now, Instant::now());
+            } else if now >= n && since.elapsed() >= Duration::from_millis(500) {
+                return;
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
