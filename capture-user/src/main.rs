@@ -43,7 +43,8 @@ enum Command {
     /// Replay captured requests against candidate targets and compare their answers
     /// with production's.
     ///
-    /// Reads `.gor` files (the agent's or GoReplay's), keeps the order of requests within
+    /// Reads `.gor` files (the agent's or GoReplay's) or a Kafka topic the agent wrote
+    /// (a time window, or live with a consumer group), keeps the order of requests within
     /// each captured connection, paces them like the capture (or --speed / --rate), and
     /// sends only GET, HEAD and OPTIONS unless --allow-method names more. Every replayed
     /// request carries a marking header. With --compare, each candidate response is
