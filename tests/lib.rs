@@ -597,9 +597,23 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // SIGTERM: the master stops its workers. SIGKILL would orphan them.
+        stop_gracefully(&mut self.child);
     }
+}
+
+/// SIGTERM, then SIGKILL if the process has not exited within 5 s.
+pub fn stop_gracefully(child: &mut Child) {
+    unsafe { kill(child.id() as i32, 15) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// Waits until a TCP port accepts connections inside `ns`.
