@@ -282,6 +282,12 @@ struct AgentArgs {
     #[arg(long, default_value = "1000000", env = "CAPTURE_MAX_MESSAGE_SIZE", value_parser = parse_size)]
     max_message_size: u64,
 
+    /// Memory for HTTP messages in progress over all connections. When it is full, the
+    /// message that grows is cut where it is (flagged truncated, counted
+    /// `http_memory_pressure_truncations`) instead of the agent growing without bound.
+    #[arg(long, default_value = "256MiB", env = "CAPTURE_MAX_HTTP_BUFFER", value_parser = parse_size)]
+    max_http_buffer: u64,
+
     /// Start a new `.gor` file (name.1.gor, name.2.gor, ...) when the current one reaches this size.
     #[arg(long, default_value = "1GiB", env = "CAPTURE_FILE_ROTATE_SIZE", value_parser = parse_size)]
     file_rotate_size: u64,
@@ -382,7 +388,11 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
             idle_timeout_ns: args.idle_timeout.saturating_mul(1_000_000_000),
             ..TableLimits::default()
         },
-        http: HttpConfig { max_message_bytes: args.max_message_size as usize, ..HttpConfig::default() },
+        http: HttpConfig {
+            max_message_bytes: args.max_message_size as usize,
+            max_total_buffered_bytes: args.max_http_buffer as usize,
+            ..HttpConfig::default()
+        },
         node,
         stream_log: args.stream_log,
         duration: args.duration.map(Duration::from_secs_f64),

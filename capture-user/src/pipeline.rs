@@ -27,11 +27,21 @@ pub struct HttpLayer {
     /// Messages framed since the caller last took them.
     pub messages: Vec<(ConnectionInfo, HttpMessage)>,
     scratch: Vec<HttpMessage>,
+    /// Bytes held by all framers, kept up to date per event (bounded by
+    /// `config.max_total_buffered_bytes` plus the partial heads).
+    buffered: usize,
 }
 
 impl HttpLayer {
     pub fn new(config: HttpConfig) -> Self {
-        HttpLayer { config, conns: FastMap::default(), stats: HttpStats::default(), messages: Vec::new(), scratch: Vec::new() }
+        HttpLayer {
+            config,
+            conns: FastMap::default(),
+            stats: HttpStats::default(),
+            messages: Vec::new(),
+            scratch: Vec::new(),
+            buffered: 0,
+        }
     }
 
     fn collect(&mut self, conn: &ConnectionInfo) {
@@ -42,7 +52,7 @@ impl HttpLayer {
 
     /// Bytes buffered by all HTTP framers.
     pub fn buffered_bytes(&self) -> usize {
-        self.conns.values().map(|c| c.buffered_bytes()).sum()
+        self.buffered
     }
 }
 
@@ -53,15 +63,26 @@ impl StreamSink for HttpLayer {
 
     fn on_chunk(&mut self, conn: &ConnectionInfo, dir: Direction, chunk: StreamChunk) {
         let Some(http) = self.conns.get_mut(&conn.id) else { return };
+        let before = http.buffered_bytes();
         match chunk {
             StreamChunk::Data { bytes, ts_ns } => http.on_data(dir, &bytes, ts_ns, &mut self.stats, &mut self.scratch),
             StreamChunk::Gap { len } => http.on_gap(dir, len, &mut self.stats, &mut self.scratch),
         }
+        let mut after = http.buffered_bytes();
+        let total = self.buffered + after - before;
+        if total > self.config.max_total_buffered_bytes && after > before {
+            // The connection that grows past the budget gives back the excess and
+            // keeps no more of its messages in progress.
+            http.stop_keeping(total - self.config.max_total_buffered_bytes, &mut self.stats);
+            after = http.buffered_bytes();
+        }
+        self.buffered = self.buffered + after - before;
         self.collect(conn);
     }
 
     fn on_close(&mut self, conn: &ConnectionInfo, _reason: CloseReason, ts_ns: u64) {
         if let Some(mut http) = self.conns.remove(&conn.id) {
+            self.buffered -= http.buffered_bytes();
             http.on_close(ts_ns, &mut self.stats, &mut self.scratch);
             self.collect(conn);
         }
@@ -279,5 +300,75 @@ impl Pipeline {
 
     pub fn describe_outputs(&self) -> Vec<String> {
         self.outputs.iter().map(|o| o.sink.describe()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::FlowKey;
+
+    fn conn(n: u16) -> ConnectionInfo {
+        let ip = std::net::IpAddr::from([10, 0, 0, 1]);
+        ConnectionInfo { id: n as u64, flow: FlowKey::new(ip, 40000 + n, ip, 80), ifindex: 1, opened_ns: 0, saw_syn: true }
+    }
+
+    fn data(layer: &mut HttpLayer, c: &ConnectionInfo, dir: Direction, bytes: &[u8]) {
+        layer.on_chunk(c, dir, StreamChunk::Data { bytes: bytes::Bytes::copy_from_slice(bytes), ts_ns: 1 });
+    }
+
+    fn check_accounting(layer: &HttpLayer) -> usize {
+        let sum: usize = layer.conns.values().map(|h| h.buffered_bytes()).sum();
+        assert_eq!(layer.buffered_bytes(), sum, "incremental accounting drifted");
+        sum
+    }
+
+    /// Two large uploads in flight at once: the framers together never hold more than
+    /// the budget; the upload that ran into it is cut exactly where the budget was full
+    /// (head kept whole), flagged and counted; the one that fit stays whole.
+    #[test]
+    fn large_messages_in_flight_stay_within_the_total_budget() {
+        let config = HttpConfig { max_message_bytes: 100_000, max_total_buffered_bytes: 50_000, ..HttpConfig::default() };
+        let mut layer = HttpLayer::new(config);
+        let head = b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 40000\r\n\r\n";
+        let piece = [b'x'; 1000];
+        let (a, b) = (conn(1), conn(2));
+        let mut peak = 0;
+        for c in [&a, &b] {
+            layer.on_open(c);
+            data(&mut layer, c, Direction::ClientToServer, head);
+        }
+        // `a` holds all but its last piece, then `b` sends its whole body.
+        for _ in 0..39 {
+            data(&mut layer, &a, Direction::ClientToServer, &piece);
+            peak = peak.max(check_accounting(&layer));
+        }
+        for _ in 0..40 {
+            data(&mut layer, &b, Direction::ClientToServer, &piece);
+            peak = peak.max(check_accounting(&layer));
+        }
+        data(&mut layer, &a, Direction::ClientToServer, &piece);
+        assert!(peak <= 50_000, "framers held {peak} bytes");
+        assert_eq!(check_accounting(&layer), 0, "nothing held once the messages are done");
+
+        let msgs: Vec<HttpMessage> = layer.messages.drain(..).map(|(_, m)| m).collect();
+        assert_eq!(msgs.len(), 2, "both uploads are emitted");
+        let (cut, whole) = (&msgs[0], &msgs[1]);
+        assert_eq!(whole.bytes.len(), head.len() + 40_000);
+        assert!(!whole.truncated);
+        assert!(cut.truncated && cut.bytes.starts_with(head));
+        assert_eq!(cut.original_len, (head.len() + 40_000) as u64);
+        assert_eq!(cut.bytes.len(), 50_000 - (head.len() + 39_000), "cut where the budget was full");
+        assert_eq!((layer.stats.memory_pressure_truncations, layer.stats.truncated), (1, 1));
+
+        // With room again, the next message on the connection that was cut is whole.
+        let small = b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n";
+        data(&mut layer, &b, Direction::ClientToServer, small);
+        let (_, m) = layer.messages.pop().expect("request framed");
+        assert!(!m.truncated && &m.bytes[..] == small);
+        for c in [&a, &b] {
+            layer.on_close(c, CloseReason::Fin, 2);
+        }
+        assert_eq!(check_accounting(&layer), 0);
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! Input format, repeated: one op byte, then for data ops a length byte and that many
 //! bytes. Op byte: bit 0 = direction; bits 1-2: 0/1 = data, 2 = gap (length byte * 7),
-//! 3 = close.
+//! 3 = close; bit 3: then memory pressure (the connection gives back up to
+//! length byte * 13 kept bytes).
 #![no_main]
 
 use capture::flow::Direction;
@@ -13,6 +14,7 @@ use libfuzzer_sys::fuzz_target;
 const CONFIG: HttpConfig = HttpConfig {
     max_message_bytes: 512,
     max_head_bytes: 256,
+    max_total_buffered_bytes: usize::MAX,
 };
 
 fuzz_target!(|input: &[u8]| {
@@ -45,6 +47,11 @@ fuzz_target!(|input: &[u8]| {
                 rest = tail;
             }
         }
+        if op & 8 != 0 {
+            let before = conn.buffered_bytes();
+            conn.stop_keeping(len * 13, &mut stats);
+            assert!(conn.buffered_bytes() <= before);
+        }
         // Per direction: a partial head plus leading empty lines, and one capped message.
         assert!(
             conn.buffered_bytes() <= 2 * (2 * CONFIG.max_head_bytes + CONFIG.max_message_bytes)
@@ -52,6 +59,7 @@ fuzz_target!(|input: &[u8]| {
         for m in out.drain(..) {
             assert!(m.bytes.len() <= CONFIG.max_message_bytes);
             assert!(m.original_len >= m.bytes.len() as u64);
+            assert_eq!(m.truncated, m.original_len > m.bytes.len() as u64);
         }
     }
     conn.on_close(ts + 1, &mut stats, &mut out);

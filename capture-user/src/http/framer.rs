@@ -90,14 +90,18 @@ struct Msg {
     status: Option<u16>,
     /// Response is upgrading the connection: stop after emitting it.
     upgrade: bool,
+    /// Bytes this message may keep: the size cap, or less once memory ran short.
+    keep: usize,
+    /// Kept bytes up to the end of the final head (set when the body starts).
+    head_len: usize,
 }
 
 impl Msg {
-    fn push(&mut self, data: &[u8], ts: u64, max: usize) {
+    fn push(&mut self, data: &[u8], ts: u64) {
         self.original_len += data.len() as u64;
         self.end_ns = ts;
         if !self.damaged {
-            let room = max.saturating_sub(self.bytes.len());
+            let room = self.keep.saturating_sub(self.bytes.len());
             self.bytes.extend_from_slice(&data[..data.len().min(room)]);
         }
     }
@@ -146,6 +150,24 @@ impl Framer {
 
     pub(crate) fn buffered_bytes(&self) -> usize {
         self.buf.len() + self.msg.as_ref().map_or(0, |m| m.bytes.len())
+    }
+
+    /// Memory pressure: the message in progress gives back up to `excess` of the bytes
+    /// it kept and keeps no more, so it will be emitted cut and flagged truncated. Only
+    /// messages past their head are cut, never into the head (a record always holds the
+    /// whole head). Returns the bytes given back, or None if there was nothing to cut.
+    pub(crate) fn stop_keeping(&mut self, excess: usize) -> Option<usize> {
+        let in_body = !matches!(self.state, State::Head | State::Resync | State::Stopped);
+        match self.msg.as_mut() {
+            Some(m) if in_body && !m.damaged && m.keep > m.head_len => {
+                let len = m.bytes.len();
+                m.keep = len.saturating_sub(excess).max(m.head_len);
+                m.bytes.truncate(m.keep);
+                m.bytes.shrink_to_fit();
+                Some(len - m.keep)
+            }
+            _ => None,
+        }
     }
 
     /// Drops everything: the connection is no longer framed.
@@ -238,6 +260,8 @@ impl Framer {
                             target: None,
                             status: None,
                             upgrade: false,
+                            keep: max_msg,
+                            head_len: 0,
                         });
                     }
                     // Empty lines before a message are allowed; they ride along with it.
@@ -309,7 +333,7 @@ impl Framer {
                         return pos;
                     }
                     let n = (avail.len() as u64).min(remaining) as usize;
-                    self.msg_mut().push(&avail[..n], ts, max_msg);
+                    self.msg_mut().push(&avail[..n], ts);
                     pos += n;
                     self.body_advance(remaining - n as u64, sh, stats, out);
                 }
@@ -324,7 +348,7 @@ impl Framer {
                     let line = strip_cr(&avail[..nl]);
                     match head::parse_chunk_size(line) {
                         Some(size) => {
-                            self.msg_mut().push(&avail[..=nl], ts, max_msg);
+                            self.msg_mut().push(&avail[..=nl], ts);
                             pos += nl + 1;
                             self.state = if size == 0 {
                                 State::Trailers { seen: 0 }
@@ -346,7 +370,7 @@ impl Framer {
                         self.fail_body(ParseError::BadChunk, input, pos, stats, sh);
                         continue;
                     }
-                    self.msg_mut().push(&avail[..n], ts, max_msg);
+                    self.msg_mut().push(&avail[..n], ts);
                     pos += n;
                     self.state = State::ChunkSize;
                 }
@@ -358,7 +382,7 @@ impl Framer {
                         }
                         return pos;
                     };
-                    self.msg_mut().push(&avail[..=nl], ts, max_msg);
+                    self.msg_mut().push(&avail[..=nl], ts);
                     pos += nl + 1;
                     if strip_cr(&avail[..nl]).is_empty() {
                         self.finish(sh, stats, out);
@@ -370,7 +394,7 @@ impl Framer {
                 }
                 State::CloseDelimited => {
                     if !avail.is_empty() {
-                        self.msg_mut().push(avail, ts, max_msg);
+                        self.msg_mut().push(avail, ts);
                     }
                     return input.len();
                 }
@@ -458,11 +482,10 @@ impl Framer {
         sh: &mut Shared,
     ) -> Result<(usize, Framing), ParseError> {
         let (len, h) = head::parse_request(s)?;
-        let max = self.config.max_message_bytes;
         let exchange = sh.next_exchange;
         sh.next_exchange += 1;
         let msg = self.msg_mut();
-        msg.push(&s[..len], ts, max);
+        msg.push(&s[..len], ts);
         msg.exchange = exchange;
         msg.method = Some(h.method.clone());
         msg.target = Some(h.target.clone());
@@ -488,9 +511,8 @@ impl Framer {
         stats: &mut HttpStats,
     ) -> Result<(usize, Framing), ParseError> {
         let (len, h) = head::parse_response(s)?;
-        let max = self.config.max_message_bytes;
         let msg = self.msg.as_mut().expect("message in progress");
-        msg.push(&s[..len], ts, max);
+        msg.push(&s[..len], ts);
         if (100..200).contains(&h.status) && h.status != 101 {
             stats.interim_responses += 1;
             return Ok((len, Framing::Interim));
@@ -524,6 +546,9 @@ impl Framer {
         out: &mut Vec<HttpMessage>,
     ) {
         self.scan = 0;
+        if let Some(m) = self.msg.as_mut() {
+            m.head_len = m.bytes.len();
+        }
         match framing {
             // Not a message end: the same message waits for the final head.
             Framing::Interim => self.state = State::Head,

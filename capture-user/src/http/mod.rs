@@ -42,6 +42,11 @@ pub struct HttpConfig {
     pub max_message_bytes: usize,
     /// A head (start line + headers) longer than this is a parse error.
     pub max_head_bytes: usize,
+    /// Bytes all connections together may hold in messages in progress (used by the
+    /// owner of many connections, `pipeline::HttpLayer`). Past it, the message that
+    /// grows is cut where it is: emitted flagged truncated, counted
+    /// `memory_pressure_truncations`.
+    pub max_total_buffered_bytes: usize,
 }
 
 impl Default for HttpConfig {
@@ -49,6 +54,7 @@ impl Default for HttpConfig {
         HttpConfig {
             max_message_bytes: 1_000_000,
             max_head_bytes: 64 * 1024,
+            max_total_buffered_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -124,6 +130,9 @@ stats_struct! {
     unanswered_requests,
     truncated,
     truncated_bytes,
+    /// Messages cut short because all connections together held
+    /// `max_total_buffered_bytes` (also counted in `truncated` when emitted).
+    memory_pressure_truncations,
     /// 1xx (except 101) before a final response.
     interim_responses,
     /// Partial messages when the stream ended (not emitted).
@@ -236,6 +245,17 @@ impl HttpConnection {
     /// Bytes currently buffered (for the caller's memory accounting).
     pub fn buffered_bytes(&self) -> usize {
         self.framers.iter().map(Framer::buffered_bytes).sum()
+    }
+
+    /// Memory pressure: messages in progress give back up to `excess` kept bytes and
+    /// keep no more; they will be emitted cut and flagged truncated.
+    pub fn stop_keeping(&mut self, mut excess: usize, stats: &mut HttpStats) {
+        for f in &mut self.framers {
+            if let Some(freed) = f.stop_keeping(excess) {
+                stats.memory_pressure_truncations += 1;
+                excess = excess.saturating_sub(freed);
+            }
+        }
     }
 
     /// Once the connection is ignored, both directions stop and free their buffers.

@@ -770,7 +770,7 @@ fn stats_add_and_fields() {
     assert_eq!(b.requests, 2);
     assert_eq!(b.parse_errors_bad_chunk, 4);
     let f = b.fields();
-    assert_eq!(f.len(), 19);
+    assert_eq!(f.len(), 20);
     assert_eq!(f[0], ("requests", 2));
     assert!(f.contains(&("parse_errors_bad_chunk", 4)));
 }
@@ -788,6 +788,7 @@ fn random_garbage_never_panics() {
     let cfg = HttpConfig {
         max_message_bytes: 300,
         max_head_bytes: 200,
+        ..HttpConfig::default()
     };
     let mut seed = 0x9e3779b97f4a7c15u64;
     for round in 0..300 {
@@ -1057,7 +1058,7 @@ proptest! {
         ),
         valid_start in any::<bool>(),
     ) {
-        let cfg = HttpConfig { max_message_bytes: 100, max_head_bytes: 64 };
+        let cfg = HttpConfig { max_message_bytes: 100, max_head_bytes: 64, ..HttpConfig::default() };
         let mut conn = HttpConnection::new(cfg);
         let (mut st, mut out) = (HttpStats::default(), Vec::new());
         if valid_start {
