@@ -39,15 +39,8 @@ impl RunId {
         RunId(u64::from_le_bytes(buf))
     }
 
-    /// Connection id: 16 hex digits of run id + 8 of connection number.
-    pub fn connection_id(self, conn: u64) -> String {
-        let mut s = String::with_capacity(24);
-        push_hex(&mut s, self.0, 16);
-        push_hex(&mut s, conn as u32 as u64, 8);
-        s
-    }
-
-    /// Record id (shared by a request and its response): connection id + exchange index.
+    /// Record id (shared by a request and its response): 16 hex digits of run id, 8 of
+    /// connection number (together the connection id), 8 of exchange index.
     pub fn record_id(self, conn: u64, exchange: u64) -> String {
         let mut s = String::with_capacity(32);
         push_hex(&mut s, self.0, 16);
@@ -103,9 +96,8 @@ pub struct RecordMeta {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
     pub kind: MessageKind,
+    /// Connection id (24 hex digits, the Kafka key) + exchange index (8 hex digits).
     pub id: String,
-    /// Kafka key: all records of one connection share it, so they stay in order.
-    pub connection_id: String,
     /// Wall-clock ns: the request's first byte (type 1) or the response's first byte (type 2).
     pub ts_ns: u64,
     /// Type 1: request transfer time (first to last byte). Type 2: time from the
@@ -164,7 +156,6 @@ impl Record {
         Record {
             kind: msg.kind,
             id: run.record_id(conn, msg.exchange),
-            connection_id: run.connection_id(conn),
             ts_ns: to_wall(msg.start_ns),
             latency_ns,
             payload: msg.bytes,
@@ -184,6 +175,11 @@ impl Record {
                 status: msg.status,
             },
         }
+    }
+
+    /// Kafka key: all records of one connection share it, so they stay in order.
+    pub fn connection_id(&self) -> &str {
+        &self.id[..24]
     }
 
     pub fn type_byte(&self) -> u8 {
@@ -313,7 +309,7 @@ mod tests {
         let resp = Record::from_message(message(MessageKind::Response, b"HTTP/1.1 200 OK\r\n\r\n"), &conn, &ctx);
         assert_eq!(req.id, resp.id);
         assert_eq!(req.id, "0000000000abcdef0000000700000003");
-        assert_eq!(req.connection_id, "0000000000abcdef00000007");
+        assert_eq!(req.connection_id(), "0000000000abcdef00000007");
         assert_eq!(req.latency_ns, 500);
         assert_eq!(resp.latency_ns, 600);
         let parsed = parse_value(&req.value()).unwrap();
@@ -333,7 +329,6 @@ mod tests {
     fn ids_and_numbers_format_like_the_formatter() {
         let run = RunId(0x0123_4567_89ab_cdef);
         assert_eq!(run.record_id(0x1_0000_0002, 0xff), format!("{:016x}{:08x}{:08x}", run.0, 2u32, 0xffu32));
-        assert_eq!(run.connection_id(7), format!("{:016x}{:08x}", run.0, 7));
         for v in [0u64, 9, 10, 1_795_587_641_486_497_627, u64::MAX] {
             let mut out = Vec::new();
             push_decimal(&mut out, v);

@@ -16,6 +16,7 @@ use super::{HttpConfig, HttpMessage, HttpStats, MessageKind};
 #[derive(Clone, Debug)]
 pub(crate) struct Pending {
     pub exchange: u64,
+    /// Moved to the response message when it pairs (empty afterwards).
     pub method: String,
     pub target: String,
     pub start_ns: u64,
@@ -518,24 +519,25 @@ impl Framer {
             return Ok((len, Framing::Interim));
         }
         msg.status = Some(h.status);
-        let method = match sh.pending.pop_front() {
-            Some(req) => {
+        match sh.pending.pop_front() {
+            Some(mut req) => {
                 msg.exchange = req.exchange;
-                msg.method = Some(req.method.clone());
-                msg.target = Some(req.target.clone());
+                // The request's strings move to its response; `answering` keeps the times.
+                msg.method = Some(std::mem::take(&mut req.method));
+                msg.target = Some(std::mem::take(&mut req.target));
                 sh.answering = Some(req);
-                msg.method.clone()
             }
             None => {
                 msg.exchange = sh.next_exchange;
                 sh.next_exchange += 1;
                 sh.answering = None;
-                None
             }
-        };
-        msg.upgrade = h.status == 101
-            || (method.as_deref() == Some("CONNECT") && (200..300).contains(&h.status));
-        Ok((len, h.framing(method.as_deref())))
+        }
+        let method = msg.method.as_deref();
+        let upgrade = h.status == 101 || (method == Some("CONNECT") && (200..300).contains(&h.status));
+        let framing = h.framing(method);
+        msg.upgrade = upgrade;
+        Ok((len, framing))
     }
 
     fn start_body(

@@ -254,7 +254,7 @@ pub fn headers(record: &Record, iface: &str) -> OwnedHeaders {
     };
     let mut pairs: Vec<(&str, String)> = vec![
         ("capture-type", kind.into()),
-        ("capture-connection", record.connection_id.clone()),
+        ("capture-connection", record.connection_id().to_string()),
         ("capture-client", m.client.to_string()),
         ("capture-server", m.server.to_string()),
         ("capture-node", m.node.to_string()),
@@ -297,7 +297,7 @@ impl RecordSink for KafkaSink {
         let headers = headers(record, &iface);
         let sent = self.producer.send(
             BaseRecord::to(&self.config.topic)
-                .key(record.connection_id.as_bytes())
+                .key(record.connection_id().as_bytes())
                 .payload(&value[..])
                 .headers(headers)
                 .timestamp((record.ts_ns / 1_000_000) as i64),
