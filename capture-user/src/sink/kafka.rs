@@ -13,6 +13,7 @@
 //! on its own.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -157,6 +158,9 @@ pub struct KafkaSink {
     /// Drop reasons already logged.
     drop_logged: HashMap<String, ()>,
     iface_names: HashMap<u32, String>,
+    /// Reused per record: the value (header line + payload) and the header values.
+    value_buf: Vec<u8>,
+    header_buf: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -216,11 +220,20 @@ impl KafkaSink {
                 config.buffer_bytes
             ),
         }
-        Ok(KafkaSink { producer, config, delivery, dropped: 0, drop_logged: HashMap::new(), iface_names: HashMap::new() })
+        Ok(KafkaSink {
+            producer,
+            config,
+            delivery,
+            dropped: 0,
+            drop_logged: HashMap::new(),
+            iface_names: HashMap::new(),
+            value_buf: Vec::new(),
+            header_buf: String::new(),
+        })
     }
 
-    fn iface_name(&mut self, ifindex: u32) -> String {
-        self.iface_names
+    fn iface_name(names: &mut HashMap<u32, String>, ifindex: u32) -> &str {
+        names
             .entry(ifindex)
             .or_insert_with(|| {
                 let mut buf = [0u8; libc::IF_NAMESIZE];
@@ -233,7 +246,6 @@ impl KafkaSink {
                     String::from_utf8_lossy(&buf[..end]).into_owned()
                 }
             })
-            .clone()
     }
 
     fn drop_record(&mut self, reason: &str, detail: String) {
@@ -245,43 +257,55 @@ impl KafkaSink {
     }
 }
 
-/// Builds the metadata headers of a record.
-pub fn headers(record: &Record, iface: &str) -> OwnedHeaders {
+/// Most headers a record carries.
+const MAX_HEADERS: usize = 15;
+
+/// Builds the metadata headers of a record. Values are formatted into `scratch`
+/// (reused across records; librdkafka copies them), not into one String each.
+pub fn headers(record: &Record, iface: &str, scratch: &mut String) -> OwnedHeaders {
     let m = &record.meta;
+    scratch.clear();
+    let mut spans = [("", 0usize, 0usize); MAX_HEADERS];
+    let mut n = 0;
+    let mut add = |key: &'static str, value: std::fmt::Arguments<'_>| {
+        let start = scratch.len();
+        // Writing into a String cannot fail.
+        let _ = scratch.write_fmt(value);
+        spans[n] = (key, start, scratch.len());
+        n += 1;
+    };
     let kind = match record.kind {
         MessageKind::Request => "request",
         MessageKind::Response => "response",
     };
-    let mut pairs: Vec<(&str, String)> = vec![
-        ("capture-type", kind.into()),
-        ("capture-connection", record.connection_id().to_string()),
-        ("capture-client", m.client.to_string()),
-        ("capture-server", m.server.to_string()),
-        ("capture-node", m.node.to_string()),
-        ("capture-iface", iface.to_string()),
-        ("capture-truncated", if m.truncated { "1" } else { "0" }.into()),
-        ("capture-original-length", m.original_len.to_string()),
-        ("capture-start-ns", m.start_ns.to_string()),
-        ("capture-end-ns", m.end_ns.to_string()),
-    ];
+    add("capture-type", format_args!("{kind}"));
+    add("capture-connection", format_args!("{}", record.connection_id()));
+    add("capture-client", format_args!("{}", m.client));
+    add("capture-server", format_args!("{}", m.server));
+    add("capture-node", format_args!("{}", m.node));
+    add("capture-iface", format_args!("{iface}"));
+    add("capture-truncated", format_args!("{}", if m.truncated { "1" } else { "0" }));
+    add("capture-original-length", format_args!("{}", m.original_len));
+    add("capture-start-ns", format_args!("{}", m.start_ns));
+    add("capture-end-ns", format_args!("{}", m.end_ns));
     if let Some(v) = m.request_start_ns {
-        pairs.push(("capture-request-start-ns", v.to_string()));
+        add("capture-request-start-ns", format_args!("{v}"));
     }
     if let Some(v) = m.request_end_ns {
-        pairs.push(("capture-request-end-ns", v.to_string()));
+        add("capture-request-end-ns", format_args!("{v}"));
     }
     if let Some(v) = &m.method {
-        pairs.push(("capture-method", v.clone()));
+        add("capture-method", format_args!("{v}"));
     }
     if let Some(v) = &m.target {
-        pairs.push(("capture-target", v.clone()));
+        add("capture-target", format_args!("{v}"));
     }
     if let Some(v) = m.status {
-        pairs.push(("capture-status", v.to_string()));
+        add("capture-status", format_args!("{v}"));
     }
-    let mut h = OwnedHeaders::new_with_capacity(pairs.len());
-    for (key, value) in &pairs {
-        h = h.insert(Header { key, value: Some(value.as_str()) });
+    let mut h = OwnedHeaders::new_with_capacity(n);
+    for &(key, start, end) in &spans[..n] {
+        h = h.insert(Header { key, value: Some(&scratch[start..end]) });
     }
     h
 }
@@ -292,9 +316,13 @@ impl RecordSink for KafkaSink {
     }
 
     fn write(&mut self, record: &Record) -> Result<(), SinkError> {
-        let value = record.value();
-        let iface = self.iface_name(record.meta.ifindex);
-        let headers = headers(record, &iface);
+        // librdkafka copies key, value and headers: build them in reused buffers.
+        let value = &mut self.value_buf;
+        value.clear();
+        record.write_header_line(value);
+        value.extend_from_slice(&record.payload);
+        let iface = Self::iface_name(&mut self.iface_names, record.meta.ifindex);
+        let headers = headers(record, iface, &mut self.header_buf);
         let sent = self.producer.send(
             BaseRecord::to(&self.config.topic)
                 .key(record.connection_id().as_bytes())
@@ -363,6 +391,70 @@ impl RecordSink for KafkaSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::RecordMeta;
+    use rdkafka::message::Headers;
+
+    fn record(kind: MessageKind, request_times: Option<u64>, status: Option<u16>) -> Record {
+        Record {
+            kind,
+            id: "0123456789abcdef0000000200000005".into(),
+            ts_ns: 1_000,
+            latency_ns: 5,
+            payload: bytes::Bytes::from_static(b"x"),
+            meta: RecordMeta {
+                client: "10.0.0.2:40000".parse().unwrap(),
+                server: "[fd00::1]:8080".parse().unwrap(),
+                node: "node-a".into(),
+                ifindex: 3,
+                truncated: true,
+                original_len: 1_000_001,
+                start_ns: 1_000,
+                end_ns: 2_000,
+                request_start_ns: request_times,
+                request_end_ns: request_times.map(|t| t + 1),
+                method: Some("GET".into()),
+                target: Some("/a?b=ü".into()),
+                status,
+            },
+        }
+    }
+
+    fn pairs(h: &OwnedHeaders) -> Vec<(String, String)> {
+        h.iter().map(|h| (h.key.to_string(), String::from_utf8(h.value.unwrap().to_vec()).unwrap())).collect()
+    }
+
+    /// Header values share one scratch buffer: each must still be exactly its own value,
+    /// also when the buffer held a longer record before.
+    #[test]
+    fn headers_carry_each_value_exactly() {
+        let mut scratch = String::new();
+        let resp = headers(&record(MessageKind::Response, Some(400), Some(200)), "eth0", &mut scratch);
+        let req = headers(&record(MessageKind::Request, None, None), "lo", &mut scratch);
+        let want = |extra: &[(&str, &str)], kind: &str, iface: &str| {
+            let mut v: Vec<(String, String)> = [
+                ("capture-type", kind),
+                ("capture-connection", "0123456789abcdef00000002"),
+                ("capture-client", "10.0.0.2:40000"),
+                ("capture-server", "[fd00::1]:8080"),
+                ("capture-node", "node-a"),
+                ("capture-iface", iface),
+                ("capture-truncated", "1"),
+                ("capture-original-length", "1000001"),
+                ("capture-start-ns", "1000"),
+                ("capture-end-ns", "2000"),
+            ]
+            .iter()
+            .chain(extra)
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+            v.extend([("capture-method".into(), "GET".into()), ("capture-target".into(), "/a?b=ü".into())]);
+            v
+        };
+        let mut want_resp = want(&[("capture-request-start-ns", "400"), ("capture-request-end-ns", "401")], "response", "eth0");
+        want_resp.push(("capture-status".into(), "200".into()));
+        assert_eq!(pairs(&resp), want_resp);
+        assert_eq!(pairs(&req), want(&[], "request", "lo"));
+    }
 
     #[test]
     fn options_need_key_and_value() {
