@@ -163,3 +163,38 @@ fn agent_detaches_on_exit_and_leaves_nothing_after_sigkill() {
     agent.stop();
     assert_streams_match(&server.connections(), &agent.streams());
 }
+
+/// Kernels before 6.6 have no TCX: the agent attaches netlink clsact filters, which
+/// outlive a killed agent. The next agent must remove them (not add a second pair),
+/// capture exactly, and leave nothing after SIGINT.
+#[test]
+fn netlink_filters_capture_and_a_killed_agents_filters_are_removed_by_the_next() {
+    if !kernel_tests_enabled("netlink_filters_capture_and_a_killed_agents_filters_are_removed_by_the_next") {
+        return;
+    }
+    let net = NetPair::new();
+    let dir = TempDir::new("netlink");
+    let iface = net.server_if.clone();
+    let expected = vec!["ingress capture_ingress".to_string(), "egress capture_egress".to_string()];
+    let mut agent = Agent::start(&net.server_ns, &iface, &[PORT], &dir, &["--no-stream-log", "--attach", "netlink"]);
+    assert_eq!(netlink_filters(&net.server_ns, &iface), expected, "attached while running");
+    assert!(attachments(&net.server_ns, &iface).is_empty(), "no TCX link in netlink mode");
+    agent.kill9();
+    assert_eq!(netlink_filters(&net.server_ns, &iface), expected, "netlink filters outlive a killed agent");
+
+    let server = RecordServer::start(&net.server_ns, &net.server_v4, PORT, &dir);
+    let mut agent = Agent::start(&net.server_ns, &iface, &[PORT], &dir, &["--attach", "netlink"]);
+    assert_eq!(netlink_filters(&net.server_ns, &iface), expected, "stale filters replaced, not doubled");
+    for i in 0..3 {
+        sh(&format!("ip netns exec {} curl -sf http://{}:{PORT}/netlink/{i} -o /dev/null", net.client_ns, net.server_v4));
+    }
+    server.wait_connections(3);
+    let log = agent.stop();
+    for name in ["capture_ingress", "capture_egress"] {
+        assert!(log.contains(&format!("removed a stale {name} filter from {iface}")), "stale {name} not reported:\n{log}");
+    }
+    assert!(netlink_filters(&net.server_ns, &iface).is_empty(), "filters removed on SIGINT");
+    let bytes = assert_streams_match(&server.connections(), &agent.streams());
+    assert!(bytes > 0);
+    assert_no_kernel_loss(&summary(&log));
+}

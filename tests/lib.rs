@@ -784,3 +784,18 @@ pub fn attachments(ns: &str, iface: &str) -> Vec<String> {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
 }
+
+/// Netlink (clsact) filters named like our programs on `iface` in `ns`, as
+/// "direction program" lines (what `tc filter show` reports; TCX links are not there).
+pub fn netlink_filters(ns: &str, iface: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for direction in ["ingress", "egress"] {
+        let text = sh(&format!("ip netns exec {ns} tc filter show dev {iface} {direction}"));
+        for name in ["capture_ingress", "capture_egress"] {
+            // One filter prints its name once (`... bpf ... NAME direct-action ...`).
+            let n = text.lines().filter(|l| l.split_whitespace().any(|w| w == name)).count();
+            out.extend(std::iter::repeat_n(format!("{direction} {name}"), n));
+        }
+    }
+    out
+}

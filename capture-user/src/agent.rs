@@ -15,6 +15,7 @@ use log::{info, warn};
 
 use crate::connections::TableLimits;
 use crate::http::HttpConfig;
+use crate::kernel::loader::AttachMode;
 use crate::kernel::ring::RingReader;
 use crate::kernel::{counters, KernelCapture};
 use crate::pipeline::{Pipeline, PipelineStats};
@@ -26,6 +27,7 @@ pub struct AgentConfig {
     pub interfaces: Vec<String>,
     pub ports: Vec<u16>,
     pub ring_bytes: u32,
+    pub attach: AttachMode,
     pub limits: TableLimits,
     pub http: HttpConfig,
     pub node: String,
@@ -80,7 +82,7 @@ pub fn run(config: AgentConfig, sinks: Vec<Box<dyn RecordSink>>) -> anyhow::Resu
         eprintln!("capture: writing records to {out}");
     }
 
-    let mut kernel = KernelCapture::load(&config.interfaces, &config.ports, config.ring_bytes)?;
+    let mut kernel = KernelCapture::load(&config.interfaces, &config.ports, config.ring_bytes, config.attach)?;
     let ring = kernel.take_ring()?;
     let counter_map = kernel.take_counters()?;
 

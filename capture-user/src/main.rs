@@ -296,6 +296,12 @@ struct AgentArgs {
     #[arg(long, default_value = "16MiB", env = "CAPTURE_RING_SIZE", value_parser = parse_ring_size)]
     ring_size: u32,
 
+    /// How to attach: `auto` (TCX links on kernels >= 6.6, netlink clsact filters
+    /// before), `tcx`, or `netlink` (the pre-6.6 path, also on newer kernels). Netlink
+    /// filters outlive a killed agent; the next agent removes them before attaching.
+    #[arg(long, default_value = "auto", env = "CAPTURE_ATTACH", value_parser = parse_attach)]
+    attach: capture::kernel::loader::AttachMode,
+
     /// Close a connection after this many seconds without a segment.
     #[arg(long, default_value_t = 120, env = "CAPTURE_IDLE_TIMEOUT")]
     idle_timeout: u64,
@@ -335,6 +341,10 @@ struct AgentArgs {
 
 fn parse_kafka_opt(s: &str) -> Result<(String, String), String> {
     kafka::parse_option(s).map_err(|e| e.to_string())
+}
+
+fn parse_attach(s: &str) -> Result<capture::kernel::loader::AttachMode, String> {
+    s.parse()
 }
 
 fn parse_ring_size(s: &str) -> Result<u32, String> {
@@ -383,6 +393,7 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         interfaces,
         ports: args.ports,
         ring_bytes: args.ring_size,
+        attach: args.attach,
         limits: TableLimits {
             max_connections: args.max_connections.max(1),
             idle_timeout_ns: args.idle_timeout.saturating_mul(1_000_000_000),

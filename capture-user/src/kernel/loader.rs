@@ -3,7 +3,8 @@
 use std::collections::BTreeSet;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::{tc, SchedClassifier, TcAttachType};
+use aya::programs::tc::{NlOptions, TcAttachOptions};
+use aya::programs::{tc, LinkOrder, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 use capture_common::{MAP_COUNTERS, MAP_EVENTS, MAP_PORTS, MAX_PORTS, PROG_EGRESS, PROG_INGRESS};
 use log::{debug, info, warn};
@@ -51,6 +52,29 @@ pub enum KernelError {
     },
 }
 
+/// How the classifiers are attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    /// TCX links where the kernel has them (>= 6.6), netlink `clsact` filters otherwise.
+    Auto,
+    /// TCX links only: owned by this process, gone when it exits, even on SIGKILL.
+    Tcx,
+    /// Netlink `clsact` filters (the path of kernels before 6.6), also on newer kernels.
+    Netlink,
+}
+
+impl std::str::FromStr for AttachMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(AttachMode::Auto),
+            "tcx" => Ok(AttachMode::Tcx),
+            "netlink" => Ok(AttachMode::Netlink),
+            _ => Err(format!("{s:?}: expected auto, tcx or netlink")),
+        }
+    }
+}
+
 /// Loaded programs attached to interfaces. Dropping it detaches everything.
 pub struct KernelCapture {
     ebpf: Ebpf,
@@ -86,7 +110,7 @@ pub fn resolve_interfaces(patterns: &[String]) -> Result<Vec<String>, KernelErro
 impl KernelCapture {
     /// Loads the object with a ring buffer of `ring_bytes` and attaches ingress and
     /// egress classifiers to every interface.
-    pub fn load(interfaces: &[String], ports: &[u16], ring_bytes: u32) -> Result<Self, KernelError> {
+    pub fn load(interfaces: &[String], ports: &[u16], ring_bytes: u32, mode: AttachMode) -> Result<Self, KernelError> {
         if OBJECT.is_empty() {
             return Err(KernelError::NoObject);
         }
@@ -117,14 +141,21 @@ impl KernelCapture {
             for iface in interfaces {
                 remove_stale(iface, attach, name);
                 let direction = if attach == TcAttachType::Ingress { "ingress" } else { "egress" };
-                let result = prog.attach(iface, attach);
-                let result = match result {
-                    Ok(id) => Ok(id),
-                    // Old kernels without TCX: netlink needs the clsact qdisc first.
-                    Err(e) => {
+                let result = match mode {
+                    // aya picks TCX on >= 6.6 and netlink below.
+                    AttachMode::Auto => prog.attach(iface, attach).or_else(|e| {
+                        // Old kernels without TCX: netlink needs the clsact qdisc first.
                         debug!("attach {name} to {iface}: {e}; adding clsact and retrying");
                         let _ = tc::qdisc_add_clsact(iface);
                         prog.attach(iface, attach)
+                    }),
+                    AttachMode::Tcx => {
+                        prog.attach_with_options(iface, attach, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                    }
+                    AttachMode::Netlink => {
+                        // Fails harmlessly when the interface already has clsact.
+                        let _ = tc::qdisc_add_clsact(iface);
+                        prog.attach_with_options(iface, attach, TcAttachOptions::Netlink(NlOptions::default()))
                     }
                 };
                 result.map_err(|source| KernelError::Attach {
@@ -133,7 +164,7 @@ impl KernelCapture {
                     direction,
                     source: Box::new(source),
                 })?;
-                info!("attached {name} to {iface} ({direction})");
+                info!("attached {name} to {iface} ({direction}, {mode:?})");
             }
         }
         Ok(KernelCapture { ebpf, ports: port_map, interfaces: interfaces.to_vec() })
