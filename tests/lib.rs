@@ -454,6 +454,8 @@ pub struct GorRecord {
     pub id: String,
     pub ts_ns: u64,
     pub latency_ns: i64,
+    /// The header line's `key=value` tokens (`len`, `client`, `server`, flags).
+    pub meta: HashMap<String, String>,
     pub payload: Vec<u8>,
 }
 
@@ -473,24 +475,30 @@ impl GorRecord {
 
 pub const SEPARATOR: &[u8] = "\n\u{1F435}\u{1F648}\u{1F649}\n".as_bytes();
 
+/// An independent reader of the agent's `.gor` files: every record must declare its
+/// payload length (`len=`) and be followed by the separator exactly there.
 pub fn parse_gor(data: &[u8]) -> Vec<GorRecord> {
     let mut out = Vec::new();
     let mut rest = data;
     while !rest.is_empty() {
-        let end = rest.windows(SEPARATOR.len()).position(|w| w == SEPARATOR).expect("record without separator");
-        let value = &rest[..end];
-        rest = &rest[end + SEPARATOR.len()..];
-        let nl = value.iter().position(|&b| b == b'\n').expect("header line");
-        let header = std::str::from_utf8(&value[..nl]).unwrap();
+        let nl = rest.iter().position(|&b| b == b'\n').expect("header line");
+        let header = std::str::from_utf8(&rest[..nl]).unwrap();
         let parts: Vec<&str> = header.split(' ').collect();
-        assert_eq!(parts.len(), 4, "header {header:?}");
+        assert!(parts.len() >= 5, "header {header:?}");
         assert_eq!(parts[1].len(), 32, "id {:?}", parts[1]);
+        let meta: HashMap<String, String> =
+            parts[4..].iter().map(|t| t.split_once('=').expect("key=value token")).map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let len: usize = meta.get("len").unwrap_or_else(|| panic!("no len= in {header:?}")).parse().unwrap();
+        let payload = rest[nl + 1..nl + 1 + len].to_vec();
+        assert!(rest[nl + 1 + len..].starts_with(SEPARATOR), "record {} not followed by the separator", parts[1]);
+        rest = &rest[nl + 1 + len + SEPARATOR.len()..];
         out.push(GorRecord {
             ty: parts[0].as_bytes()[0],
             id: parts[1].to_string(),
             ts_ns: parts[2].parse().unwrap(),
             latency_ns: parts[3].parse().unwrap(),
-            payload: value[nl + 1..].to_vec(),
+            meta,
+            payload,
         });
     }
     out

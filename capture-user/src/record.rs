@@ -1,8 +1,13 @@
 //! Records: the contract with consumers (GoReplay's payload format).
 //!
-//! A record value is `"<type> <id> <ts_ns> <latency_ns>\n"` followed by the exact
-//! HTTP bytes. Type 1 is a request, 2 the production response. Files and stdout
-//! end each record with [`FILE_SEPARATOR`]; Kafka values carry no separator.
+//! A record value is `"<type> <id> <ts_ns> <latency_ns>[ key=value]*\n"` followed by
+//! the exact HTTP bytes. Type 1 is a request, 2 the production response. Files and
+//! stdout end each record with [`FILE_SEPARATOR`]; Kafka values carry no separator.
+//!
+//! The `key=value` tokens after GoReplay's four fields carry our metadata (GoReplay's
+//! reader splits the line on spaces and ignores fields past the fourth). The `len`
+//! token is the payload length: our reader trusts it over the separator, so a body
+//! that contains the separator cannot forge a record, and a torn record is rejected.
 
 use std::net::SocketAddr;
 
@@ -73,7 +78,8 @@ fn push_decimal(out: &mut Vec<u8>, mut v: u64) {
     out.extend_from_slice(&buf[i..]);
 }
 
-/// Metadata that travels beside the value (Kafka headers; not in `.gor` files).
+/// Metadata of a record: in Kafka headers, and (the part replay needs) in the
+/// header line's `key=value` tokens, see [`HeaderMeta`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordMeta {
     pub client: SocketAddr,
@@ -91,6 +97,17 @@ pub struct RecordMeta {
     pub method: Option<String>,
     pub target: Option<String>,
     pub status: Option<u16>,
+    /// Responses: matched with its request with certainty (always true for requests).
+    pub paired: bool,
+    /// Framing of this message was ambiguous (e.g. both Content-Length and
+    /// Transfer-Encoding): the reason, as a token without spaces.
+    pub ambiguous: Option<&'static str>,
+    /// Secrets in it were replaced by keyed tokens before any output saw it.
+    pub redacted: bool,
+    /// Captured as TLS plaintext (OpenSSL uprobes), not from TCP payloads.
+    pub tls: bool,
+    /// Part `index` (1-based) of `count` of one message carried in several records.
+    pub part: Option<(u32, u32)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -173,6 +190,11 @@ impl Record {
                 method: msg.method,
                 target: msg.target,
                 status: msg.status,
+                paired: msg.paired,
+                ambiguous: None,
+                redacted: false,
+                tls: false,
+                part: None,
             },
         }
     }
@@ -189,8 +211,11 @@ impl Record {
         }
     }
 
-    /// Appends the header line `"<type> <id> <ts_ns> <latency_ns>\n"` to `out`.
+    /// Appends the header line `"<type> <id> <ts_ns> <latency_ns> len=N ...\n"` to `out`
+    /// (tokens in the order [`HeaderMeta`] documents; flags only when set).
     pub fn write_header_line(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        let m = &self.meta;
         out.push(self.type_byte());
         out.push(b' ');
         out.extend_from_slice(self.id.as_bytes());
@@ -198,6 +223,33 @@ impl Record {
         push_decimal(out, self.ts_ns);
         out.push(b' ');
         push_decimal(out, self.latency_ns);
+        out.extend_from_slice(b" len=");
+        push_decimal(out, self.payload.len() as u64);
+        // Writing to a Vec cannot fail.
+        let _ = write!(out, " client={} server={}", m.client, m.server);
+        if m.truncated {
+            out.extend_from_slice(b" truncated=1 orig_len=");
+            push_decimal(out, m.original_len);
+        }
+        if !m.paired {
+            out.extend_from_slice(b" unpaired=1");
+        }
+        if let Some(reason) = m.ambiguous {
+            out.extend_from_slice(b" ambiguous=");
+            out.extend_from_slice(reason.as_bytes());
+        }
+        if m.redacted {
+            out.extend_from_slice(b" redacted=1");
+        }
+        if m.tls {
+            out.extend_from_slice(b" tls=1");
+        }
+        if let Some((index, count)) = m.part {
+            out.extend_from_slice(b" part=");
+            push_decimal(out, index as u64);
+            out.push(b'/');
+            push_decimal(out, count as u64);
+        }
         out.push(b'\n');
     }
 
@@ -217,6 +269,28 @@ impl Record {
     }
 }
 
+/// Our metadata tokens of a header line, in the order they are written:
+/// `len=N` (payload bytes after the line; always written by this agent),
+/// `client=ip:port server=ip:port` (captured addresses), `truncated=1 orig_len=N`
+/// (the message was cut at capture; N is its length on the wire), `unpaired=1` (a
+/// response not matched with certainty to a request), `ambiguous=REASON` (framing
+/// was ambiguous, the server may have read it differently), `redacted=1`, `tls=1`,
+/// `part=I/N` (part I of N of one message). Unknown tokens are ignored, so newer
+/// writers stay readable.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HeaderMeta {
+    pub len: Option<usize>,
+    pub client: Option<String>,
+    pub server: Option<String>,
+    pub truncated: bool,
+    pub original_len: Option<u64>,
+    pub unpaired: bool,
+    pub ambiguous: Option<String>,
+    pub redacted: bool,
+    pub tls: bool,
+    pub part: Option<(u32, u32)>,
+}
+
 /// A record read back from a `.gor` file or a Kafka value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParsedRecord {
@@ -224,43 +298,132 @@ pub struct ParsedRecord {
     pub id: String,
     pub ts_ns: u64,
     pub latency_ns: i64,
+    pub meta: HeaderMeta,
     pub payload: Vec<u8>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ParseError {
+    /// No newline ends the header line.
     #[error("record has no header line")]
     NoHeader,
+    /// The four GoReplay fields are missing or malformed.
     #[error("bad record header {0:?}: expected \"<type> <id> <ts_ns> <latency_ns>\"")]
     BadHeader(String),
+    /// One of our `key=value` tokens has a value that does not parse.
+    #[error("bad record metadata {0:?} in the header line")]
+    BadMeta(String),
+    /// The `len` token disagrees with the bytes that follow (torn or forged record).
+    #[error("record {id} says len={expected} but carries {actual} payload bytes")]
+    LengthMismatch { id: String, expected: usize, actual: usize },
+    /// A file ends inside a record (written partly, e.g. on a full disk).
+    #[error("file ends inside a record (torn write)")]
+    Torn,
 }
 
-/// Parses one record value (no separator).
-pub fn parse_value(value: &[u8]) -> Result<ParsedRecord, ParseError> {
-    let nl = value.iter().position(|&b| b == b'\n').ok_or(ParseError::NoHeader)?;
-    let line = String::from_utf8_lossy(&value[..nl]).into_owned();
+/// Parses the header line (without its newline).
+fn parse_header_line(line: &[u8]) -> Result<(u8, String, u64, i64, HeaderMeta), ParseError> {
+    let line = String::from_utf8_lossy(line);
     let mut parts = line.split(' ');
-    let bad = || ParseError::BadHeader(line.clone());
+    let bad = || ParseError::BadHeader(line.clone().into_owned());
     let ty = parts.next().filter(|t| t.len() == 1).ok_or_else(bad)?.as_bytes()[0];
-    let id = parts.next().ok_or_else(bad)?.to_string();
+    let id = parts.next().filter(|t| !t.is_empty()).ok_or_else(bad)?.to_string();
     let ts_ns = parts.next().and_then(|t| t.parse().ok()).ok_or_else(bad)?;
     // GoReplay writes -1 for unknown latency; accept a missing field too.
     let latency_ns = parts.next().map(|t| t.parse().map_err(|_| bad())).transpose()?.unwrap_or(-1);
-    Ok(ParsedRecord { type_byte: ty, id, ts_ns, latency_ns, payload: value[nl + 1..].to_vec() })
+    let mut meta = HeaderMeta::default();
+    for token in parts {
+        let Some((key, value)) = token.split_once('=') else { continue };
+        let bad_meta = || ParseError::BadMeta(token.to_string());
+        let flag = |v: &str| match v {
+            "1" => Ok(true),
+            "0" => Ok(false),
+            _ => Err(bad_meta()),
+        };
+        match key {
+            "len" => meta.len = Some(value.parse().map_err(|_| bad_meta())?),
+            "client" => meta.client = Some(value.to_string()),
+            "server" => meta.server = Some(value.to_string()),
+            "truncated" => meta.truncated = flag(value)?,
+            "orig_len" => meta.original_len = Some(value.parse().map_err(|_| bad_meta())?),
+            "unpaired" => meta.unpaired = flag(value)?,
+            "ambiguous" => meta.ambiguous = Some(value.to_string()),
+            "redacted" => meta.redacted = flag(value)?,
+            "tls" => meta.tls = flag(value)?,
+            "part" => {
+                let (i, n) = value.split_once('/').ok_or_else(bad_meta)?;
+                let (i, n): (u32, u32) = (i.parse().map_err(|_| bad_meta())?, n.parse().map_err(|_| bad_meta())?);
+                if i == 0 || i > n {
+                    return Err(bad_meta());
+                }
+                meta.part = Some((i, n));
+            }
+            _ => {}
+        }
+    }
+    Ok((ty, id, ts_ns, latency_ns, meta))
 }
 
-/// Splits the contents of a `.gor` file into record values.
-pub fn split_file(data: &[u8]) -> Vec<&[u8]> {
+/// Parses one record value (no separator). A `len` token must match the payload.
+pub fn parse_value(value: &[u8]) -> Result<ParsedRecord, ParseError> {
+    let nl = value.iter().position(|&b| b == b'\n').ok_or(ParseError::NoHeader)?;
+    let (type_byte, id, ts_ns, latency_ns, meta) = parse_header_line(&value[..nl])?;
+    let payload = &value[nl + 1..];
+    if let Some(expected) = meta.len {
+        if expected != payload.len() {
+            return Err(ParseError::LengthMismatch { id, expected, actual: payload.len() });
+        }
+    }
+    Ok(ParsedRecord { type_byte, id, ts_ns, latency_ns, meta, payload: payload.to_vec() })
+}
+
+/// Splits the contents of a `.gor` file into record values (without separators).
+///
+/// A record whose header line has a `len` token spans exactly that many payload bytes
+/// and must be followed by the separator; otherwise it is torn or forged: it is
+/// returned as an error and reading resumes at the next line that starts a whole
+/// record. Records without `len` (GoReplay's files) end at the next separator.
+pub fn split_file(data: &[u8]) -> Vec<Result<&[u8], ParseError>> {
     let mut out = Vec::new();
-    let mut rest = data;
-    while !rest.is_empty() {
+    let mut pos = 0;
+    while pos < data.len() {
+        let rest = &data[pos..];
+        let Some(nl) = memchr::memchr(b'\n', rest) else {
+            out.push(Err(ParseError::Torn));
+            break;
+        };
+        let header = parse_header_line(&rest[..nl]);
+        if let Some(len) = header.as_ref().ok().and_then(|h| h.4.len) {
+            if let Some(end) = whole_record_end(rest, nl, len) {
+                out.push(Ok(&rest[..end]));
+                pos += end + FILE_SEPARATOR.len();
+                continue;
+            }
+            let id = header.map(|h| h.1).unwrap_or_default();
+            // Candidates: every line start after the header line.
+            let next = std::iter::once(nl + 1)
+                .chain(memchr::memchr_iter(b'\n', &rest[nl + 1..]).map(|i| nl + 1 + i + 1))
+                .find(|&p| p < rest.len() && record_at(&rest[p..]).is_some());
+            match next {
+                Some(p) => {
+                    out.push(Err(ParseError::LengthMismatch { id, expected: len, actual: p - nl - 1 }));
+                    pos += p;
+                }
+                None => {
+                    out.push(Err(ParseError::Torn));
+                    break;
+                }
+            }
+            continue;
+        }
         match find(rest, FILE_SEPARATOR) {
             Some(i) => {
-                out.push(&rest[..i]);
-                rest = &rest[i + FILE_SEPARATOR.len()..];
+                out.push(Ok(&rest[..i]));
+                pos += i + FILE_SEPARATOR.len();
             }
             None => {
-                out.push(rest);
+                // A GoReplay file without a final separator: GoReplay accepts the last record.
+                out.push(Ok(rest));
                 break;
             }
         }
@@ -268,8 +431,22 @@ pub fn split_file(data: &[u8]) -> Vec<&[u8]> {
     out
 }
 
+/// End of the value (before the separator) of a record whose header line ends at
+/// `nl` and declares `len` payload bytes, if the separator follows exactly there.
+fn whole_record_end(rest: &[u8], nl: usize, len: usize) -> Option<usize> {
+    let end = nl.checked_add(1)?.checked_add(len)?;
+    (rest.len() >= end && rest[end..].starts_with(FILE_SEPARATOR)).then_some(end)
+}
+
+/// Whether `rest` starts with a whole record that declares its length.
+fn record_at(rest: &[u8]) -> Option<usize> {
+    let nl = memchr::memchr(b'\n', rest)?;
+    let len = parse_header_line(&rest[..nl]).ok()?.4.len?;
+    whole_record_end(rest, nl, len)
+}
+
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
 }
 
 #[cfg(test)]
@@ -320,9 +497,123 @@ mod tests {
         file.extend_from_slice(FILE_SEPARATOR);
         file.extend_from_slice(&resp.value());
         file.extend_from_slice(FILE_SEPARATOR);
-        let values = split_file(&file);
+        let values: Vec<&[u8]> = split_file(&file).into_iter().map(Result::unwrap).collect();
         assert_eq!(values.len(), 2);
+        let resp = parse_value(values[1]).unwrap();
+        assert_eq!(resp.type_byte, b'2');
+        assert_eq!(resp.meta.len, Some(b"HTTP/1.1 200 OK\r\n\r\n".len()));
+        assert_eq!((resp.meta.client.as_deref(), resp.meta.server.as_deref()), (Some("127.0.0.1:1"), Some("127.0.0.1:1")));
+        assert!(!resp.meta.truncated && !resp.meta.unpaired && resp.meta.part.is_none());
+    }
+
+    fn conn() -> ConnectionInfo {
+        let client: SocketAddr = "[fd00::2]:40000".parse().unwrap();
+        let server: SocketAddr = "[fd00::1]:80".parse().unwrap();
+        ConnectionInfo { id: 1, flow: crate::flow::FlowKey { client, server }, ifindex: 1, opened_ns: 0, saw_syn: true }
+    }
+
+    fn gor_file(records: &[&Record]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for r in records {
+            out.extend_from_slice(&r.value());
+            out.extend_from_slice(FILE_SEPARATOR);
+        }
+        out
+    }
+
+    #[test]
+    fn every_metadata_token_round_trips() {
+        let ctx = RecordContext { run: RunId(1), node: "n".into(), wall_offset_ns: 0 };
+        let mut rec = Record::from_message(message(MessageKind::Response, b"HTTP/1.1 200 OK\r\n\r\n"), &conn(), &ctx);
+        rec.meta.truncated = true;
+        rec.meta.original_len = 3_000_000;
+        rec.meta.paired = false;
+        rec.meta.ambiguous = Some("content_length_and_chunked");
+        rec.meta.redacted = true;
+        rec.meta.tls = true;
+        rec.meta.part = Some((2, 3));
+        let line = rec.header_line();
+        assert!(line.ends_with(
+            " len=19 client=[fd00::2]:40000 server=[fd00::1]:80 truncated=1 orig_len=3000000 unpaired=1 \
+             ambiguous=content_length_and_chunked redacted=1 tls=1 part=2/3\n"
+        ), "{line}");
+        let meta = parse_value(&rec.value()).unwrap().meta;
+        let want = HeaderMeta {
+            len: Some(19),
+            client: Some("[fd00::2]:40000".into()),
+            server: Some("[fd00::1]:80".into()),
+            truncated: true,
+            original_len: Some(3_000_000),
+            unpaired: true,
+            ambiguous: Some("content_length_and_chunked".into()),
+            redacted: true,
+            tls: true,
+            part: Some((2, 3)),
+        };
+        assert_eq!(meta, want);
+        // GoReplay's reader takes the first four space-separated fields: they are unchanged.
+        let fields: Vec<&str> = line.trim_end().split(' ').take(4).collect();
+        assert_eq!(fields, [&"2".to_string(), &rec.id, &rec.ts_ns.to_string(), &rec.latency_ns.to_string()].map(|s| s.as_str()));
+        assert!(matches!(parse_value(b"1 x 1 0 part=0/2\n"), Err(ParseError::BadMeta(_))));
+        assert!(matches!(parse_value(b"1 x 1 0 len=abc\n"), Err(ParseError::BadMeta(_))));
+        assert_eq!(parse_value(b"1 x 1 0 future=thing\nGET").unwrap().payload, b"GET");
+    }
+
+    /// Issue 10, finding 4: a request body holding the separator and a fake record
+    /// was read back as two records (a forged GET with a forged response).
+    #[test]
+    fn forged_separator_in_a_body_is_not_a_record() {
+        let ctx = RecordContext { run: RunId(2), node: "n".into(), wall_offset_ns: 0 };
+        let forged = "POST /upload HTTP/1.1\r\nContent-Length: 120\r\n\r\nx\n\u{1F435}\u{1F648}\u{1F649}\n\
+                      1 00000000000000010000000100000009 1 0\nGET /forged?steal=1 HTTP/1.1\r\nHost: a\r\n\r\n";
+        let mut msg = message(MessageKind::Request, b"");
+        msg.bytes = Bytes::from(forged.as_bytes().to_vec());
+        let post = Record::from_message(msg, &conn(), &ctx);
+        let after = Record::from_message(message(MessageKind::Response, b"HTTP/1.1 200 OK\r\n\r\n"), &conn(), &ctx);
+        let file = gor_file(&[&post, &after]);
+        let values: Vec<&[u8]> = split_file(&file).into_iter().map(Result::unwrap).collect();
+        assert_eq!(values.len(), 2, "the body's separator does not split the record");
+        assert_eq!(parse_value(values[0]).unwrap().payload, forged.as_bytes());
         assert_eq!(parse_value(values[1]).unwrap().type_byte, b'2');
+    }
+
+    /// Issue 10, finding 2: a header line written without its payload (full disk) was
+    /// glued to the next record and read back without an error.
+    #[test]
+    fn torn_record_on_a_full_disk_is_rejected() {
+        let ctx = RecordContext { run: RunId(3), node: "n".into(), wall_offset_ns: 0 };
+        let a = Record::from_message(message(MessageKind::Request, b"GET /a HTTP/1.1\r\n\r\n"), &conn(), &ctx);
+        let b = Record::from_message(message(MessageKind::Request, b"GET /b HTTP/1.1\r\n\r\n"), &conn(), &ctx);
+        let c = Record::from_message(message(MessageKind::Request, b"GET /c HTTP/1.1\r\n\r\n"), &conn(), &ctx);
+        // `a` whole, then only `b`'s header line, then `c` whole.
+        let mut file = gor_file(&[&a]);
+        file.extend_from_slice(b.header_line().as_bytes());
+        file.extend_from_slice(&gor_file(&[&c]));
+        let results = split_file(&file);
+        assert_eq!(results.len(), 3, "{results:?}");
+        assert_eq!(parse_value(results[0].as_ref().unwrap()).unwrap().payload, b"GET /a HTTP/1.1\r\n\r\n");
+        assert!(matches!(results[1], Err(ParseError::LengthMismatch { .. })), "{:?}", results[1]);
+        assert_eq!(parse_value(results[2].as_ref().unwrap()).unwrap().payload, b"GET /c HTTP/1.1\r\n\r\n", "the next whole record is found again");
+        // A file cut inside the last record.
+        let whole = gor_file(&[&a, &c]);
+        for cut in [whole.len() - 1, whole.len() - FILE_SEPARATOR.len(), whole.len() - 5 - FILE_SEPARATOR.len()] {
+            let results = split_file(&whole[..cut]);
+            assert_eq!(results.len(), 2, "cut at {cut}");
+            assert!(results[0].is_ok());
+            assert!(results[1].is_err(), "cut at {cut}: {:?}", results[1]);
+        }
+        // A Kafka value whose payload does not match its length.
+        let mut value = a.value();
+        value.pop();
+        assert!(matches!(parse_value(&value), Err(ParseError::LengthMismatch { expected: 19, actual: 18, .. })));
+    }
+
+    #[test]
+    fn goreplay_files_without_length_split_on_the_separator() {
+        let file = "1 8e9f 1 -1\nGET /a HTTP/1.1\r\n\r\n\n\u{1F435}\u{1F648}\u{1F649}\n2 8e9f 2 -1\nHTTP/1.1 200 OK\r\n\r\n";
+        let values: Vec<&[u8]> = split_file(file.as_bytes()).into_iter().map(Result::unwrap).collect();
+        assert_eq!(values.len(), 2);
+        assert_eq!(parse_value(values[1]).unwrap().payload, b"HTTP/1.1 200 OK\r\n\r\n");
     }
 
     #[test]

@@ -57,6 +57,8 @@ impl Pairer {
             self.stats.bad_records += 1;
             return;
         };
+        // The header line's `server=` token (our files) when no Kafka header said it.
+        let server = server.or_else(|| rec.meta.server.clone());
         match rec.type_byte {
             TYPE_REQUEST => {
                 self.by_id.insert(rec.id.clone(), self.exchanges.len());
@@ -94,7 +96,14 @@ pub fn read_gor_files(paths: &[&Path]) -> std::io::Result<(Vec<Exchange>, InputS
     for path in paths {
         let data = std::fs::read(path)?;
         for value in split_file(&data) {
-            pairer.add_value(value, None);
+            match value {
+                Ok(value) => pairer.add_value(value, None),
+                // Torn or forged (its length and separator disagree): never replayed.
+                Err(_) => {
+                    pairer.stats.records += 1;
+                    pairer.stats.bad_records += 1;
+                }
+            }
         }
     }
     Ok(pairer.finish())

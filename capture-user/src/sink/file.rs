@@ -152,7 +152,7 @@ mod tests {
         for path in [base.clone(), rotated_path(&base, 1), rotated_path(&base, 2)] {
             let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             for value in crate::record::split_file(&data) {
-                ids.push(crate::record::parse_value(value).unwrap().id);
+                ids.push(crate::record::parse_value(value.unwrap()).unwrap().id);
             }
         }
         assert!(!rotated_path(&base, 3).exists());

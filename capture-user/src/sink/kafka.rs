@@ -415,6 +415,11 @@ mod tests {
                 method: Some("GET".into()),
                 target: Some("/a?b=ü".into()),
                 status,
+                paired: true,
+                ambiguous: None,
+                redacted: false,
+                tls: false,
+                part: None,
             },
         }
     }
