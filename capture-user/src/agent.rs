@@ -4,7 +4,11 @@
 //! batches over a bounded channel to one worker thread that owns the pipeline.
 //! When the worker falls behind, the channel blocks the reader, the ring fills, and
 //! the kernel counts what it could not write: nothing is lost without a counter.
+//!
+//! The same reactor listens for link notifications: interfaces matching `--iface`
+//! are attached when they appear and forgotten when they vanish.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::time::Duration;
@@ -15,18 +19,23 @@ use log::{info, warn};
 
 use crate::connections::TableLimits;
 use crate::http::HttpConfig;
+use crate::iface_watch::{InterfacePattern, InterfaceStats, InterfaceWatch, LinkEvent, LinkStats, WatchAction};
+use crate::kernel::links::{self, LinkMonitor};
 use crate::kernel::loader::AttachMode;
 use crate::kernel::ring::RingReader;
-use crate::kernel::{counters, KernelCapture};
+use crate::kernel::{counters, KernelCapture, KernelError};
 use crate::pipeline::{Pipeline, PipelineStats};
 use crate::record::{clock_ns, RecordContext};
 use crate::segment::Segment;
 use crate::sink::RecordSink;
 
 pub struct AgentConfig {
-    pub interfaces: Vec<String>,
+    /// `--iface` names and globs; globs stay live (interfaces that appear later).
+    pub interfaces: Vec<InterfacePattern>,
     pub ports: Vec<u16>,
     pub ring_bytes: u32,
+    /// Entries of the kernel's flow-owner map (two per connection).
+    pub owner_entries: u32,
     pub attach: AttachMode,
     pub limits: TableLimits,
     pub http: HttpConfig,
@@ -43,6 +52,10 @@ enum Msg {
 /// What the agent saw, for the exit summary.
 pub struct AgentSummary {
     pub kernel: Vec<(Counter, u64)>,
+    /// Interfaces attached and forgotten over the run.
+    pub links: LinkStats,
+    /// Every interface that was watched at some point, by name.
+    pub interfaces: Vec<InterfaceStats>,
     pub pipeline: PipelineStats,
 }
 
@@ -50,7 +63,11 @@ impl AgentSummary {
     /// One `key=value` line with every counter, plus the agent's own CPU time and peak RSS.
     pub fn line(&self) -> String {
         let mut parts: Vec<String> = self.kernel.iter().map(|(c, v)| format!("{}={v}", c.name())).collect();
+        parts.extend(self.links.fields().into_iter().map(|(k, v)| format!("{k}={v}")));
         parts.extend(self.pipeline.fields().into_iter().map(|(k, v)| format!("{k}={v}")));
+        for iface in &self.interfaces {
+            parts.extend(iface.fields().into_iter().map(|(k, v)| format!("{k}={v}")));
+        }
         let (user_ms, sys_ms, max_rss_kb) = own_usage();
         parts.push(format!("agent_cpu_user_ms={user_ms} agent_cpu_sys_ms={sys_ms} agent_max_rss_kb={max_rss_kb}"));
         parts.join(" ")
@@ -82,9 +99,23 @@ pub fn run(config: AgentConfig, sinks: Vec<Box<dyn RecordSink>>) -> anyhow::Resu
         eprintln!("capture: writing records to {out}");
     }
 
-    let mut kernel = KernelCapture::load(&config.interfaces, &config.ports, config.ring_bytes, config.attach)?;
+    let mut kernel = KernelCapture::load(&config.ports, config.ring_bytes, config.owner_entries, config.attach)?;
     let ring = kernel.take_ring()?;
     let counter_map = kernel.take_counters()?;
+    // Subscribe before listing the links: nothing that happens in between is missed.
+    let link_socket = links::subscribe().map_err(KernelError::Links)?;
+    let snapshot = links::current_links().map_err(KernelError::Links)?;
+    let mut interfaces = Interfaces::new(config.interfaces.clone());
+    let actions = interfaces.watch.on_event(LinkEvent::Snapshot(snapshot));
+    let missing: Vec<String> = interfaces.watch.missing_names().iter().map(|p| p.to_string()).collect();
+    if !missing.is_empty() {
+        return Err(KernelError::NoSuchInterface(missing.join(", ")).into());
+    }
+    interfaces.apply(&mut kernel, actions);
+    let waiting: Vec<String> = interfaces.watch.waiting_globs().iter().map(|p| p.to_string()).collect();
+    if !waiting.is_empty() {
+        eprintln!("capture: waiting for interfaces matching {}", waiting.join(", "));
+    }
 
     // At most 8 batches of <= 1 MiB wait for the pipeline: ~8 MiB queued.
     let (tx, rx) = sync_channel::<Msg>(8);
@@ -100,17 +131,110 @@ pub fn run(config: AgentConfig, sinks: Vec<Box<dyn RecordSink>>) -> anyhow::Resu
         .build()
         .context("starting the tokio runtime")?;
     let ports: Vec<String> = config.ports.iter().map(|p| p.to_string()).collect();
+    let names: Vec<String> = kernel.attached().into_iter().map(|(_, n)| n).collect();
+    let globs: Vec<String> = config.interfaces.iter().filter(|p| p.is_glob()).map(|p| p.to_string()).collect();
     eprintln!(
-        "capture: ready: watching port(s) {} on {}",
+        "capture: ready: watching port(s) {} on {}{}",
         ports.join(","),
-        config.interfaces.join(",")
+        if names.is_empty() { "no interface yet".to_string() } else { names.join(",") },
+        if globs.is_empty() { String::new() } else { format!(" (and interfaces matching {} as they appear)", globs.join(", ")) }
     );
-    let read_result = runtime.block_on(read_loop(ring, tx, back_rx, config.duration));
+    let read_result = runtime.block_on(async {
+        let monitor = LinkMonitor::new(link_socket).context("registering the link socket with the reactor")?;
+        read_loop(ring, tx, back_rx, config.duration, monitor, &mut kernel, &mut interfaces).await
+    });
     let pipeline_stats = worker.join().map_err(|_| anyhow::anyhow!("pipeline thread panicked"))?;
     let kernel_counters = counters::read(&counter_map);
+    let (links, interface_stats) = interfaces.finish(&mut kernel);
     drop(kernel);
     read_result?;
-    Ok(AgentSummary { kernel: kernel_counters, pipeline: pipeline_stats })
+    Ok(AgentSummary { kernel: kernel_counters, links, interfaces: interface_stats, pipeline: pipeline_stats })
+}
+
+/// Watched interfaces: the desired state (from link events) applied to the kernel,
+/// and each interface's counters.
+struct Interfaces {
+    watch: InterfaceWatch,
+    stats: BTreeMap<String, InterfaceStats>,
+    links: LinkStats,
+}
+
+impl Interfaces {
+    fn new(patterns: Vec<InterfacePattern>) -> Self {
+        Interfaces { watch: InterfaceWatch::new(patterns), stats: BTreeMap::new(), links: LinkStats::default() }
+    }
+
+    fn stats_of(&mut self, name: &str, ifindex: u32) -> &mut InterfaceStats {
+        let s = self.stats.entry(name.to_string()).or_insert_with(|| InterfaceStats { name: name.to_string(), ..Default::default() });
+        s.ifindex = ifindex;
+        s
+    }
+
+    fn on_event(&mut self, kernel: &mut KernelCapture, event: LinkEvent) {
+        let actions = self.watch.on_event(event);
+        self.apply(kernel, actions);
+    }
+
+    fn apply(&mut self, kernel: &mut KernelCapture, actions: Vec<WatchAction>) {
+        for action in actions {
+            match action {
+                WatchAction::Attach { ifindex, name } => match kernel.attach(ifindex, &name) {
+                    Ok(()) => {
+                        self.links.interfaces_attached += 1;
+                        let s = self.stats_of(&name, ifindex);
+                        s.attaches += 1;
+                        s.attached = true;
+                    }
+                    Err(e) => {
+                        // Typically the link vanished between its notification and the
+                        // attach; its deletion follows. Not retried for this link.
+                        warn!("could not attach to {name} (ifindex {ifindex}): {e}");
+                        self.watch.attach_failed(ifindex);
+                        self.links.interface_attach_errors += 1;
+                        self.stats_of(&name, ifindex).attach_errors += 1;
+                    }
+                },
+                WatchAction::Forget { ifindex, name, reason } => {
+                    self.detach(kernel, ifindex, &name);
+                    self.links.interfaces_forgotten += 1;
+                    info!("forgot {name} (ifindex {ifindex}): {reason}");
+                }
+                WatchAction::Rename { ifindex, from, to } => {
+                    kernel.rename(ifindex, &to);
+                    if let Some(mut s) = self.stats.remove(&from) {
+                        s.name = to.clone();
+                        let entry = self.stats_of(&to, ifindex);
+                        entry.attaches += s.attaches;
+                        entry.detaches += s.detaches;
+                        entry.attach_errors += s.attach_errors;
+                        entry.attached = s.attached;
+                    }
+                    info!("{from} (ifindex {ifindex}) was renamed {to}: still attached");
+                }
+            }
+        }
+    }
+
+    /// Reads the interface's final counters, detaches and drops its kernel counters.
+    fn detach(&mut self, kernel: &mut KernelCapture, ifindex: u32, name: &str) {
+        let counters = kernel.iface_counters(ifindex);
+        kernel.detach(ifindex);
+        kernel.forget_iface_counters(ifindex);
+        self.links.interfaces_detached += 1;
+        let s = self.stats_of(name, ifindex);
+        s.add_counters(&counters);
+        s.detaches += 1;
+        s.attached = false;
+    }
+
+    /// Detaches from everything (shutdown) and returns the run's stats.
+    fn finish(&mut self, kernel: &mut KernelCapture) -> (LinkStats, Vec<InterfaceStats>) {
+        for (ifindex, name) in kernel.attached() {
+            self.detach(kernel, ifindex, &name);
+            info!("detached from {name}");
+        }
+        (self.links.clone(), self.stats.values().cloned().collect())
+    }
 }
 
 async fn read_loop(
@@ -118,9 +242,15 @@ async fn read_loop(
     tx: std::sync::mpsc::SyncSender<Msg>,
     spare: Receiver<Vec<Segment>>,
     duration: Option<Duration>,
+    monitor: LinkMonitor,
+    kernel: &mut KernelCapture,
+    interfaces: &mut Interfaces,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut reader = RingReader::new(ring).context("registering the ring buffer with the reactor")?;
+    // None after the link socket failed: capture goes on with what is attached.
+    let mut monitor = Some(monitor);
+    let mut link_events = Vec::new();
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -143,6 +273,22 @@ async fn read_loop(
             _ = tick.tick() => {
                 if tx.send(Msg::Tick(clock_ns(libc::CLOCK_MONOTONIC))).is_err() { break; }
                 continue;
+            }
+            r = async { monitor.as_ref().expect("guarded").readable().await }, if monitor.is_some() => {
+                let result = r.and_then(|()| monitor.as_mut().expect("guarded").read_events(&mut link_events));
+                match result {
+                    Ok((n, resynced)) => {
+                        interfaces.links.link_events += n;
+                        interfaces.links.link_resyncs += resynced as u64;
+                    }
+                    Err(e) => {
+                        warn!("link notifications failed, interfaces that appear from now on are not attached: {e}");
+                        monitor = None;
+                    }
+                }
+                for event in link_events.drain(..) {
+                    interfaces.on_event(kernel, event);
+                }
             }
             _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
