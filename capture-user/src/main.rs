@@ -35,8 +35,10 @@ struct Cli {
 enum Command {
     /// Capture HTTP traffic of server ports on network interfaces (needs root).
     ///
-    /// Attaches TC classifiers (TCX, or clsact on older kernels) to each interface,
-    /// rebuilds every TCP connection to the watched ports, frames HTTP/1.x requests and
+    /// Attaches TC classifiers (TCX, or clsact on older kernels) to each interface
+    /// matching --iface, also those that appear later (pods), and forgets vanished ones;
+    /// each segment is recorded once even when it crosses several watched interfaces.
+    /// Rebuilds every TCP connection to the watched ports, frames HTTP/1.x requests and
     /// responses and writes them as GoReplay-compatible records. Stops on SIGINT/SIGTERM
     /// (or after --duration), flushes outputs and prints a summary of all counters.
     Agent(Box<AgentArgs>),
