@@ -258,3 +258,56 @@ fn ipv6_on_the_host_side_veth_path_is_captured_once() {
     assert_no_repeated_bytes(&counters, retransmissions);
     eprintln!("ipv6 host-side veths: {} requests on {conns} connections captured once, {bytes} bytes byte-exact", paths.len());
 }
+
+/// Interfaces that appear and vanish quickly (pods crash-looping, a CNI retrying):
+/// the agent attaches what it can, counts attaches that lost the race, never exits,
+/// leaves nothing behind, and still captures a pod created after the churn.
+fn churn(test: &str, extra: &[&str]) {
+    let mut node = SimNode::new();
+    let dir = TempDir::new(test);
+    let mut agent = Agent::start(&node.node_ns, "vh*", &[PORT], &dir, extra);
+    // 40 veth pairs, both ends named vh..., each deleted right after its creation.
+    sh(&format!(
+        "ip netns exec {} sh -c 'for i in $(seq 1 40); do ip link add vhq$i type veth peer name vhr$i && ip link del vhq$i; done'",
+        node.node_ns
+    ));
+    let pod = node.add_pod(0);
+    agent.wait_log(&format!("attached to {} (ifindex", pod.host_if));
+    let server = RecordServer::start_named(&pod.ns, &pod.v4, PORT, &dir, "pod");
+    let paths = curl(&node.node_ns, &[url(&pod.v4, "/after-churn")], "");
+    server.wait_connections(1);
+    assert!(agent.is_running(), "the agent survived the churn");
+    let log = agent.stop_with(15);
+    let counters = summary(&log);
+    assert_captured_once(&agent, &[(&server, vec![pod.v4.clone()])], &paths);
+    // Every link that was attached was detached again (forgotten or at shutdown).
+    assert_eq!(counters["interfaces_attached"], counters["interfaces_detached"], "{counters:?}");
+    assert!(counters["interfaces_attached"] >= 1);
+    assert_eq!(counters["interfaces_attached"] - 1, counters["interfaces_forgotten"]);
+    assert!(attachments(&node.node_ns, "vh*").is_empty(), "TCX links left");
+    assert!(netlink_filters(&node.node_ns, &pod.host_if).is_empty(), "netlink filters left");
+    eprintln!(
+        "{test}: 80 links appeared and vanished: attached={} forgotten={} attach_errors={} link_events={} resyncs={}",
+        counters["interfaces_attached"],
+        counters["interfaces_forgotten"],
+        counters["interface_attach_errors"],
+        counters["link_events"],
+        counters["link_resyncs"],
+    );
+}
+
+#[test]
+fn interfaces_that_appear_and_vanish_quickly_never_stop_the_agent_tcx() {
+    if !kernel_tests_enabled("interfaces_that_appear_and_vanish_quickly_never_stop_the_agent_tcx") {
+        return;
+    }
+    churn("churn_tcx", &["--attach", "tcx"]);
+}
+
+#[test]
+fn interfaces_that_appear_and_vanish_quickly_never_stop_the_agent_netlink() {
+    if !kernel_tests_enabled("interfaces_that_appear_and_vanish_quickly_never_stop_the_agent_netlink") {
+        return;
+    }
+    churn("churn_netlink", &["--attach", "netlink"]);
+}

@@ -48,6 +48,8 @@ pub enum KernelError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{iface} (ifindex {expected}) vanished while attaching")]
+    Vanished { iface: String, expected: u32 },
     #[error("{iface} was replaced by another link while attaching (now ifindex {now}, expected {expected})")]
     Replaced { iface: String, expected: u32, now: u32 },
     #[error("no network interface matches {0:?} (see `ip link`)")]
@@ -257,7 +259,12 @@ impl KernelCapture {
         if now != ifindex {
             let _ = program_mut(&mut self.ebpf, PROG_INGRESS).detach(ingress);
             let _ = program_mut(&mut self.ebpf, PROG_EGRESS).detach(egress);
-            return Err(KernelError::Replaced { iface: name.to_string(), expected: ifindex, now });
+            let iface = name.to_string();
+            return Err(if now == 0 {
+                KernelError::Vanished { iface, expected: ifindex }
+            } else {
+                KernelError::Replaced { iface, expected: ifindex, now }
+            });
         }
         Ok(Attachment::Tcx { name: name.to_string(), ingress, egress })
     }
