@@ -21,7 +21,7 @@ use crate::connections::TableLimits;
 use crate::http::HttpConfig;
 use crate::iface_watch::{InterfacePattern, InterfaceStats, InterfaceWatch, LinkEvent, LinkStats, WatchAction};
 use crate::kernel::links::{self, LinkMonitor};
-use crate::kernel::loader::AttachMode;
+use crate::kernel::loader::{ifindex_of, AttachMode};
 use crate::kernel::ring::RingReader;
 use crate::kernel::{counters, KernelCapture, KernelError};
 use crate::pipeline::{Pipeline, PipelineStats};
@@ -111,7 +111,12 @@ pub fn run(config: AgentConfig, sinks: Vec<Box<dyn RecordSink>>) -> anyhow::Resu
     if !missing.is_empty() {
         return Err(KernelError::NoSuchInterface(missing.join(", ")).into());
     }
-    interfaces.apply(&mut kernel, actions);
+    // At start, an attach that failed on a link that still exists is a setup problem
+    // (e.g. --attach tcx on a kernel without TCX): say so and stop. Later, such
+    // failures are logged and counted, and capture goes on.
+    if let Some(e) = interfaces.apply(&mut kernel, actions).into_iter().next() {
+        return Err(e.into());
+    }
     let waiting: Vec<String> = interfaces.watch.waiting_globs().iter().map(|p| p.to_string()).collect();
     if !waiting.is_empty() {
         eprintln!("capture: waiting for interfaces matching {}", waiting.join(", "));
@@ -172,10 +177,14 @@ impl Interfaces {
 
     fn on_event(&mut self, kernel: &mut KernelCapture, event: LinkEvent) {
         let actions = self.watch.on_event(event);
-        self.apply(kernel, actions);
+        // While running, attach failures are logged and counted; capture goes on.
+        let _ = self.apply(kernel, actions);
     }
 
-    fn apply(&mut self, kernel: &mut KernelCapture, actions: Vec<WatchAction>) {
+    /// Performs the actions; returns the attach errors of links that still exist
+    /// (those on vanished links are expected races).
+    fn apply(&mut self, kernel: &mut KernelCapture, actions: Vec<WatchAction>) -> Vec<KernelError> {
+        let mut persistent = Vec::new();
         for action in actions {
             match action {
                 WatchAction::Attach { ifindex, name } => match kernel.attach(ifindex, &name) {
@@ -192,6 +201,9 @@ impl Interfaces {
                         self.watch.attach_failed(ifindex);
                         self.links.interface_attach_errors += 1;
                         self.stats_of(&name, ifindex).attach_errors += 1;
+                        if ifindex_of(&name) == ifindex {
+                            persistent.push(e);
+                        }
                     }
                 },
                 WatchAction::Forget { ifindex, name, reason } => {
@@ -213,6 +225,7 @@ impl Interfaces {
                 }
             }
         }
+        persistent
     }
 
     /// Reads the interface's final counters, detaches and drops its kernel counters.
