@@ -8,7 +8,6 @@
 //! The same reactor listens for link notifications: interfaces matching `--iface`
 //! are attached when they appear and forgotten when they vanish.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::time::Duration;
@@ -19,9 +18,10 @@ use log::{info, warn};
 
 use crate::connections::TableLimits;
 use crate::http::HttpConfig;
-use crate::iface_watch::{InterfacePattern, InterfaceStats, InterfaceWatch, LinkEvent, LinkStats, WatchAction};
+use crate::iface_watch::{InterfacePattern, InterfaceStats, LinkEvent, LinkStats};
 use crate::kernel::links::{self, LinkMonitor};
-use crate::kernel::loader::{ifindex_of, AttachMode};
+use crate::kernel::loader::AttachMode;
+use crate::kernel::watched::WatchedInterfaces;
 use crate::kernel::ring::RingReader;
 use crate::kernel::{counters, KernelCapture, KernelError};
 use crate::pipeline::{Pipeline, PipelineStats};
@@ -105,7 +105,7 @@ pub fn run(config: AgentConfig, sinks: Vec<Box<dyn RecordSink>>) -> anyhow::Resu
     // Subscribe before listing the links: nothing that happens in between is missed.
     let link_socket = links::subscribe().map_err(KernelError::Links)?;
     let snapshot = links::current_links().map_err(KernelError::Links)?;
-    let mut interfaces = Interfaces::new(config.interfaces.clone());
+    let mut interfaces = WatchedInterfaces::new(config.interfaces.clone());
     let actions = interfaces.watch.on_event(LinkEvent::Snapshot(snapshot));
     let missing: Vec<String> = interfaces.watch.missing_names().iter().map(|p| p.to_string()).collect();
     if !missing.is_empty() {
@@ -156,100 +156,6 @@ pub fn run(config: AgentConfig, sinks: Vec<Box<dyn RecordSink>>) -> anyhow::Resu
     Ok(AgentSummary { kernel: kernel_counters, links, interfaces: interface_stats, pipeline: pipeline_stats })
 }
 
-/// Watched interfaces: the desired state (from link events) applied to the kernel,
-/// and each interface's counters.
-struct Interfaces {
-    watch: InterfaceWatch,
-    stats: BTreeMap<String, InterfaceStats>,
-    links: LinkStats,
-}
-
-impl Interfaces {
-    fn new(patterns: Vec<InterfacePattern>) -> Self {
-        Interfaces { watch: InterfaceWatch::new(patterns), stats: BTreeMap::new(), links: LinkStats::default() }
-    }
-
-    fn stats_of(&mut self, name: &str, ifindex: u32) -> &mut InterfaceStats {
-        let s = self.stats.entry(name.to_string()).or_insert_with(|| InterfaceStats { name: name.to_string(), ..Default::default() });
-        s.ifindex = ifindex;
-        s
-    }
-
-    fn on_event(&mut self, kernel: &mut KernelCapture, event: LinkEvent) {
-        let actions = self.watch.on_event(event);
-        // While running, attach failures are logged and counted; capture goes on.
-        let _ = self.apply(kernel, actions);
-    }
-
-    /// Performs the actions; returns the attach errors of links that still exist
-    /// (those on vanished links are expected races).
-    fn apply(&mut self, kernel: &mut KernelCapture, actions: Vec<WatchAction>) -> Vec<KernelError> {
-        let mut persistent = Vec::new();
-        for action in actions {
-            match action {
-                WatchAction::Attach { ifindex, name } => match kernel.attach(ifindex, &name) {
-                    Ok(()) => {
-                        self.links.interfaces_attached += 1;
-                        let s = self.stats_of(&name, ifindex);
-                        s.attaches += 1;
-                        s.attached = true;
-                    }
-                    Err(e) => {
-                        // Typically the link vanished between its notification and the
-                        // attach; its deletion follows. Not retried for this link.
-                        warn!("could not attach to {name} (ifindex {ifindex}): {e}");
-                        self.watch.attach_failed(ifindex);
-                        self.links.interface_attach_errors += 1;
-                        self.stats_of(&name, ifindex).attach_errors += 1;
-                        if ifindex_of(&name) == ifindex {
-                            persistent.push(e);
-                        }
-                    }
-                },
-                WatchAction::Forget { ifindex, name, reason } => {
-                    self.detach(kernel, ifindex, &name);
-                    self.links.interfaces_forgotten += 1;
-                    info!("forgot {name} (ifindex {ifindex}): {reason}");
-                }
-                WatchAction::Rename { ifindex, from, to } => {
-                    kernel.rename(ifindex, &to);
-                    if let Some(mut s) = self.stats.remove(&from) {
-                        s.name = to.clone();
-                        let entry = self.stats_of(&to, ifindex);
-                        entry.attaches += s.attaches;
-                        entry.detaches += s.detaches;
-                        entry.attach_errors += s.attach_errors;
-                        entry.attached = s.attached;
-                    }
-                    info!("{from} (ifindex {ifindex}) was renamed {to}: still attached");
-                }
-            }
-        }
-        persistent
-    }
-
-    /// Reads the interface's final counters, detaches and drops its kernel counters.
-    fn detach(&mut self, kernel: &mut KernelCapture, ifindex: u32, name: &str) {
-        let counters = kernel.iface_counters(ifindex);
-        kernel.detach(ifindex);
-        kernel.forget_iface_counters(ifindex);
-        self.links.interfaces_detached += 1;
-        let s = self.stats_of(name, ifindex);
-        s.add_counters(&counters);
-        s.detaches += 1;
-        s.attached = false;
-    }
-
-    /// Detaches from everything (shutdown) and returns the run's stats.
-    fn finish(&mut self, kernel: &mut KernelCapture) -> (LinkStats, Vec<InterfaceStats>) {
-        for (ifindex, name) in kernel.attached() {
-            self.detach(kernel, ifindex, &name);
-            info!("detached from {name}");
-        }
-        (self.links.clone(), self.stats.values().cloned().collect())
-    }
-}
-
 async fn read_loop(
     ring: aya::maps::RingBuf<aya::maps::MapData>,
     tx: std::sync::mpsc::SyncSender<Msg>,
@@ -257,7 +163,7 @@ async fn read_loop(
     duration: Option<Duration>,
     monitor: LinkMonitor,
     kernel: &mut KernelCapture,
-    interfaces: &mut Interfaces,
+    interfaces: &mut WatchedInterfaces,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut reader = RingReader::new(ring).context("registering the ring buffer with the reactor")?;

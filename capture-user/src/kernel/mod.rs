@@ -9,5 +9,6 @@ pub mod loader;
 pub mod ownership;
 pub mod ring;
 pub mod tc_netlink;
+pub mod watched;
 
 pub use loader::{KernelCapture, KernelError};
