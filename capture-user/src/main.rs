@@ -427,6 +427,12 @@ struct AgentArgs {
     #[arg(long, default_value = "128MiB", env = "CAPTURE_KAFKA_BUFFER", value_parser = parse_size)]
     kafka_buffer: u64,
 
+    /// Largest payload per Kafka message. A larger message (kept whole by a raised
+    /// --max-message-size) is sent as continuation records `part=I/N` with the same id
+    /// and key, which `capture replay` joins back into one message.
+    #[arg(long, default_value = "1000000", env = "CAPTURE_KAFKA_PART_SIZE", value_parser = parse_part_size)]
+    kafka_part_size: u64,
+
     /// Seconds to wait at shutdown for Kafka to acknowledge queued records.
     #[arg(long, default_value_t = 10.0, env = "CAPTURE_KAFKA_FLUSH_TIMEOUT")]
     kafka_flush_timeout: f64,
@@ -451,6 +457,13 @@ fn parse_kafka_opt(s: &str) -> Result<(String, String), String> {
 
 fn parse_attach(s: &str) -> Result<capture::kernel::loader::AttachMode, String> {
     s.parse()
+}
+
+fn parse_part_size(s: &str) -> Result<u64, String> {
+    match parse_size(s)? {
+        n if n >= 1024 => Ok(n),
+        _ => Err(format!("{s:?}: expected at least 1KiB")),
+    }
 }
 
 fn parse_ring_size(s: &str) -> Result<u32, String> {
@@ -491,6 +504,7 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
                     buffer_bytes: args.kafka_buffer,
                     flush_timeout: Duration::from_secs_f64(args.kafka_flush_timeout.max(0.0)),
                     client_id: format!("capture-{node}"),
+                    part_size: args.kafka_part_size as usize,
                 })?));
             }
         }
