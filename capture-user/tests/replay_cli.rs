@@ -198,3 +198,31 @@ fn dead_baseline_silently_turns_noise_cancellation_off() {
     assert_eq!(code, 3, "a dead baseline fails the gate like a dead target");
     assert!(stderr.contains("--fail-on-diff: failing (baseline"), "{stderr}");
 }
+
+/// Issue 10, item 3, replay side: a request the capture flagged `ambiguous=` is
+/// never sent unless --replay-ambiguous asks for it.
+#[test]
+fn ambiguous_requests_are_not_sent_unless_asked() {
+    let dir = Dir::new("ambiguous");
+    let input = dir.path("in.gor");
+    let payload = b"GET /smuggled HTTP/1.1\r\nHost: prod\r\n\r\n";
+    let mut data = format!(
+        "1 {:016x}{:08x}{:08x} 1 0 len={} client=10.0.0.2:4000 server=10.0.0.1:80 ambiguous=content_length_and_chunked\n",
+        0xa11u64,
+        1,
+        0,
+        payload.len()
+    )
+    .into_bytes();
+    data.extend_from_slice(payload);
+    data.extend_from_slice(SEPARATOR);
+    std::fs::write(&input, data).unwrap();
+    let (url, count) = server();
+    let (code, stdout, _) = run(&["--input", input.to_str().unwrap(), "--target", &url]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("skipped 1: request framing ambiguous at capture (content_length_and_chunked)"), "{stdout}");
+    assert_eq!(count.load(Ordering::SeqCst), 0);
+    let (code, _, _) = run(&["--input", input.to_str().unwrap(), "--target", &url, "--replay-ambiguous"]);
+    assert_eq!(code, 0);
+    assert_eq!(count.load(Ordering::SeqCst), 1, "sent when asked");
+}

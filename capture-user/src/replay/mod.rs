@@ -276,3 +276,81 @@ fn candidate_response(answer: &target::Answer, method: &str) -> Result<Response,
     response.body_complete &= !answer.truncated;
     Ok(response)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use input::CapturedResponse;
+
+    fn config() -> ReplayConfig {
+        ReplayConfig {
+            targets: vec![],
+            baseline: None,
+            pacing: Pacing::Rate(100.0),
+            max_wait: Duration::from_secs(10),
+            allow_methods: SAFE_METHODS.iter().map(|m| m.to_string()).collect(),
+            replay_ambiguous: false,
+            rewrite: RewriteOptions { keep_host: false, mark: ("X-Capture-Replay".into(), "1".into()), set: vec![], drop: vec![] },
+            concurrency: 1,
+            timeout: Duration::from_secs(1),
+            compare: Some(CompareConfig::default()),
+            production: ProductionCheck { local: safety::LocalAddresses::new(vec![]), allow: false },
+        }
+    }
+
+    fn exchange(request: &str) -> Exchange {
+        Exchange {
+            id: "x".into(),
+            connection: "c".into(),
+            ts_ns: 1,
+            request: request.as_bytes().to_vec(),
+            request_cut: None,
+            request_ambiguous: None,
+            response: None,
+            server: None,
+        }
+    }
+
+    /// Issue 10, item 3 (replay side) and issue 11, bug 1: a request the capture cut,
+    /// or whose framing it found ambiguous, is not sent (unless asked, for ambiguous).
+    #[test]
+    fn cut_and_ambiguous_requests_are_not_sent() {
+        let mut cfg = config();
+        let get = exchange("GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(skip_reason(&get, &cfg), None);
+        let cut = Exchange { request_cut: Some(3_000_000), ..exchange("POST / HTTP/1.1\r\nContent-Length: 3000000\r\n\r\nabc") };
+        assert!(skip_reason(&cut, &cfg).unwrap().starts_with("request cut at capture"));
+        // A GoReplay file has no flag: the body shorter than its Content-Length says it.
+        cfg.allow_methods.push("POST".into());
+        let short = exchange("POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc");
+        assert!(skip_reason(&short, &cfg).unwrap().starts_with("request body incomplete"));
+        let ambiguous = Exchange { request_ambiguous: Some("content_length_and_chunked".into()), ..get.clone() };
+        assert_eq!(
+            skip_reason(&ambiguous, &cfg).as_deref(),
+            Some("request framing ambiguous at capture (content_length_and_chunked): not sent (--replay-ambiguous sends it)")
+        );
+        cfg.replay_ambiguous = true;
+        assert_eq!(skip_reason(&ambiguous, &cfg), None);
+        assert_eq!(skip_reason(&exchange("DELETE / HTTP/1.1\r\n\r\n"), &cfg).as_deref(), Some("method DELETE not allowed (use --allow-method)"));
+        assert!(skip_reason(&exchange("\x16\x03 junk\r\n\r\n"), &cfg).unwrap().starts_with("unreplayable request"));
+    }
+
+    /// Issue 11, bugs 1 and 7: what production answered decides what is compared.
+    #[test]
+    fn only_a_whole_paired_production_response_is_compared_in_full() {
+        let cfg = config();
+        let ok = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+        let with = |response: Option<CapturedResponse>| Exchange { response, ..exchange("GET / HTTP/1.1\r\n\r\n") };
+        let captured = |bytes: &str| CapturedResponse { bytes: bytes.as_bytes().to_vec(), latency_ns: Some(1), cut: None, ambiguous: None, unpaired: false };
+        assert!(production_response(&with(Some(captured(ok))), "GET", &cfg).unwrap().body_complete);
+        assert_eq!(production_response(&with(None), "GET", &cfg).unwrap_err(), "no production response captured");
+        let cut = CapturedResponse { cut: Some(3_000_000), ..captured(ok) };
+        assert!(!production_response(&with(Some(cut)), "GET", &cfg).unwrap().body_complete, "the flag wins over the framing");
+        let unpaired = CapturedResponse { unpaired: true, ..captured(ok) };
+        assert!(production_response(&with(Some(unpaired)), "GET", &cfg).unwrap_err().contains("unpaired"));
+        let ambiguous = CapturedResponse { ambiguous: Some("two_content_lengths".into()), ..captured(ok) };
+        assert!(production_response(&with(Some(ambiguous)), "GET", &cfg).unwrap_err().contains("ambiguous"));
+        let replay_only = ReplayConfig { compare: None, ..config() };
+        assert_eq!(production_response(&with(Some(captured(ok))), "GET", &replay_only).unwrap_err(), "replay only (no --compare)");
+    }
+}
