@@ -213,6 +213,13 @@ fn continuation_records_replay_a_multi_mb_upload_exactly() {
         assert!(set.iter().all(|m| m.partition == set[0].partition && m.value.len() < 1_048_576 && m.record().meta["part"] == m.headers["capture-part"]));
     }
 
+    // A tombstone (null value) in the topic: counted, not silently skipped (issue 11, bug 7).
+    let produce = format!(
+        "from confluent_kafka import Producer; p = Producer({{'bootstrap.servers': '{}'}}); p.produce('{TOPIC}', key=b'tomb', value=None); p.flush(10)",
+        broker.bootstrap()
+    );
+    sh(&format!("ip netns exec {} python3 -c \"{produce}\"", net.server_ns));
+
     let kafka_input = format!("kafka://{}/{TOPIC}", broker.bootstrap());
     let cand_url = format!("http://{ip}:{CAND_PORT}");
     for (name, input) in [("kafka", vec!["--input", &kafka_input, "--from", "-10m"]), ("file", vec!["--input", agent.output.to_str().unwrap()])] {
@@ -227,6 +234,7 @@ fn continuation_records_replay_a_multi_mb_upload_exactly() {
         assert_eq!((r["totals"]["equal"].as_u64(), r["totals"]["partial"].as_u64()), (Some(2), Some(0)), "{name}: compared in full: {r}");
         if name == "kafka" {
             assert_eq!((counter(&r, "input_parts_joined"), counter(&r, "input_parts_incomplete")), (9, 0), "{r}");
+            assert_eq!((counter(&r, "input_records"), counter(&r, "input_null_values")), (12, 1), "{r}");
         }
         let got = &cand.replayed()[before..];
         let posted: Vec<&Logged> = got.iter().filter(|l| l.method == "POST").collect();
