@@ -191,16 +191,7 @@ impl Report {
         let interesting = if let Some(error) = &outcome.error {
             self.errors += 1;
             ep.errors += 1;
-            let kinds = self.error_kinds.len();
-            let kind = truncate(error, 200);
-            if kinds < MAX_ERROR_KINDS || self.error_kinds.contains_key(&kind) {
-                *self.error_kinds.entry(kind).or_default() += 1;
-            } else {
-                *self
-                    .error_kinds
-                    .entry(OTHER_ERRORS.to_string())
-                    .or_default() += 1;
-            }
+            count_error_kind(&mut self.error_kinds, error);
             true
         } else if !real.is_empty() {
             self.different += 1;
@@ -247,10 +238,7 @@ impl Report {
         stats.requests += 1;
         if let Some(error) = error {
             stats.errors += 1;
-            let kind = truncate(&format!("baseline: {error}"), 200);
-            if self.error_kinds.len() < MAX_ERROR_KINDS || self.error_kinds.contains_key(&kind) {
-                *self.error_kinds.entry(kind).or_default() += 1;
-            }
+            count_error_kind(&mut self.error_kinds, &format!("baseline: {error}"));
         }
     }
 
@@ -712,6 +700,13 @@ pub(super) fn ms(v: Option<f64>) -> String {
         Some(v) if v >= 100.0 => format!("{v:.0}"),
         Some(v) => format!("{v:.1}"),
     }
+}
+
+/// Counts an error by its message (at most [`MAX_ERROR_KINDS`] distinct ones).
+fn count_error_kind(kinds: &mut BTreeMap<String, usize>, error: &str) {
+    let kind = truncate(error, 200);
+    let key = if kinds.len() < MAX_ERROR_KINDS || kinds.contains_key(&kind) { kind } else { OTHER_ERRORS.to_string() };
+    *kinds.entry(key).or_default() += 1;
 }
 
 fn truncate(s: &str, max: usize) -> String {
