@@ -1,7 +1,9 @@
 //! The container image, run by podman exactly as deploy/agent-daemonset.yaml runs it
 //! (host network, capabilities, seccomp profile, read-only root, ConfigMap settings),
-//! captures a "pod" on this machine: a network namespace joined to the host by a
-//! veth pair, like a pod on a node.
+//! captures a "pod" on this machine from the host side of its veth (a network
+//! namespace joined to the host by a veth pair, like a pod on a node).
+
+use std::time::{Duration, Instant};
 
 use capture_tests::*;
 
@@ -14,21 +16,16 @@ fn image_captures_a_pod_with_the_daemonset_settings() {
     }
     let spec = agent_pod_spec();
     let dir = TempDir::new("container");
-    let pod = HostPod::new();
-    // The server listens on the host side; the pod is the client, so the host end
-    // of the veth sees requests arrive on ingress.
-    let server = Proc::start_in_host(
-        "record_server",
-        &format!("python3 -u {} {} {PORT} {}", peers_dir().join("record_server.py").display(), pod.host_addr, dir.path("server.jsonl").display()),
-        "ready",
-    );
+    // The pod appears after the agent started, as pods do under a DaemonSet.
+    let pod = HostPod::plan();
+    let glob = format!("{}*", pod.host_if);
     let mut agent = Container::run(
         &spec,
         &capture_image(),
         &spec.caps_add,
         Some(&spec.seccomp_profile),
         &[
-            ("CAPTURE_IFACE", pod.host_if.clone()),
+            ("CAPTURE_IFACE", glob.clone()),
             ("CAPTURE_PORT", PORT.to_string()),
             ("CAPTURE_OUTPUT", "file:///out/records.gor".into()),
             ("CAPTURE_METRICS", "127.0.0.1:0".into()),
@@ -37,41 +34,54 @@ fn image_captures_a_pod_with_the_daemonset_settings() {
     );
     let log = agent.log();
     assert!(log.contains("capture: ready"), "the agent did not start in the container:\n{log}");
+    assert!(log.contains(&format!("interfaces matching {glob}")), "{log}");
     let metrics = metrics_addr(&log);
     assert_eq!(http_get(None, &metrics, "/readyz"), (200, "ready\n".into()));
 
-    let url = format!("http://{}:{PORT}", pod.host_addr);
+    pod.create();
+    let attached = format!("capture_interface_attached{{interface=\"{}\"}}", pod.host_if);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while parse_metrics(&http_get(None, &metrics, "/metrics").1).get(&attached) != Some(&1.0) {
+        assert!(Instant::now() < deadline, "{} never attached:\n{}", pod.host_if, agent.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The server is in the pod; the client is on the host, so on the host side of
+    // the veth requests leave on egress and responses arrive on ingress.
+    let server = RecordServer::start(&pod.ns, &pod.addr, PORT, &dir);
+    let url = format!("http://{}:{PORT}", pod.addr);
     let mut exchanges = Vec::new();
     for (name, args) in [
         ("get", format!("{url}/hello")),
         ("keepalive", format!("{url}/a {url}/bytes/3000 -o /dev/null")),
-        ("post", format!("--data-binary pod-to-host-body {url}/upload")),
+        ("post", format!("--data-binary host-to-pod-body {url}/upload")),
     ] {
         let trace = dir.path(&format!("{name}.trace"));
-        sh(&format!("ip netns exec {} curl -sS -g --trace {} -o /dev/null {args}", pod.ns, trace.display()));
+        sh(&format!("curl -sS -g --trace {} -o /dev/null {args}", trace.display()));
         exchanges.push((name, curl_trace(&trace)));
     }
+    server.wait_connections(3);
 
-    // Every request is recorded before SIGTERM: the metrics say when.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let (_, text) = http_get(None, &metrics, "/metrics");
-        let m = parse_metrics(&text);
-        let written = m.get("capture_output_records_total{output=\"file:///out/records.gor\",result=\"written\"}").copied().unwrap_or(0.0);
-        if written >= 8.0 || std::time::Instant::now() > deadline {
-            assert_eq!(m["capture_http_requests_total"], 4.0, "{text}");
-            break;
+    // Every record written before SIGTERM: the metrics say when.
+    let written = "capture_output_records_total{output=\"file:///out/records.gor\",result=\"written\"}";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let scraped = loop {
+        let m = parse_metrics(&http_get(None, &metrics, "/metrics").1);
+        if m.get(written) == Some(&8.0) {
+            break m;
         }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+        assert!(Instant::now() < deadline, "records never all written: {:?}", m.get(written));
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(scraped["capture_http_requests_total"], 4.0);
+    assert!(scraped[&format!("capture_interface_segments_seen_total{{interface=\"{}\"}}", pod.host_if)] > 0.0);
     assert_eq!(http_get(None, &metrics, "/healthz").0, 200);
-    assert!(!attachments_on_host(&pod.host_if).is_empty(), "classifiers attached while the agent runs");
+    assert_eq!(attachments_on_host(&pod.host_if).len(), 2, "both classifiers attached while the agent runs");
 
     let (code, log) = agent.stop();
     assert_eq!(code, 0, "SIGTERM (podman stop) ends the agent cleanly:\n{log}");
     let counters = summary(&log);
     assert_no_kernel_loss(&counters);
-    assert_eq!((counters["http_requests"], counters["http_responses"], counters["output0_records_written"]), (4, 4, 8));
+    assert_eq!((counters["http_requests"], counters["http_responses"], counters["http_paired"], counters["output0_records_written"]), (4, 4, 4, 8));
     assert!(attachments_on_host(&pod.host_if).is_empty(), "nothing left attached after SIGTERM");
 
     let records = parse_gor(&std::fs::read(dir.path("records.gor")).unwrap());
@@ -81,7 +91,6 @@ fn image_captures_a_pod_with_the_daemonset_settings() {
         let conn = conns.values().find(|r| concat(r, b'1') == *sent).unwrap_or_else(|| panic!("{name}: requests not captured byte-exact"));
         assert_eq!(&concat(conn, b'2'), received, "{name}: responses not captured byte-exact");
     }
-    drop(server);
 }
 
 /// Each capability of the DaemonSet and its seccomp profile is needed: without any

@@ -198,3 +198,51 @@ fn netlink_filters_capture_and_a_killed_agents_filters_are_removed_by_the_next()
     assert!(bytes > 0);
     assert_no_kernel_loss(&summary(&log));
 }
+
+/// Regression, "two agents blind each other" (issue 10): in netlink mode a second
+/// agent on the same interface used to remove the first one's live filters as
+/// "stale"; the first then captured nothing and exited 0 without a warning. Now the
+/// second agent warns and leaves them: both capture every byte, and each removes
+/// only its own filters.
+#[test]
+fn two_agents_blind_each_other_no_more_a_live_agents_netlink_filters_are_kept() {
+    if !kernel_tests_enabled("two_agents_blind_each_other_no_more_a_live_agents_netlink_filters_are_kept") {
+        return;
+    }
+    let net = NetPair::new();
+    let (dir_a, dir_b) = (TempDir::new("two_agents_a"), TempDir::new("two_agents_b"));
+    let iface = net.server_if.clone();
+    let server = RecordServer::start(&net.server_ns, &net.server_v4, PORT, &dir_a);
+    let mut first = Agent::start(&net.server_ns, &iface, &[PORT], &dir_a, &["--attach", "netlink"]);
+    let mut second = Agent::start(&net.server_ns, &iface, &[PORT], &dir_b, &["--attach", "netlink"]);
+    let warning = format!("another capture agent (pid {}) is attached to {iface} and still running", first.pid());
+    assert!(second.log().contains(&warning), "no warning about the live agent:\n{}", second.log());
+    assert!(!second.log().contains("removed a stale"), "{}", second.log());
+    let pair = ["ingress capture_ingress", "egress capture_egress"];
+    let both: Vec<String> = pair.iter().flat_map(|f| [f.to_string(), f.to_string()]).collect();
+    let mut filters = netlink_filters(&net.server_ns, &iface);
+    filters.sort();
+    let mut want = both.clone();
+    want.sort();
+    assert_eq!(filters, want, "both agents' filters attached");
+
+    let curl = |path: &str| sh(&format!("ip netns exec {} curl -sf http://{}:{PORT}{path} -o /dev/null", net.client_ns, net.server_v4));
+    curl("/both/1");
+    curl("/bytes/100000");
+    server.wait_connections(2);
+    let second_log = second.stop_with(15);
+    assert_eq!(netlink_filters(&net.server_ns, &iface), pair, "the second agent removed only its own filters");
+    assert!(assert_streams_match(&server.connections(), &second.streams()) > 0);
+    assert_eq!(summary(&second_log)["http_requests"], 2);
+
+    // The first agent still captures after the second one left.
+    curl("/first/after");
+    server.wait_connections(3);
+    let first_log = first.stop_with(15);
+    assert!(netlink_filters(&net.server_ns, &iface).is_empty(), "nothing left");
+    let bytes = assert_streams_match(&server.connections(), &first.streams());
+    let counters = summary(&first_log);
+    assert_eq!(counters["http_requests"], 3, "the first agent saw every request");
+    assert_no_kernel_loss(&counters);
+    eprintln!("two agents: both captured; the first {bytes} bytes over 3 connections byte-exact");
+}

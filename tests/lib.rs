@@ -158,29 +158,39 @@ pub struct HostPod {
 }
 
 impl HostPod {
-    #[allow(clippy::new_without_default)] // creates kernel state; not a default value
-    pub fn new() -> HostPod {
+    /// Names and addresses only; [`HostPod::create`] makes it. Names have a fixed
+    /// width, so `host_if*` matches this pod's interface and no other.
+    pub fn plan() -> HostPod {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let id = format!("{}{}", std::process::id() % 10000, n);
+        let id = format!("{:04}x{:02}", std::process::id() % 10000, n % 100);
         let subnet = (std::process::id() * 7 + n) % 250 + 1;
-        let pod = HostPod {
+        HostPod {
             ns: format!("capp{id}"),
             host_if: format!("cvh{id}"),
             host_addr: format!("10.215.{subnet}.1"),
             addr: format!("10.215.{subnet}.2"),
-        };
-        sh(&format!("ip netns add {}", pod.ns));
-        sh(&format!("ip link add {} type veth peer name eth0 netns {}", pod.host_if, pod.ns));
-        sh(&format!("ip addr add {}/24 dev {}", pod.host_addr, pod.host_if));
-        sh(&format!("ip link set {} up", pod.host_if));
-        sh(&format!("ip -n {ns} link set lo up && ip -n {ns} addr add {}/24 dev eth0 && ip -n {ns} link set eth0 up", pod.addr, ns = pod.ns));
+        }
+    }
+
+    #[allow(clippy::new_without_default)] // creates kernel state; not a default value
+    pub fn new() -> HostPod {
+        let pod = Self::plan();
+        pod.create();
         pod
+    }
+
+    pub fn create(&self) {
+        sh(&format!("ip netns add {}", self.ns));
+        sh(&format!("ip link add {} type veth peer name eth0 netns {}", self.host_if, self.ns));
+        sh(&format!("ip addr add {}/24 dev {}", self.host_addr, self.host_if));
+        sh(&format!("ip link set {} up", self.host_if));
+        sh(&format!("ip -n {ns} link set lo up && ip -n {ns} addr add {}/24 dev eth0 && ip -n {ns} link set eth0 up", self.addr, ns = self.ns));
     }
 }
 
 impl Drop for HostPod {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).stderr(Stdio::null()).status();
     }
 }
 
@@ -245,7 +255,12 @@ pub struct RecordServer {
 
 impl RecordServer {
     pub fn start(ns: &str, addr: &str, port: u16, dir: &TempDir) -> RecordServer {
-        let log = dir.path(&format!("server-{port}.jsonl"));
+        Self::start_named(ns, addr, port, dir, &format!("server-{port}"))
+    }
+
+    /// Like `start`, with its log at `dir/<name>.jsonl` (several servers in one test).
+    pub fn start_named(ns: &str, addr: &str, port: u16, dir: &TempDir, name: &str) -> RecordServer {
+        let log = dir.path(&format!("{name}.jsonl"));
         let script = peers_dir().join("record_server.py");
         let proc = Proc::start_in(
             ns,
@@ -379,17 +394,17 @@ impl Agent {
         Agent { child: Some(child), stderr: buf, stream_log, output }
     }
 
-    /// Its stderr so far.
-    pub fn log(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
     /// Stops the agent with SIGINT and returns its stderr (with the summary line).
     pub fn stop(&mut self) -> String {
+        self.stop_with(2)
+    }
+
+    /// Stops the agent with `signal` (SIGINT 2, SIGTERM 15) and returns its stderr.
+    pub fn stop_with(&mut self, signal: i32) -> String {
         // Let the last segments reach the ring and the reader.
         std::thread::sleep(Duration::from_millis(300));
         let mut child = self.child.take().expect("running");
-        unsafe { kill(child.id() as i32, 2) };
+        unsafe { kill(child.id() as i32, signal) };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -400,10 +415,43 @@ impl Agent {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("agent did not stop on SIGINT");
+                panic!("agent did not stop on signal {signal}");
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// What the agent wrote on stderr so far.
+    pub fn log(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits (up to 20 s) until the agent's stderr contains `needle`.
+    pub fn wait_log(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("agent never logged {needle:?}:\n{}", self.log());
+    }
+
+    /// The agent's process id (`ip netns exec` execs the agent).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Whether the agent process still runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    /// Stream log lines as (client, server) pairs, one per rebuilt connection.
+    pub fn stream_connections(&self) -> Vec<(String, String)> {
+        let text = std::fs::read_to_string(&self.stream_log).unwrap_or_default();
+        text.lines().map(|l| { let f = kv(l); (f["client"].clone(), f["server"].clone()) }).collect()
     }
 
     /// Kills the agent with SIGKILL (no cleanup of its own).
@@ -1092,6 +1140,135 @@ impl Drop for Container {
             let _ = podman().args(["rm", "--force", "--time", "0", &self.name]).output();
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+}
+
+/// TCP segments retransmitted in namespace `ns` so far (`RetransSegs`, tail loss
+/// probes included): a retransmission legitimately reaches the agent twice.
+pub fn tcp_retransmissions(ns: &str) -> u64 {
+    let text = sh(&format!("ip netns exec {ns} cat /proc/net/snmp"));
+    let tcp: Vec<&str> = text.lines().filter(|l| l.starts_with("Tcp:")).collect();
+    let (names, values) = (tcp[0].split_whitespace(), tcp[1].split_whitespace());
+    names.zip(values).find(|(n, _)| *n == "RetransSegs").map(|(_, v)| v.parse().unwrap()).unwrap()
+}
+
+/// A simulated Kubernetes node: a "node" namespace (where the agent runs, like a
+/// DaemonSet pod with host network), a NIC-like veth towards a "client" namespace
+/// (outside traffic to host-network servers), and "pods": namespaces joined to the
+/// node by a veth pair whose host-side end (`vh...`) stays in the node namespace,
+/// routed like a CNI does (pod /32 and /128 routes, the node as gateway).
+/// Everything is removed on drop.
+pub struct SimNode {
+    pub node_ns: String,
+    pub client_ns: String,
+    /// Node side of the NIC-like veth (`nic...`).
+    pub nic: String,
+    pub node_v4: String,
+    pub node_v6: String,
+    id: String,
+    subnet: u32,
+    pods: Vec<String>,
+}
+
+/// One pod of a [`SimNode`].
+#[derive(Clone, Debug)]
+pub struct SimPod {
+    pub ns: String,
+    /// Host-side end of the pod's veth, in the node namespace.
+    pub host_if: String,
+    pub v4: String,
+    pub v6: String,
+}
+
+impl SimNode {
+    #[allow(clippy::new_without_default)] // creates kernel state; not a default value
+    pub fn new() -> SimNode {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let id = format!("{}{}", std::process::id() % 10000, n);
+        let subnet = (std::process::id() * 7 + n) % 250 + 1;
+        let node = SimNode {
+            node_ns: format!("capn{id}"),
+            client_ns: format!("capk{id}"),
+            nic: format!("nic{id}"),
+            node_v4: format!("10.216.{subnet}.1"),
+            node_v6: format!("fd00:216:{subnet:x}::1"),
+            id,
+            subnet,
+            pods: Vec::new(),
+        };
+        let (nn, cn) = (&node.node_ns, &node.client_ns);
+        for ns in [nn, cn] {
+            sh(&format!("ip netns add {ns}"));
+            sh(&format!("ip -n {ns} link set lo up"));
+            // No duplicate address detection: addresses are usable at once.
+            sh(&format!("ip netns exec {ns} sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0"));
+        }
+        sh(&format!("ip netns exec {nn} sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1"));
+        sh(&format!("ip -n {nn} link add {} type veth peer name eth0 netns {cn}", node.nic));
+        sh(&format!("ip -n {nn} addr add {}/24 dev {}", node.node_v4, node.nic));
+        sh(&format!("ip -n {nn} addr add {}/64 dev {} nodad", node.node_v6, node.nic));
+        sh(&format!("ip -n {nn} link set {} up", node.nic));
+        sh(&format!("ip -n {cn} addr add 10.216.{}.2/24 dev eth0", node.subnet));
+        sh(&format!("ip -n {cn} addr add {} dev eth0 nodad", node.node_v6.replace("::1", "::2/64")));
+        sh(&format!("ip -n {cn} link set eth0 up"));
+        node
+    }
+
+    /// Address of the client namespace on the NIC-like link.
+    pub fn client_v4(&self) -> String {
+        format!("10.216.{}.2", self.subnet)
+    }
+
+    /// Creates pod `i`: its namespace, its veth, addresses and routes.
+    pub fn add_pod(&mut self, i: u32) -> SimPod {
+        let pod = self.pod(i);
+        let (nn, pn, hi) = (&self.node_ns, &pod.ns, &pod.host_if);
+        sh(&format!("ip netns add {pn}"));
+        self.pods.push(pn.clone());
+        sh(&format!("ip -n {pn} link set lo up"));
+        sh(&format!("ip netns exec {pn} sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0"));
+        sh(&format!("ip -n {nn} link add {hi} type veth peer name eth0 netns {pn}"));
+        // The node's gateway address on every pod veth (as Calico-like CNIs do).
+        let (gw4, gw6) = (format!("10.217.{}.1", self.subnet), format!("fd00:217:{:x}::1", self.subnet));
+        sh(&format!("ip -n {nn} addr add {gw4}/32 dev {hi}"));
+        sh(&format!("ip -n {nn} addr add {gw6}/128 dev {hi} nodad"));
+        sh(&format!("ip -n {nn} link set {hi} up"));
+        sh(&format!("ip -n {nn} route add {}/32 dev {hi}", pod.v4));
+        sh(&format!("ip -n {nn} -6 route add {}/128 dev {hi}", pod.v6));
+        sh(&format!("ip -n {pn} addr add {}/32 dev eth0", pod.v4));
+        sh(&format!("ip -n {pn} addr add {}/128 dev eth0 nodad", pod.v6));
+        sh(&format!("ip -n {pn} link set eth0 up"));
+        sh(&format!("ip -n {pn} route add {gw4}/32 dev eth0"));
+        sh(&format!("ip -n {pn} route add default via {gw4} dev eth0"));
+        sh(&format!("ip -n {pn} -6 route add {gw6}/128 dev eth0"));
+        sh(&format!("ip -n {pn} -6 route add default via {gw6} dev eth0"));
+        pod
+    }
+
+    /// Names and addresses pod `i` has (or will have).
+    pub fn pod(&self, i: u32) -> SimPod {
+        SimPod {
+            ns: format!("capp{}x{i}", self.id),
+            host_if: format!("vh{}x{i}", self.id),
+            v4: format!("10.217.{}.{}", self.subnet, 10 + i),
+            v6: format!("fd00:217:{:x}::{:x}", self.subnet, 0x10 + i),
+        }
+    }
+
+    /// Deletes pod `i` as a CNI does: the veth pair, then the namespace.
+    pub fn delete_pod(&mut self, i: u32) {
+        let pod = self.pod(i);
+        sh(&format!("ip -n {} link del {}", self.node_ns, pod.host_if));
+        sh(&format!("ip netns del {}", pod.ns));
+        self.pods.retain(|p| *p != pod.ns);
+    }
+}
+
+impl Drop for SimNode {
+    fn drop(&mut self) {
+        for ns in self.pods.iter().chain([&self.client_ns, &self.node_ns]) {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
     }
 }

@@ -3,10 +3,11 @@
 //! Everything here is `#[repr(C)]` plain data: the kernel writes it into the ring
 //! buffer and userspace reads it back byte for byte. Changing a layout is a
 //! breaking change of the kernel/user contract; bump [`EVENT_VERSION`].
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 /// Layout version written in every [`EventHeader`]; userspace refuses other versions.
-pub const EVENT_VERSION: u8 = 1;
+/// 2: `direction` is client->server / server->client (from the watched port), `hook` added.
+pub const EVENT_VERSION: u8 = 2;
 
 /// Bytes of TCP payload carried by one ring-buffer event at most.
 ///
@@ -32,11 +33,32 @@ pub const MAX_PORTS: u32 = 64;
 pub const FAMILY_IPV4: u8 = 4;
 pub const FAMILY_IPV6: u8 = 6;
 
-/// Hook that saw the segment, as in `EventHeader::direction`.
-/// Ingress on a watched destination port: client -> server (request bytes).
-pub const DIR_INGRESS: u8 = 0;
-/// Egress from a watched source port: server -> client (response bytes).
-pub const DIR_EGRESS: u8 = 1;
+/// Direction of a segment, as in `EventHeader::direction`. It comes from which port is
+/// watched, not from the hook: see [`direction_of`].
+/// Destination port watched: client -> server (request bytes).
+pub const DIR_CLIENT_TO_SERVER: u8 = 0;
+/// Source port watched: server -> client (response bytes).
+pub const DIR_SERVER_TO_CLIENT: u8 = 1;
+
+/// TC hook that saw the segment, as in `EventHeader::hook` and [`FlowOwner::hook`].
+pub const HOOK_INGRESS: u8 = 0;
+pub const HOOK_EGRESS: u8 = 1;
+
+/// A segment's direction from whether its destination and source ports are watched.
+///
+/// The same rule holds on either hook of any interface: a NIC (requests arrive on
+/// ingress), the host-side end of a pod's veth (requests leave on egress), `lo`
+/// (every segment passes both). When both ports are watched (a server talking to
+/// another watched port), the destination wins: the segment is a request.
+pub const fn direction_of(dport_watched: bool, sport_watched: bool) -> Option<u8> {
+    if dport_watched {
+        Some(DIR_CLIENT_TO_SERVER)
+    } else if sport_watched {
+        Some(DIR_SERVER_TO_CLIENT)
+    } else {
+        None
+    }
+}
 
 /// TCP flag bits as in the TCP header's 14th byte.
 pub const TCP_FIN: u8 = 0x01;
@@ -68,10 +90,13 @@ pub struct EventHeader {
     /// Payload bytes following this header (0 for SYN/FIN/RST without data).
     pub chunk_len: u16,
     pub family: u8,
+    /// [`DIR_CLIENT_TO_SERVER`] or [`DIR_SERVER_TO_CLIENT`].
     pub direction: u8,
     pub tcp_flags: u8,
     pub version: u8,
-    pub _pad: [u8; 6],
+    /// [`HOOK_INGRESS`] or [`HOOK_EGRESS`]: where the segment was seen (diagnostics).
+    pub hook: u8,
+    pub _pad: [u8; 5],
 }
 
 pub const EVENT_HEADER_SIZE: usize = core::mem::size_of::<EventHeader>();
@@ -110,9 +135,17 @@ pub enum Counter {
     TruncatedBytes = 8,
     /// Packets on a watched port we cannot parse (IPv6 extension headers, IP fragments).
     Unsupported = 9,
+    /// Segments not emitted because another hook owns their flow direction (the same
+    /// segment seen a second time: `lo`, or a connection crossing two watched interfaces).
+    DuplicateSegments = 10,
+    /// Payload bytes of those segments.
+    DuplicateBytes = 11,
+    /// Times a hook took over a flow direction another hook owned (a new SYN on the
+    /// 4-tuple, or the owner saw nothing for [`OWNER_STALE_NS`]).
+    OwnerChanges = 12,
 }
 
-pub const COUNTER_COUNT: u32 = 10;
+pub const COUNTER_COUNT: u32 = 13;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -126,6 +159,9 @@ impl Counter {
         Counter::Truncated,
         Counter::TruncatedBytes,
         Counter::Unsupported,
+        Counter::DuplicateSegments,
+        Counter::DuplicateBytes,
+        Counter::OwnerChanges,
     ];
 
     /// Stable snake_case name used in logs and metrics.
@@ -141,6 +177,9 @@ impl Counter {
             Counter::Truncated => "kernel_truncated_skbs",
             Counter::TruncatedBytes => "kernel_truncated_bytes",
             Counter::Unsupported => "kernel_unsupported_packets",
+            Counter::DuplicateSegments => "kernel_duplicate_segments",
+            Counter::DuplicateBytes => "kernel_duplicate_bytes",
+            Counter::OwnerChanges => "kernel_flow_owner_changes",
         }
     }
 
@@ -165,9 +204,293 @@ pub const PROG_EGRESS: &str = "capture_egress";
 pub const MAP_EVENTS: &str = "EVENTS";
 pub const MAP_PORTS: &str = "PORTS";
 pub const MAP_COUNTERS: &str = "COUNTERS";
+pub const MAP_OWNERS: &str = "OWNERS";
+pub const MAP_IFACE_COUNTERS: &str = "IFACE_COUNTERS";
+
+/// Default entries of the flow-owner map (one per flow direction); userspace sizes it
+/// from `--max-connections` at load time. An LRU: a live flow evicted under pressure is
+/// claimed again by the next hook that sees it (at worst one repeated segment).
+pub const DEFAULT_OWNER_ENTRIES: u32 = 65_536;
+
+/// Interfaces with per-interface counters at once (userspace deletes forgotten ones).
+pub const MAX_INTERFACES: u32 = 1024;
+
+/// An owner that saw nothing of its flow direction for this long can be replaced by
+/// another hook that does (the owner's interface was deleted, or the route moved).
+/// Every hook of one packet's path runs within microseconds of the previous one.
+pub const OWNER_STALE_NS: u64 = 1_000_000_000;
+
+/// Key of the flow-owner map: one direction of one connection, as in the packet.
+/// Both directions of a connection are separate keys (addresses and ports swap).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowTuple {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u8,
+    /// Zero: the kernel hashes every byte of the key.
+    pub _pad: [u8; 3],
+}
+
+/// Value of the flow-owner map: the hook whose segments of this flow direction are
+/// emitted. Segments of the direction seen on any other hook are counted as duplicates.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowOwner {
+    /// `bpf_ktime_get_ns()` of the owner's last segment of this direction.
+    pub last_ns: u64,
+    pub ifindex: u32,
+    /// Sequence number of the SYN the owner saw (if `has_isn`): a SYN with another
+    /// number on the same 4-tuple is a new connection.
+    pub isn: u32,
+    pub hook: u8,
+    pub has_isn: u8,
+    pub _pad: [u8; 6],
+}
+
+/// What a hook does with a segment, given the flow direction's owner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OwnerVerdict {
+    /// This hook owns the direction: emit, and refresh `last_ns`.
+    Owner,
+    /// No owner, a new connection (SYN with a new sequence number), or a stale owner:
+    /// this hook becomes the owner and emits.
+    Claim,
+    /// Another hook owns the direction and is live: the same segment was (or will be)
+    /// emitted there. Count it, emit nothing.
+    Duplicate,
+}
+
+/// The dedup rule, shared by the kernel program and the userspace tests.
+///
+/// The first hook that sees a flow direction owns it; on one path every packet
+/// reaches that hook first, so each segment is emitted once however many watched
+/// hooks it crosses (`lo`: egress then ingress; pod A -> pod B on one node: A's veth
+/// ingress then B's veth egress). Retransmissions take the same path and are emitted
+/// again by the owner (reassembly drops the repeated bytes).
+pub fn owner_verdict(owner: Option<&FlowOwner>, ifindex: u32, hook: u8, syn: bool, seq: u32, now_ns: u64) -> OwnerVerdict {
+    let Some(o) = owner else { return OwnerVerdict::Claim };
+    if syn && (o.has_isn == 0 || o.isn != seq) {
+        // Port reuse (or the first SYN after joining mid-stream): whoever sees the new
+        // SYN first owns the new connection's direction, even on another path.
+        return OwnerVerdict::Claim;
+    }
+    if o.ifindex == ifindex && o.hook == hook {
+        return OwnerVerdict::Owner;
+    }
+    if now_ns.saturating_sub(o.last_ns) > OWNER_STALE_NS {
+        return OwnerVerdict::Claim;
+    }
+    OwnerVerdict::Duplicate
+}
+
+/// The owner value a claiming hook writes.
+pub const fn new_owner(ifindex: u32, hook: u8, syn: bool, seq: u32, now_ns: u64) -> FlowOwner {
+    FlowOwner { last_ns: now_ns, ifindex, isn: if syn { seq } else { 0 }, hook, has_isn: syn as u8, _pad: [0; 6] }
+}
+
+/// Per-interface counters (per CPU in the kernel, keyed by ifindex; both hooks).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceCounters {
+    /// Watched segments (with payload or SYN/FIN/RST) seen by this interface's hooks.
+    pub segments_seen: u64,
+    pub bytes_seen: u64,
+    /// Of those, segments another hook owned (not emitted here).
+    pub segments_duplicate: u64,
+    pub bytes_duplicate: u64,
+    /// Ring-buffer events written for segments seen here, and their payload bytes.
+    pub events_emitted: u64,
+    pub bytes_emitted: u64,
+}
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain repr(C) data with no padding-dependent invariants.
     unsafe impl aya::Pod for super::EventHeader {}
+    // SAFETY: as above; padding fields are explicit.
+    unsafe impl aya::Pod for super::FlowTuple {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowOwner {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::IfaceCounters {}
+}
+
+const _: () = assert!(core::mem::size_of::<FlowTuple>() == 40);
+const _: () = assert!(core::mem::size_of::<FlowOwner>() == 24);
+
+#[cfg(test)]
+mod tests {
+    //! The direction and dedup rules on simulated paths: every segment must be emitted
+    //! exactly once whatever watched hooks it crosses.
+    use super::*;
+    use std::collections::HashMap;
+    use std::vec::Vec;
+
+    /// One (ifindex, hook) a packet passes, in order.
+    type Hook = (u32, u8);
+
+    /// The owner map and what each hook emitted, run through the shared rule the way
+    /// the kernel program does.
+    #[derive(Default)]
+    struct Node {
+        owners: HashMap<FlowTuple, FlowOwner>,
+        emitted: Vec<(Hook, u32)>,
+        duplicates: u64,
+        owner_changes: u64,
+    }
+
+    impl Node {
+        /// Passes one segment (`seq`, `syn`) of flow direction `tuple` along `path` at `now`.
+        fn pass(&mut self, tuple: FlowTuple, path: &[Hook], syn: bool, seq: u32, now: u64) {
+            for &(ifindex, hook) in path {
+                match owner_verdict(self.owners.get(&tuple), ifindex, hook, syn, seq, now) {
+                    OwnerVerdict::Owner => {
+                        self.owners.get_mut(&tuple).unwrap().last_ns = now;
+                        self.emitted.push(((ifindex, hook), seq));
+                    }
+                    OwnerVerdict::Claim => {
+                        if self.owners.get(&tuple).is_some_and(|o| (o.ifindex, o.hook) != (ifindex, hook)) {
+                            self.owner_changes += 1;
+                        }
+                        self.owners.insert(tuple, new_owner(ifindex, hook, syn, seq, now));
+                        self.emitted.push(((ifindex, hook), seq));
+                    }
+                    OwnerVerdict::Duplicate => self.duplicates += 1,
+                }
+            }
+        }
+
+        /// Sequence numbers emitted, in order.
+        fn seqs(&self) -> Vec<u32> {
+            self.emitted.iter().map(|(_, s)| *s).collect()
+        }
+    }
+
+    fn tuple(s: u8, sport: u16, d: u8, dport: u16) -> FlowTuple {
+        let mut t = FlowTuple { sport, dport, family: FAMILY_IPV4, ..FlowTuple::default() };
+        t.saddr[..4].copy_from_slice(&[10, 0, 0, s]);
+        t.daddr[..4].copy_from_slice(&[10, 0, 0, d]);
+        t
+    }
+
+    const MS: u64 = 1_000_000;
+
+    #[test]
+    fn direction_comes_from_the_watched_port_not_the_hook() {
+        assert_eq!(direction_of(true, false), Some(DIR_CLIENT_TO_SERVER));
+        assert_eq!(direction_of(false, true), Some(DIR_SERVER_TO_CLIENT));
+        assert_eq!(direction_of(false, false), None);
+        // Both watched (8080 -> 8080): the destination wins, the segment is a request.
+        assert_eq!(direction_of(true, true), Some(DIR_CLIENT_TO_SERVER));
+    }
+
+    #[test]
+    fn loopback_segments_pass_egress_then_ingress_and_are_emitted_once() {
+        let lo = 1;
+        let path = [(lo, HOOK_EGRESS), (lo, HOOK_INGRESS)];
+        let (c2s, s2c) = (tuple(1, 40000, 1, 8080), tuple(1, 8080, 1, 40000));
+        let mut node = Node::default();
+        node.pass(c2s, &path, true, 100, 0);
+        node.pass(s2c, &path, true, 900, MS);
+        for i in 0..10 {
+            node.pass(c2s, &path, false, 101 + i * 10, (2 + i as u64) * MS);
+            node.pass(s2c, &path, false, 901 + i * 10, (2 + i as u64) * MS);
+        }
+        assert_eq!(node.emitted.len(), 22, "each segment once");
+        assert!(node.emitted.iter().all(|(h, _)| *h == (lo, HOOK_EGRESS)), "all at the first hook");
+        assert_eq!(node.duplicates, 22);
+        assert_eq!(node.owner_changes, 0);
+    }
+
+    #[test]
+    fn pod_to_pod_on_one_node_is_emitted_once_by_the_first_veth() {
+        let (vh_a, vh_b) = (5, 6);
+        // Client in pod A, server in pod B: requests enter the node on A's veth
+        // (ingress) and leave on B's veth (egress); responses the other way round.
+        let request_path = [(vh_a, HOOK_INGRESS), (vh_b, HOOK_EGRESS)];
+        let response_path = [(vh_b, HOOK_INGRESS), (vh_a, HOOK_EGRESS)];
+        let (c2s, s2c) = (tuple(1, 40000, 2, 8080), tuple(2, 8080, 1, 40000));
+        let mut node = Node::default();
+        node.pass(c2s, &request_path, true, 1, 0);
+        node.pass(s2c, &response_path, true, 7, 0);
+        node.pass(c2s, &request_path, false, 2, MS);
+        node.pass(s2c, &response_path, false, 8, MS);
+        // A retransmission takes the same path: emitted again by the owner only.
+        node.pass(c2s, &request_path, false, 2, 3 * MS);
+        assert_eq!(node.seqs(), [1, 7, 2, 8, 2]);
+        let hooks: Vec<Hook> = node.emitted.iter().map(|(h, _)| *h).collect();
+        assert_eq!(hooks, [(vh_a, HOOK_INGRESS), (vh_b, HOOK_INGRESS), (vh_a, HOOK_INGRESS), (vh_b, HOOK_INGRESS), (vh_a, HOOK_INGRESS)]);
+        assert_eq!(node.duplicates, 5);
+    }
+
+    #[test]
+    fn a_new_syn_on_a_reused_4_tuple_is_owned_by_its_own_path() {
+        // Connection 1 through pod A's veth; pod A is deleted, a new pod on another
+        // veth gets its address and the client port repeats: the new SYN claims the
+        // direction at once, no stale window.
+        let (vh_a, vh_b, vh_c) = (5, 6, 7);
+        let c2s = tuple(1, 40000, 2, 8080);
+        let mut node = Node::default();
+        node.pass(c2s, &[(vh_a, HOOK_INGRESS), (vh_b, HOOK_EGRESS)], true, 1, 0);
+        node.pass(c2s, &[(vh_a, HOOK_INGRESS), (vh_b, HOOK_EGRESS)], false, 2, MS);
+        let new_path = [(vh_c, HOOK_INGRESS), (vh_b, HOOK_EGRESS)];
+        node.pass(c2s, &new_path, true, 5000, 2 * MS);
+        node.pass(c2s, &new_path, true, 5000, 3 * MS); // retransmitted SYN
+        node.pass(c2s, &new_path, false, 5001, 4 * MS);
+        assert_eq!(node.seqs(), [1, 2, 5000, 5000, 5001]);
+        assert!(node.emitted[2..].iter().all(|(h, _)| *h == (vh_c, HOOK_INGRESS)));
+        assert_eq!(node.owner_changes, 1);
+    }
+
+    #[test]
+    fn a_flow_whose_owner_stopped_seeing_it_is_taken_over_after_the_stale_time() {
+        // The owner's interface was deleted but the flow goes on through another
+        // watched hook (a route moved): that hook takes over once the owner is stale.
+        let (nic, vh) = (2, 5);
+        let c2s = tuple(1, 40000, 2, 8080);
+        let mut node = Node::default();
+        node.pass(c2s, &[(nic, HOOK_INGRESS), (vh, HOOK_EGRESS)], false, 1, 0);
+        node.pass(c2s, &[(vh, HOOK_EGRESS)], false, 2, OWNER_STALE_NS / 2);
+        node.pass(c2s, &[(vh, HOOK_EGRESS)], false, 3, OWNER_STALE_NS + 1);
+        node.pass(c2s, &[(vh, HOOK_EGRESS)], false, 4, OWNER_STALE_NS + 2);
+        // Segment 2 fell in the window: counted as a duplicate, not emitted.
+        assert_eq!(node.seqs(), [1, 3, 4]);
+        assert_eq!(node.duplicates, 2);
+        assert_eq!(node.owner_changes, 1);
+    }
+
+    #[test]
+    fn an_owner_evicted_between_two_hooks_costs_one_repeated_segment_then_settles() {
+        // LRU eviction (more flows than entries) right after the first hook: the second
+        // hook claims and repeats that one segment (same sequence numbers, dropped by
+        // reassembly as duplicate bytes); later segments are emitted once again.
+        let (vh_a, vh_b) = (5, 6);
+        let path = [(vh_a, HOOK_INGRESS), (vh_b, HOOK_EGRESS)];
+        let c2s = tuple(1, 40000, 2, 8080);
+        let mut node = Node::default();
+        node.pass(c2s, &path, false, 1, 0);
+        node.pass(c2s, &path[..1], false, 2, MS);
+        node.owners.clear(); // evicted
+        node.pass(c2s, &path[1..], false, 2, MS);
+        for i in 3..10u32 {
+            node.pass(c2s, &path, false, i, i as u64 * MS);
+        }
+        assert_eq!(node.seqs(), [1, 2, 2, 3, 4, 5, 6, 7, 8, 9]);
+    }
+
+    #[test]
+    fn owner_values_written_on_claim_carry_the_isn_only_for_syns() {
+        let o = new_owner(3, HOOK_EGRESS, true, 77, 5);
+        assert_eq!((o.ifindex, o.hook, o.has_isn, o.isn, o.last_ns), (3, HOOK_EGRESS, 1, 77, 5));
+        let o = new_owner(3, HOOK_INGRESS, false, 77, 5);
+        assert_eq!((o.has_isn, o.isn), (0, 0));
+        // Same SYN again at the owner: still the owner, not a new claim.
+        let o = new_owner(3, HOOK_INGRESS, true, 77, 5);
+        assert_eq!(owner_verdict(Some(&o), 3, HOOK_INGRESS, true, 77, 6), OwnerVerdict::Owner);
+        assert_eq!(owner_verdict(Some(&o), 4, HOOK_EGRESS, true, 77, 6), OwnerVerdict::Duplicate);
+        assert_eq!(owner_verdict(Some(&o), 4, HOOK_EGRESS, true, 78, 6), OwnerVerdict::Claim);
+    }
 }

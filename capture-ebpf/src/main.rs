@@ -1,8 +1,11 @@
 //! TC classifiers that copy TCP payloads of watched server ports into a ring buffer.
 //!
-//! Ingress keeps segments whose destination port is watched (client -> server),
-//! egress keeps segments whose source port is watched (server -> client). On `lo`
-//! each segment passes egress and then ingress once, so this rule sees it exactly once.
+//! Both hooks keep segments whose destination port is watched (client -> server) or
+//! whose source port is watched (server -> client), so any interface works whichever
+//! way it faces: a NIC, the host-side end of a pod's veth, `lo`. A segment that
+//! crosses several watched hooks (`lo`: egress then ingress; pod A -> pod B: two veths)
+//! is emitted once, by the hook that owns its flow direction (`OWNERS`, rule in
+//! `capture_common::owner_verdict`); the others count it as a duplicate.
 //!
 //! The programs never change a packet and always return `TC_ACT_UNSPEC` (`TCX_NEXT`),
 //! so other classifiers on the same hook still run.
@@ -10,16 +13,17 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::TC_ACT_UNSPEC,
+    bindings::{BPF_NOEXIST, TC_ACT_UNSPEC},
     helpers::{bpf_ktime_get_ns, bpf_ringbuf_output, bpf_skb_load_bytes},
     macros::{classifier, map},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::TcContext,
 };
 use capture_common::{
-    Counter, EventHeader, Scratch, CHUNK_SIZE, COUNTER_COUNT, DEFAULT_RING_BYTES, DIR_EGRESS,
-    DIR_INGRESS, EVENT_HEADER_SIZE, EVENT_VERSION, FAMILY_IPV4, FAMILY_IPV6, MAX_CHUNKS,
-    MAX_PORTS, TCP_FIN, TCP_RST, TCP_SYN,
+    direction_of, new_owner, owner_verdict, Counter, EventHeader, FlowOwner, FlowTuple,
+    IfaceCounters, OwnerVerdict, Scratch, CHUNK_SIZE, COUNTER_COUNT, DEFAULT_OWNER_ENTRIES,
+    DEFAULT_RING_BYTES, EVENT_HEADER_SIZE, EVENT_VERSION, FAMILY_IPV4, FAMILY_IPV6, HOOK_EGRESS,
+    HOOK_INGRESS, MAX_CHUNKS, MAX_INTERFACES, MAX_PORTS, TCP_FIN, TCP_RST, TCP_SYN,
 };
 
 #[map(name = "EVENTS")]
@@ -31,6 +35,16 @@ static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PORTS, 0);
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
+
+/// Flow direction (the packet's 4-tuple) -> the hook that emits its segments.
+/// LRU: an evicted live flow is claimed again by the next hook that sees it.
+#[map(name = "OWNERS")]
+static OWNERS: LruHashMap<FlowTuple, FlowOwner> = LruHashMap::with_max_entries(DEFAULT_OWNER_ENTRIES, 0);
+
+/// ifindex -> counters of that interface's two hooks. Userspace deletes the entry of
+/// an interface it forgets.
+#[map(name = "IFACE_COUNTERS")]
+static IFACE_COUNTERS: PerCpuHashMap<u32, IfaceCounters> = PerCpuHashMap::with_max_entries(MAX_INTERFACES, 0);
 
 #[map(name = "SCRATCH")]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
@@ -55,14 +69,25 @@ const MAX_EXT_HEADERS: u32 = 4;
 
 #[classifier]
 pub fn capture_ingress(ctx: TcContext) -> i32 {
-    capture(&ctx, DIR_INGRESS);
+    capture(&ctx, HOOK_INGRESS);
     TC_ACT_UNSPEC
 }
 
 #[classifier]
 pub fn capture_egress(ctx: TcContext) -> i32 {
-    capture(&ctx, DIR_EGRESS);
+    capture(&ctx, HOOK_EGRESS);
     TC_ACT_UNSPEC
+}
+
+/// This interface's counters (created on its first watched segment), if the map has room.
+#[inline(always)]
+fn iface_counters(ifindex: u32) -> Option<*mut IfaceCounters> {
+    if let Some(p) = IFACE_COUNTERS.get_ptr_mut(&ifindex) {
+        return Some(p);
+    }
+    // Fails harmlessly if another CPU created it first.
+    let _ = IFACE_COUNTERS.insert(&ifindex, &IfaceCounters::default(), BPF_NOEXIST as u64);
+    IFACE_COUNTERS.get_ptr_mut(&ifindex)
 }
 
 #[inline(always)]
@@ -88,10 +113,10 @@ fn load<const N: usize>(ctx: &TcContext, offset: u32) -> Option<[u8; N]> {
 }
 
 #[inline(always)]
-fn capture(ctx: &TcContext, direction: u8) {
+fn capture(ctx: &TcContext, hook: u8) {
     let mut hdr = EventHeader {
         version: EVENT_VERSION,
-        direction,
+        hook,
         ..EventHeader::default()
     };
     let skb_len = ctx.skb.len();
@@ -112,7 +137,7 @@ fn capture(ctx: &TcContext, direction: u8) {
         hdr.daddr[..4].copy_from_slice(&ip[16..20]);
         // More-fragments flag or a fragment offset: we cannot see the TCP header reliably.
         if frag & 0x3fff != 0 {
-            if watched(ctx, ETH_HLEN + ihl, direction) {
+            if watched(ctx, ETH_HLEN + ihl) {
                 count(Counter::Unsupported, 1);
             }
             return;
@@ -142,7 +167,7 @@ fn capture(ctx: &TcContext, direction: u8) {
         }
         if next != IPPROTO_TCP {
             // Fragments, AH/ESP or a chain too long to walk: count it if it could be ours.
-            if next == NEXTHDR_FRAGMENT && watched(ctx, off + 8, direction) {
+            if next == NEXTHDR_FRAGMENT && watched(ctx, off + 8) {
                 count(Counter::Unsupported, 1);
             }
             return;
@@ -156,10 +181,10 @@ fn capture(ctx: &TcContext, direction: u8) {
     let Some(tcp) = load::<20>(ctx, l4) else { return };
     hdr.sport = u16::from_be_bytes([tcp[0], tcp[1]]);
     hdr.dport = u16::from_be_bytes([tcp[2], tcp[3]]);
-    let port = if direction == DIR_INGRESS { hdr.dport } else { hdr.sport };
-    if unsafe { PORTS.get(&port) }.is_none() {
-        return;
-    }
+    let dport_watched = unsafe { PORTS.get(&hdr.dport) }.is_some();
+    let sport_watched = unsafe { PORTS.get(&hdr.sport) }.is_some();
+    let Some(direction) = direction_of(dport_watched, sport_watched) else { return };
+    hdr.direction = direction;
     hdr.seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
     hdr.tcp_flags = tcp[13];
     let payload_off = l4 + ((tcp[12] >> 4) as u32) * 4;
@@ -174,10 +199,64 @@ fn capture(ctx: &TcContext, direction: u8) {
         return; // pure ACK
     }
     hdr.payload_len = payload_len;
-    hdr.ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    hdr.ts_ns = unsafe { bpf_ktime_get_ns() };
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    hdr.ifindex = ifindex;
+    let now = unsafe { bpf_ktime_get_ns() };
+    hdr.ts_ns = now;
     count(Counter::SegmentsSeen, 1);
     count(Counter::BytesSeen, payload_len as u64);
+    let iface = iface_counters(ifindex);
+    if let Some(c) = iface {
+        // Per-CPU value: no other writer while this program runs on this CPU.
+        unsafe {
+            (*c).segments_seen += 1;
+            (*c).bytes_seen += payload_len as u64;
+        }
+    }
+
+    // Emit only at the hook that owns this flow direction.
+    let tuple = FlowTuple {
+        saddr: hdr.saddr,
+        daddr: hdr.daddr,
+        sport: hdr.sport,
+        dport: hdr.dport,
+        family: hdr.family,
+        _pad: [0; 3],
+    };
+    let syn = hdr.tcp_flags & TCP_SYN != 0;
+    // No Option<FlowOwner> copies here: LLVM may spill an uninitialised payload, which
+    // the verifier rejects (`!read_ok`).
+    match OWNERS.get_ptr_mut(&tuple) {
+        // A full LRU evicts its least recently used entry; any other failure leaves
+        // the flow unowned and the next hook claims it (a repeat that reassembly
+        // drops), never a loss.
+        None => {
+            let _ = OWNERS.insert(&tuple, &new_owner(ifindex, hook, syn, hdr.seq, now), 0);
+        }
+        Some(p) => {
+            let owner = unsafe { &mut *p };
+            match owner_verdict(Some(owner), ifindex, hook, syn, hdr.seq, now) {
+                OwnerVerdict::Owner => owner.last_ns = now,
+                OwnerVerdict::Claim => {
+                    if owner.ifindex != ifindex || owner.hook != hook {
+                        count(Counter::OwnerChanges, 1);
+                    }
+                    *owner = new_owner(ifindex, hook, syn, hdr.seq, now);
+                }
+                OwnerVerdict::Duplicate => {
+                    count(Counter::DuplicateSegments, 1);
+                    count(Counter::DuplicateBytes, payload_len as u64);
+                    if let Some(c) = iface {
+                        unsafe {
+                            (*c).segments_duplicate += 1;
+                            (*c).bytes_duplicate += payload_len as u64;
+                        }
+                    }
+                    return;
+                }
+            }
+        }
+    }
 
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return };
     let scratch = scratch as *mut u8;
@@ -187,6 +266,11 @@ fn capture(ctx: &TcContext, direction: u8) {
         count(Counter::TruncatedBytes, (payload_len - limit) as u64);
     }
 
+    // The header goes into the scratch buffer once; each chunk only rewrites its two
+    // fields (a whole-header copy per chunk multiplies the verifier's work).
+    unsafe { core::ptr::write(scratch as *mut EventHeader, hdr) };
+    let event = scratch as *mut EventHeader;
+    let (mut emitted_events, mut emitted_bytes) = (0u64, 0u64);
     let mut i: u32 = 0;
     while i < MAX_CHUNKS {
         let offset = i * CHUNK_SIZE as u32;
@@ -196,9 +280,10 @@ fn capture(ctx: &TcContext, direction: u8) {
         }
         let remaining = payload_len - offset;
         let want = if remaining > CHUNK_SIZE as u32 { CHUNK_SIZE as u32 } else { remaining };
-        hdr.chunk_offset = offset;
-        hdr.chunk_len = want as u16;
-        unsafe { core::ptr::write(scratch as *mut EventHeader, hdr) };
+        unsafe {
+            (*event).chunk_offset = offset;
+            (*event).chunk_len = want as u16;
+        }
         let mut size = EVENT_HEADER_SIZE as u64;
         if want > 0 {
             // Keeps the length provably in [1, CHUNK_SIZE] for the verifier.
@@ -235,21 +320,26 @@ fn capture(ctx: &TcContext, direction: u8) {
         } else {
             count(Counter::EventsEmitted, 1);
             count(Counter::BytesEmitted, want as u64);
+            emitted_events += 1;
+            emitted_bytes += want as u64;
         }
         i += 1;
+    }
+    if let Some(c) = iface {
+        unsafe {
+            (*c).events_emitted += emitted_events;
+            (*c).bytes_emitted += emitted_bytes;
+        }
     }
 }
 
 /// Whether a fragment's first bytes name a watched port (best effort, for counting).
 #[inline(always)]
-fn watched(ctx: &TcContext, l4: u32, direction: u8) -> bool {
+fn watched(ctx: &TcContext, l4: u32) -> bool {
     let Some(tcp) = load::<4>(ctx, l4) else { return false };
-    let port = if direction == DIR_INGRESS {
-        u16::from_be_bytes([tcp[2], tcp[3]])
-    } else {
-        u16::from_be_bytes([tcp[0], tcp[1]])
-    };
-    unsafe { PORTS.get(&port) }.is_some()
+    let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
+    let dport = u16::from_be_bytes([tcp[2], tcp[3]]);
+    unsafe { PORTS.get(&dport).is_some() || PORTS.get(&sport).is_some() }
 }
 
 #[cfg(not(test))]

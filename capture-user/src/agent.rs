@@ -4,6 +4,9 @@
 //! batches over a bounded channel to one worker thread that owns the pipeline.
 //! When the worker falls behind, the channel blocks the reader, the ring fills, and
 //! the kernel counts what it could not write: nothing is lost without a counter.
+//!
+//! The same reactor listens for link notifications: interfaces matching `--iface`
+//! are attached when they appear and forgotten when they vanish.
 
 use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver};
@@ -16,9 +19,12 @@ use log::{info, warn};
 
 use crate::connections::TableLimits;
 use crate::http::HttpConfig;
+use crate::iface_watch::{InterfacePattern, InterfaceStats, LinkEvent, LinkStats};
+use crate::kernel::links::{self, LinkMonitor};
 use crate::kernel::loader::AttachMode;
+use crate::kernel::watched::WatchedInterfaces;
 use crate::kernel::ring::RingReader;
-use crate::kernel::{counters, KernelCapture};
+use crate::kernel::{counters, KernelCapture, KernelError};
 use crate::metrics::agent::AgentMetrics;
 use crate::pipeline::{Pipeline, PipelineStats};
 use crate::record::{clock_ns, RecordContext};
@@ -26,9 +32,12 @@ use crate::segment::Segment;
 use crate::sink::RecordSink;
 
 pub struct AgentConfig {
-    pub interfaces: Vec<String>,
+    /// `--iface` names and globs; globs stay live (interfaces that appear later).
+    pub interfaces: Vec<InterfacePattern>,
     pub ports: Vec<u16>,
     pub ring_bytes: u32,
+    /// Entries of the kernel's flow-owner map (two per connection).
+    pub owner_entries: u32,
     pub attach: AttachMode,
     pub limits: TableLimits,
     pub http: HttpConfig,
@@ -47,6 +56,10 @@ enum Msg {
 /// What the agent saw, for the exit summary.
 pub struct AgentSummary {
     pub kernel: Vec<(Counter, u64)>,
+    /// Interfaces attached and forgotten over the run.
+    pub links: LinkStats,
+    /// Every interface that was watched at some point, by name.
+    pub interfaces: Vec<InterfaceStats>,
     pub pipeline: PipelineStats,
 }
 
@@ -54,7 +67,11 @@ impl AgentSummary {
     /// One `key=value` line with every counter, plus the agent's own CPU time and peak RSS.
     pub fn line(&self) -> String {
         let mut parts: Vec<String> = self.kernel.iter().map(|(c, v)| format!("{}={v}", c.name())).collect();
+        parts.extend(self.links.fields().into_iter().map(|(k, v)| format!("{k}={v}")));
         parts.extend(self.pipeline.fields().into_iter().map(|(k, v)| format!("{k}={v}")));
+        for iface in &self.interfaces {
+            parts.extend(iface.fields().into_iter().map(|(k, v)| format!("{k}={v}")));
+        }
         let usage = crate::usage::own();
         parts.push(format!(
             "agent_cpu_user_ms={} agent_cpu_sys_ms={} agent_max_rss_kb={}",
@@ -85,11 +102,31 @@ pub fn run(config: AgentConfig, sinks: Vec<Box<dyn RecordSink>>) -> anyhow::Resu
         eprintln!("capture: writing records to {out}");
     }
 
-    let mut kernel = KernelCapture::load(&config.interfaces, &config.ports, config.ring_bytes, config.attach)?;
+    let mut kernel = KernelCapture::load(&config.ports, config.ring_bytes, config.owner_entries, config.attach)?;
     let ring = kernel.take_ring()?;
     let counter_map = Arc::new(kernel.take_counters()?);
     let scraped_map = counter_map.clone();
     metrics.set_kernel_source(Box::new(move || counters::read(&scraped_map)));
+    // Subscribe before listing the links: nothing that happens in between is missed.
+    let link_socket = links::subscribe().map_err(KernelError::Links)?;
+    let snapshot = links::current_links().map_err(KernelError::Links)?;
+    let mut interfaces = WatchedInterfaces::new(config.interfaces.clone());
+    let actions = interfaces.watch.on_event(LinkEvent::Snapshot(snapshot));
+    let missing: Vec<String> = interfaces.watch.missing_names().iter().map(|p| p.to_string()).collect();
+    if !missing.is_empty() {
+        return Err(KernelError::NoSuchInterface(missing.join(", ")).into());
+    }
+    // At start, an attach that failed on a link that still exists is a setup problem
+    // (e.g. --attach tcx on a kernel without TCX): say so and stop. Later, such
+    // failures are logged and counted, and capture goes on.
+    if let Some(e) = interfaces.apply(&mut kernel, actions).into_iter().next() {
+        return Err(e.into());
+    }
+    let waiting: Vec<String> = interfaces.watch.waiting_globs().iter().map(|p| p.to_string()).collect();
+    if !waiting.is_empty() {
+        eprintln!("capture: waiting for interfaces matching {}", waiting.join(", "));
+    }
+    metrics.publish_interfaces(interfaces.links.clone(), interfaces.snapshot(&kernel));
 
     // At most 8 batches of <= 1 MiB wait for the pipeline: ~8 MiB queued.
     let (tx, rx) = sync_channel::<Msg>(8);
@@ -106,19 +143,27 @@ pub fn run(config: AgentConfig, sinks: Vec<Box<dyn RecordSink>>) -> anyhow::Resu
         .build()
         .context("starting the tokio runtime")?;
     let ports: Vec<String> = config.ports.iter().map(|p| p.to_string()).collect();
+    let names: Vec<String> = kernel.attached().into_iter().map(|(_, n)| n).collect();
+    let globs: Vec<String> = config.interfaces.iter().filter(|p| p.is_glob()).map(|p| p.to_string()).collect();
     metrics.health().set_ready(true);
     eprintln!(
-        "capture: ready: watching port(s) {} on {}",
+        "capture: ready: watching port(s) {} on {}{}",
         ports.join(","),
-        config.interfaces.join(",")
+        if names.is_empty() { "no interface yet".to_string() } else { names.join(",") },
+        if globs.is_empty() { String::new() } else { format!(" (and interfaces matching {} as they appear)", globs.join(", ")) }
     );
-    let read_result = runtime.block_on(read_loop(ring, tx, back_rx, config.duration));
+    let read_result = runtime.block_on(async {
+        let monitor = LinkMonitor::new(link_socket).context("registering the link socket with the reactor")?;
+        read_loop(ring, tx, back_rx, config.duration, monitor, &mut kernel, &mut interfaces, &metrics).await
+    });
     metrics.health().set_ready(false);
     let pipeline_stats = worker.join().map_err(|_| anyhow::anyhow!("pipeline thread panicked"))?;
     let kernel_counters = counters::read(&counter_map);
+    let (links, interface_stats) = interfaces.finish(&mut kernel);
+    metrics.publish_interfaces(links.clone(), interface_stats.clone());
     drop(kernel);
     read_result?;
-    Ok(AgentSummary { kernel: kernel_counters, pipeline: pipeline_stats })
+    Ok(AgentSummary { kernel: kernel_counters, links, interfaces: interface_stats, pipeline: pipeline_stats })
 }
 
 async fn read_loop(
@@ -126,9 +171,16 @@ async fn read_loop(
     tx: std::sync::mpsc::SyncSender<Msg>,
     spare: Receiver<Vec<Segment>>,
     duration: Option<Duration>,
+    monitor: LinkMonitor,
+    kernel: &mut KernelCapture,
+    interfaces: &mut WatchedInterfaces,
+    metrics: &AgentMetrics,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut reader = RingReader::new(ring).context("registering the ring buffer with the reactor")?;
+    // None after the link socket failed: capture goes on with what is attached.
+    let mut monitor = Some(monitor);
+    let mut link_events = Vec::new();
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -150,7 +202,24 @@ async fn read_loop(
             _ = poll.tick() => {}
             _ = tick.tick() => {
                 if tx.send(Msg::Tick(clock_ns(libc::CLOCK_MONOTONIC))).is_err() { break; }
+                metrics.publish_interfaces(interfaces.links.clone(), interfaces.snapshot(kernel));
                 continue;
+            }
+            r = async { monitor.as_ref().expect("guarded").readable().await }, if monitor.is_some() => {
+                let result = r.and_then(|()| monitor.as_mut().expect("guarded").read_events(&mut link_events));
+                match result {
+                    Ok((n, resynced)) => {
+                        interfaces.links.link_events += n;
+                        interfaces.links.link_resyncs += resynced as u64;
+                    }
+                    Err(e) => {
+                        warn!("link notifications failed, interfaces that appear from now on are not attached: {e}");
+                        monitor = None;
+                    }
+                }
+                for event in link_events.drain(..) {
+                    interfaces.on_event(kernel, event);
+                }
             }
             _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }

@@ -408,6 +408,28 @@ mod tests {
         t.on_segment(seg(port, S2C, 5020, TCP_FIN | TCP_ACK, b"", 6), r);
     }
 
+    /// Pod A -> pod B on one node: requests are emitted by A's veth, responses by B's
+    /// (each direction's owner hook). Direction, not interface, makes the connection.
+    #[test]
+    fn directions_seen_on_different_interfaces_are_one_connection() {
+        let mut t = ConnectionTable::new(TableLimits::default());
+        let mut r = Recorder::default();
+        let on = |mut s: Segment, ifindex: u32| {
+            s.ifindex = ifindex;
+            s
+        };
+        t.on_segment(on(seg(7, C2S, 100, TCP_SYN, b"", 1), 5), &mut r);
+        t.on_segment(on(seg(7, S2C, 900, TCP_SYN | TCP_ACK, b"", 2), 6), &mut r);
+        t.on_segment(on(seg(7, C2S, 101, TCP_ACK, b"GET / HTTP/1.1\r\n\r\n", 3), 5), &mut r);
+        t.on_segment(on(seg(7, S2C, 901, TCP_ACK, b"HTTP/1.1 200 OK\r\n\r\n", 4), 6), &mut r);
+        t.on_segment(on(seg(7, C2S, 119, TCP_FIN | TCP_ACK, b"", 5), 5), &mut r);
+        t.on_segment(on(seg(7, S2C, 920, TCP_FIN | TCP_ACK, b"", 6), 6), &mut r);
+        assert_eq!(r.opened, [1]);
+        assert_eq!(r.closed, [(1, CloseReason::Fin)]);
+        assert_eq!(r.data[&(1, 0)], b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(r.data[&(1, 1)], b"HTTP/1.1 200 OK\r\n\r\n");
+    }
+
     #[test]
     fn fin_both_ways_closes_with_all_bytes_delivered() {
         let mut t = ConnectionTable::new(TableLimits::default());

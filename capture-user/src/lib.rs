@@ -8,6 +8,7 @@ pub mod agent;
 pub mod compare;
 pub mod connections;
 pub mod flow;
+pub mod iface_watch;
 pub mod kernel;
 pub mod metrics;
 pub mod output;

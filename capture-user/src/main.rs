@@ -38,8 +38,10 @@ struct Cli {
 enum Command {
     /// Capture HTTP traffic of server ports on network interfaces (needs root).
     ///
-    /// Attaches TC classifiers (TCX, or clsact on older kernels) to each interface,
-    /// rebuilds every TCP connection to the watched ports, frames HTTP/1.x requests and
+    /// Attaches TC classifiers (TCX, or clsact on older kernels) to each interface
+    /// matching --iface, also those that appear later (pods), and forgets vanished ones;
+    /// each segment is recorded once even when it crosses several watched interfaces.
+    /// Rebuilds every TCP connection to the watched ports, frames HTTP/1.x requests and
     /// responses and writes them as GoReplay-compatible records. Stops on SIGINT/SIGTERM
     /// (or after --duration), flushes outputs and prints a summary of all counters.
     Agent(Box<AgentArgs>),
@@ -267,9 +269,13 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
 
 #[derive(Args)]
 struct AgentArgs {
-    /// Interface to capture on: a name (`eth0`, `lo`) or a glob (`veth*`). Repeatable.
+    /// Interface to capture on: a name (`eth0`, `lo`) or a glob (`veth*`, `cali*`).
+    /// Repeatable. Globs stay live: interfaces that appear later (new pods) are attached
+    /// at once, vanished ones are forgotten, and a glob may match nothing at start. A
+    /// plain name must exist at start. Any orientation works (a NIC, the host side of a
+    /// pod's veth, `lo`); a connection crossing two watched interfaces is recorded once.
     #[arg(long = "iface", required = true, env = "CAPTURE_IFACE", value_delimiter = ',')]
-    ifaces: Vec<String>,
+    ifaces: Vec<capture::iface_watch::InterfacePattern>,
 
     /// Server port whose traffic is captured (both requests and responses). Repeatable.
     #[arg(long = "port", required = true, env = "CAPTURE_PORT", value_delimiter = ',')]
@@ -301,7 +307,9 @@ struct AgentArgs {
 
     /// How to attach: `auto` (TCX links on kernels >= 6.6, netlink clsact filters
     /// before), `tcx`, or `netlink` (the pre-6.6 path, also on newer kernels). Netlink
-    /// filters outlive a killed agent; the next agent removes them before attaching.
+    /// filters are named after their agent and outlive a killed one; the next agent
+    /// removes them only when their agent is gone, and leaves a live agent's filters
+    /// alone with a warning (both agents then capture).
     #[arg(long, default_value = "auto", env = "CAPTURE_ATTACH", value_parser = parse_attach)]
     attach: capture::kernel::loader::AttachMode,
 
@@ -310,6 +318,7 @@ struct AgentArgs {
     idle_timeout: u64,
 
     /// Connections tracked at once; the least recently active one is closed to make room.
+    /// Also sizes the kernel's flow-owner map (which hook records each flow direction).
     #[arg(long, default_value_t = 65_536, env = "CAPTURE_MAX_CONNECTIONS")]
     max_connections: usize,
 
@@ -389,7 +398,13 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let interfaces = capture::kernel::loader::resolve_interfaces(&args.ifaces)?;
+    // A plain --iface name must exist; say so before any output file is created.
+    let mut watch = capture::iface_watch::InterfaceWatch::new(args.ifaces.clone());
+    let links = capture::kernel::links::current_links().context("listing network interfaces")?;
+    watch.on_event(capture::iface_watch::LinkEvent::Snapshot(links));
+    if let Some(missing) = watch.missing_names().first() {
+        return Err(capture::kernel::KernelError::NoSuchInterface(missing.to_string()).into());
+    }
     let node = args.node_name.unwrap_or_else(hostname);
     let mut outputs = args.outputs;
     if outputs.is_empty() {
@@ -417,9 +432,10 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         }
     }
     let config = AgentConfig {
-        interfaces,
+        interfaces: args.ifaces,
         ports: args.ports,
         ring_bytes: args.ring_size,
+        owner_entries: args.max_connections.clamp(1024, 1 << 22) as u32,
         attach: args.attach,
         limits: TableLimits {
             max_connections: args.max_connections.max(1),

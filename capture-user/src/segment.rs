@@ -4,8 +4,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use bytes::Bytes;
 use capture_common::{
-    EventHeader, DIR_EGRESS, DIR_INGRESS, EVENT_HEADER_SIZE, EVENT_VERSION, FAMILY_IPV4,
-    FAMILY_IPV6, TCP_FIN, TCP_RST, TCP_SYN,
+    EventHeader, DIR_CLIENT_TO_SERVER, DIR_SERVER_TO_CLIENT, EVENT_HEADER_SIZE, EVENT_VERSION,
+    FAMILY_IPV4, FAMILY_IPV6, TCP_FIN, TCP_RST, TCP_SYN,
 };
 
 use crate::flow::{Direction, FlowKey};
@@ -83,10 +83,10 @@ pub fn decode(event: &[u8]) -> Result<Segment, DecodeError> {
         FAMILY_IPV6 => (IpAddr::V6(Ipv6Addr::from(hdr.saddr)), IpAddr::V6(Ipv6Addr::from(hdr.daddr))),
         other => return Err(DecodeError::Family(other)),
     };
+    // The kernel decided the direction from the watched port, whichever hook saw it.
     let (direction, flow) = match hdr.direction {
-        // Ingress on a watched destination port: the source is the client.
-        DIR_INGRESS => (Direction::ClientToServer, FlowKey::new(src, hdr.sport, dst, hdr.dport)),
-        DIR_EGRESS => (Direction::ServerToClient, FlowKey::new(dst, hdr.dport, src, hdr.sport)),
+        DIR_CLIENT_TO_SERVER => (Direction::ClientToServer, FlowKey::new(src, hdr.sport, dst, hdr.dport)),
+        DIR_SERVER_TO_CLIENT => (Direction::ServerToClient, FlowKey::new(dst, hdr.dport, src, hdr.sport)),
         other => return Err(DecodeError::Direction(other)),
     };
     Ok(Segment {
@@ -122,6 +122,7 @@ pub fn encode(hdr: &EventHeader, payload: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use capture_common::{HOOK_EGRESS, HOOK_INGRESS};
 
     fn header(direction: u8, family: u8) -> EventHeader {
         let mut h = EventHeader {
@@ -144,8 +145,8 @@ mod tests {
     }
 
     #[test]
-    fn ingress_event_names_source_as_client() {
-        let seg = decode(&encode(&header(DIR_INGRESS, FAMILY_IPV4), b"abcdef")).unwrap();
+    fn client_to_server_event_names_source_as_client() {
+        let seg = decode(&encode(&header(DIR_CLIENT_TO_SERVER, FAMILY_IPV4), b"abcdef")).unwrap();
         assert_eq!(seg.direction, Direction::ClientToServer);
         assert_eq!(seg.flow.client.to_string(), "10.0.0.1:40000");
         assert_eq!(seg.flow.server.to_string(), "10.0.0.2:8080");
@@ -156,8 +157,8 @@ mod tests {
     }
 
     #[test]
-    fn egress_event_names_destination_as_client() {
-        let mut h = header(DIR_EGRESS, FAMILY_IPV4);
+    fn server_to_client_event_names_destination_as_client() {
+        let mut h = header(DIR_SERVER_TO_CLIENT, FAMILY_IPV4);
         h.sport = 8080;
         h.dport = 40000;
         h.saddr[..4].copy_from_slice(&[10, 0, 0, 2]);
@@ -167,9 +168,28 @@ mod tests {
         assert_eq!(seg.flow.client.to_string(), "10.0.0.1:40000");
     }
 
+    /// On the host side of a pod's veth requests leave on egress and responses arrive
+    /// on ingress: the hook must not change who is the client.
+    #[test]
+    fn the_hook_does_not_change_the_direction_or_the_flow() {
+        for hook in [HOOK_INGRESS, HOOK_EGRESS] {
+            let mut req = header(DIR_CLIENT_TO_SERVER, FAMILY_IPV4);
+            req.hook = hook;
+            let mut resp = header(DIR_SERVER_TO_CLIENT, FAMILY_IPV4);
+            resp.hook = hook;
+            (resp.sport, resp.dport, resp.saddr, resp.daddr) = (req.dport, req.sport, req.daddr, req.saddr);
+            let req = decode(&encode(&req, b"abcdef")).unwrap();
+            let resp = decode(&encode(&resp, b"abcdef")).unwrap();
+            assert_eq!(req.direction, Direction::ClientToServer);
+            assert_eq!(resp.direction, Direction::ServerToClient);
+            assert_eq!(req.flow, resp.flow, "hook {hook}: both directions map to one connection");
+            assert_eq!(req.flow.server.port(), 8080);
+        }
+    }
+
     #[test]
     fn first_chunk_of_large_segment_is_not_last() {
-        let mut h = header(DIR_INGRESS, FAMILY_IPV6);
+        let mut h = header(DIR_CLIENT_TO_SERVER, FAMILY_IPV6);
         h.chunk_offset = 0;
         h.payload_len = 100;
         let seg = decode(&encode(&h, b"abcdef")).unwrap();
@@ -180,15 +200,15 @@ mod tests {
     #[test]
     fn bad_events_are_errors_not_panics() {
         assert_eq!(decode(&[0u8; 10]), Err(DecodeError::Short(10)));
-        let mut h = header(DIR_INGRESS, FAMILY_IPV4);
+        let mut h = header(DIR_CLIENT_TO_SERVER, FAMILY_IPV4);
         h.version = 99;
         assert_eq!(decode(&encode(&h, b"abcdef")), Err(DecodeError::Version(99)));
-        let h = header(DIR_INGRESS, FAMILY_IPV4);
+        let h = header(DIR_CLIENT_TO_SERVER, FAMILY_IPV4);
         assert_eq!(
             decode(&encode(&h, b"abc")),
             Err(DecodeError::Length { declared: 6, actual: 3 })
         );
-        let h = header(DIR_INGRESS, 9);
+        let h = header(DIR_CLIENT_TO_SERVER, 9);
         assert_eq!(decode(&encode(&h, b"abcdef")), Err(DecodeError::Family(9)));
         let h = header(5, FAMILY_IPV4);
         assert_eq!(decode(&encode(&h, b"abcdef")), Err(DecodeError::Direction(5)));

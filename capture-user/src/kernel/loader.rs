@@ -1,13 +1,22 @@
-//! Loads the embedded eBPF object and attaches its classifiers.
+//! Loads the embedded eBPF object and attaches its classifiers to interfaces, one
+//! interface at a time (interfaces come and go while the agent runs).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::AsFd;
 
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::tc::{NlOptions, TcAttachOptions};
-use aya::programs::{tc, LinkOrder, SchedClassifier, TcAttachType};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::programs::tc::{SchedClassifierLinkId, TcAttachOptions};
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
+use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfLoader};
-use capture_common::{MAP_COUNTERS, MAP_EVENTS, MAP_PORTS, MAX_PORTS, PROG_EGRESS, PROG_INGRESS};
+use capture_common::{
+    IfaceCounters, MAP_COUNTERS, MAP_EVENTS, MAP_IFACE_COUNTERS, MAP_OWNERS, MAP_PORTS, MAX_PORTS, PROG_EGRESS,
+    PROG_INGRESS,
+};
 use log::{debug, info, warn};
+
+use super::ownership::{self, Liveness, OwnerLock};
+use super::tc_netlink::{Hook, TcNetlink};
 
 /// The object `cargo xtask build-ebpf` produced, embedded at build time (empty if it was missing).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/capture-ebpf.o"));
@@ -32,6 +41,17 @@ pub enum KernelError {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
+    #[error("attaching to {iface} through netlink failed ({step}): {source}")]
+    Netlink {
+        iface: String,
+        step: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{iface} (ifindex {expected}) vanished while attaching")]
+    Vanished { iface: String, expected: u32 },
+    #[error("{iface} was replaced by another link while attaching (now ifindex {now}, expected {expected})")]
+    Replaced { iface: String, expected: u32, now: u32 },
     #[error("no network interface matches {0:?} (see `ip link`)")]
     NoSuchInterface(String),
     #[error("invalid interface pattern {pattern:?}: {source}")]
@@ -50,6 +70,10 @@ pub enum KernelError {
         #[source]
         source: Box<aya::maps::MapError>,
     },
+    #[error("listening for link changes (rtnetlink) failed: {0}")]
+    Links(#[source] std::io::Error),
+    #[error("creating this agent's ownership socket failed: {0}")]
+    Ownership(#[source] std::io::Error),
 }
 
 /// How the classifiers are attached.
@@ -75,11 +99,35 @@ impl std::str::FromStr for AttachMode {
     }
 }
 
-/// Loaded programs attached to interfaces. Dropping it detaches everything.
+/// What is attached to one interface.
+enum Attachment {
+    /// Two TCX links (closed with the process even on SIGKILL).
+    Tcx { name: String, ingress: SchedClassifierLinkId, egress: SchedClassifierLinkId },
+    /// Two netlink filters named with this agent's owner token (removed by us, or by
+    /// the next agent once we are gone).
+    Netlink { name: String },
+}
+
+impl Attachment {
+    fn name(&self) -> &str {
+        match self {
+            Attachment::Tcx { name, .. } | Attachment::Netlink { name } => name,
+        }
+    }
+}
+
+/// Loaded programs and their attachments. Dropping it detaches everything.
 pub struct KernelCapture {
     ebpf: Ebpf,
     ports: BpfHashMap<MapData, u16, u8>,
-    pub interfaces: Vec<String>,
+    iface_counters: PerCpuHashMap<MapData, u32, IfaceCounters>,
+    /// `Tcx` or `Netlink` (`Auto` resolved at load).
+    mode: AttachMode,
+    owner: OwnerLock,
+    tc: TcNetlink,
+    attached: BTreeMap<u32, Attachment>,
+    /// Interfaces on which another live agent's netlink filters were reported.
+    shared_reported: BTreeSet<u32>,
 }
 
 /// Names of interfaces matching each pattern (`eth0`, `veth*`), sorted, deduplicated.
@@ -107,18 +155,24 @@ pub fn resolve_interfaces(patterns: &[String]) -> Result<Vec<String>, KernelErro
     Ok(out.into_iter().collect())
 }
 
+const HOOKS: [(&str, TcAttachType, Hook); 2] =
+    [(PROG_INGRESS, TcAttachType::Ingress, Hook::Ingress), (PROG_EGRESS, TcAttachType::Egress, Hook::Egress)];
+
 impl KernelCapture {
-    /// Loads the object with a ring buffer of `ring_bytes` and attaches ingress and
-    /// egress classifiers to every interface.
-    pub fn load(interfaces: &[String], ports: &[u16], ring_bytes: u32, mode: AttachMode) -> Result<Self, KernelError> {
+    /// Loads the object with a ring buffer of `ring_bytes` and a flow-owner map of
+    /// `owner_entries`, and loads (verifies) both classifiers. Nothing is attached yet.
+    pub fn load(ports: &[u16], ring_bytes: u32, owner_entries: u32, mode: AttachMode) -> Result<Self, KernelError> {
         if OBJECT.is_empty() {
             return Err(KernelError::NoObject);
         }
         if ports.len() > MAX_PORTS as usize {
             return Err(KernelError::TooManyPorts(ports.len()));
         }
+        let owner = OwnerLock::acquire().map_err(KernelError::Ownership)?;
+        let tc = TcNetlink::open().map_err(|source| KernelError::Netlink { iface: "-".into(), step: "socket", source })?;
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(MAP_EVENTS, ring_bytes)
+            .map_max_entries(MAP_OWNERS, owner_entries.max(1024))
             .load(OBJECT)
             .map_err(|e| KernelError::Load(Box::new(e)))?;
 
@@ -130,44 +184,224 @@ impl KernelCapture {
                 .insert(port, 1, 0)
                 .map_err(|source| KernelError::Map { name: MAP_PORTS, source: Box::new(source) })?;
         }
+        let map = ebpf.take_map(MAP_IFACE_COUNTERS).ok_or(KernelError::MissingMap(MAP_IFACE_COUNTERS))?;
+        let iface_counters = PerCpuHashMap::try_from(map)
+            .map_err(|source| KernelError::Map { name: MAP_IFACE_COUNTERS, source: Box::new(source) })?;
 
-        for (name, attach) in [(PROG_INGRESS, TcAttachType::Ingress), (PROG_EGRESS, TcAttachType::Egress)] {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .expect("program compiled into the object")
-                .try_into()
-                .expect("program is a classifier");
+        for (name, _, _) in HOOKS {
+            let prog = program_mut(&mut ebpf, name);
             prog.load().map_err(|source| KernelError::Verify { program: name, source: Box::new(source) })?;
-            for iface in interfaces {
-                remove_stale(iface, attach, name);
-                let direction = if attach == TcAttachType::Ingress { "ingress" } else { "egress" };
-                let result = match mode {
-                    // aya picks TCX on >= 6.6 and netlink below.
-                    AttachMode::Auto => prog.attach(iface, attach).or_else(|e| {
-                        // Old kernels without TCX: netlink needs the clsact qdisc first.
-                        debug!("attach {name} to {iface}: {e}; adding clsact and retrying");
-                        let _ = tc::qdisc_add_clsact(iface);
-                        prog.attach(iface, attach)
-                    }),
-                    AttachMode::Tcx => {
-                        prog.attach_with_options(iface, attach, TcAttachOptions::TcxOrder(LinkOrder::default()))
+        }
+        let mode = match mode {
+            AttachMode::Auto => {
+                let tcx = KernelVersion::current().map(|v| v >= KernelVersion::new(6, 6, 0)).unwrap_or(false);
+                if tcx { AttachMode::Tcx } else { AttachMode::Netlink }
+            }
+            other => other,
+        };
+        Ok(KernelCapture {
+            ebpf,
+            ports: port_map,
+            iface_counters,
+            mode,
+            owner,
+            tc,
+            attached: BTreeMap::new(),
+            shared_reported: BTreeSet::new(),
+        })
+    }
+
+    /// `Tcx` or `Netlink`.
+    pub fn mode(&self) -> AttachMode {
+        self.mode
+    }
+
+    /// Attaches both classifiers to the link `ifindex` named `name`. First removes
+    /// netlink filters of agents that are gone; leaves live agents' filters alone
+    /// (with a warning).
+    pub fn attach(&mut self, ifindex: u32, name: &str) -> Result<(), KernelError> {
+        if self.attached.contains_key(&ifindex) {
+            return Ok(());
+        }
+        self.remove_orphans(ifindex, name);
+        let attachment = match self.mode {
+            AttachMode::Netlink => self.attach_netlink(ifindex, name)?,
+            _ => self.attach_tcx(ifindex, name)?,
+        };
+        info!("attached to {name} (ifindex {ifindex}, {}): ingress and egress", self.mode_name());
+        self.attached.insert(ifindex, attachment);
+        Ok(())
+    }
+
+    fn mode_name(&self) -> &'static str {
+        if self.mode == AttachMode::Netlink { "netlink" } else { "tcx" }
+    }
+
+    fn attach_tcx(&mut self, ifindex: u32, name: &str) -> Result<Attachment, KernelError> {
+        let mut links = Vec::new();
+        for (program, attach, hook) in HOOKS {
+            let prog = program_mut(&mut self.ebpf, program);
+            match prog.attach_with_options(name, attach, TcAttachOptions::TcxOrder(LinkOrder::default())) {
+                Ok(id) => links.push((program, id)),
+                Err(source) => {
+                    for (program, id) in links {
+                        let _ = program_mut(&mut self.ebpf, program).detach(id);
                     }
-                    AttachMode::Netlink => {
-                        // Fails harmlessly when the interface already has clsact.
-                        let _ = tc::qdisc_add_clsact(iface);
-                        prog.attach_with_options(iface, attach, TcAttachOptions::Netlink(NlOptions::default()))
-                    }
-                };
-                result.map_err(|source| KernelError::Attach {
-                    program: name,
-                    iface: iface.clone(),
-                    direction,
-                    source: Box::new(source),
-                })?;
-                info!("attached {name} to {iface} ({direction}, {mode:?})");
+                    let direction = hook.as_str();
+                    return Err(KernelError::Attach { program, iface: name.to_string(), direction, source: Box::new(source) });
+                }
             }
         }
-        Ok(KernelCapture { ebpf, ports: port_map, interfaces: interfaces.to_vec() })
+        // aya attaches by name: make sure the name still meant this link.
+        let now = ifindex_of(name);
+        let mut ids = links.into_iter().map(|(_, id)| id);
+        let (ingress, egress) = (ids.next().expect("ingress"), ids.next().expect("egress"));
+        if now != ifindex {
+            let _ = program_mut(&mut self.ebpf, PROG_INGRESS).detach(ingress);
+            let _ = program_mut(&mut self.ebpf, PROG_EGRESS).detach(egress);
+            let iface = name.to_string();
+            return Err(if now == 0 {
+                KernelError::Vanished { iface, expected: ifindex }
+            } else {
+                KernelError::Replaced { iface, expected: ifindex, now }
+            });
+        }
+        Ok(Attachment::Tcx { name: name.to_string(), ingress, egress })
+    }
+
+    fn attach_netlink(&mut self, ifindex: u32, name: &str) -> Result<Attachment, KernelError> {
+        let err = |step, source| KernelError::Netlink { iface: name.to_string(), step, source };
+        self.tc.add_clsact(ifindex).map_err(|e| err("adding the clsact qdisc", e))?;
+        for (i, (program, _, hook)) in HOOKS.into_iter().enumerate() {
+            let filter_name = self.owner.filter_name(program);
+            let prog = program_mut(&mut self.ebpf, program);
+            let fd = prog.fd().expect("program loaded").as_fd();
+            if let Err(e) = self.tc.add_filter(ifindex, hook, fd, &filter_name) {
+                if i > 0 {
+                    self.delete_own_filters(ifindex, name);
+                }
+                return Err(err("adding a bpf filter", e));
+            }
+        }
+        Ok(Attachment::Netlink { name: name.to_string() })
+    }
+
+    /// Removes capture filters on `ifindex` whose owner is gone (a killed agent's
+    /// leftovers); warns once about filters of a live agent and leaves them.
+    fn remove_orphans(&mut self, ifindex: u32, name: &str) {
+        for (program, _, hook) in HOOKS {
+            let filters = match self.tc.filters(ifindex, hook) {
+                Ok(f) => f,
+                Err(e) => {
+                    debug!("listing {} filters of {name}: {e}", hook.as_str());
+                    continue;
+                }
+            };
+            for filter in filters {
+                let Some(owner) = ownership::parse_filter_name(&filter.name, &[program]) else { continue };
+                if self.owner.owns(&owner) {
+                    continue;
+                }
+                let pid = owner.pid.map(|p| p.to_string()).unwrap_or_else(|| "unknown".into());
+                match ownership::liveness(&owner) {
+                    Liveness::Orphaned => match self.tc.delete_filter(ifindex, hook, &filter) {
+                        Ok(()) => warn!(
+                            "removed a stale {program} filter from {name} left by an earlier run (pid {pid}, no longer running)"
+                        ),
+                        Err(e) => warn!("could not remove the stale {program} filter {} from {name}: {e}", filter.name),
+                    },
+                    Liveness::Alive => {
+                        if self.shared_reported.insert(ifindex) {
+                            warn!(
+                                "another capture agent (pid {pid}) is attached to {name} and still running: \
+                                 leaving its filters; both agents capture this interface"
+                            );
+                        }
+                    }
+                    Liveness::Unknown(why) => warn!(
+                        "left the {program} filter {:?} on {name} alone: cannot tell whether its agent runs ({why}); \
+                         remove it with `tc filter del dev {name} {} pref {}` if it is a leftover",
+                        filter.name,
+                        hook.as_str(),
+                        filter.priority
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Removes this agent's netlink filters from `ifindex`.
+    fn delete_own_filters(&mut self, ifindex: u32, name: &str) {
+        for (program, _, hook) in HOOKS {
+            let mine = self.owner.filter_name(program);
+            match self.tc.filters(ifindex, hook) {
+                Ok(filters) => {
+                    for f in filters.iter().filter(|f| f.name == mine) {
+                        if let Err(e) = self.tc.delete_filter(ifindex, hook, f) {
+                            if e.raw_os_error() != Some(libc::ENODEV) {
+                                warn!("removing {program} from {name}: {e}");
+                            }
+                        }
+                    }
+                }
+                // The link is gone, and its filters with it.
+                Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {}
+                Err(e) => warn!("listing filters of {name} to remove {program}: {e}"),
+            }
+        }
+    }
+
+    /// Detaches from `ifindex` (if attached). A link that is already gone took its
+    /// attachments with it; this releases our side. Returns the interface name.
+    pub fn detach(&mut self, ifindex: u32) -> Option<String> {
+        let attachment = self.attached.remove(&ifindex)?;
+        let name = attachment.name().to_string();
+        match attachment {
+            Attachment::Tcx { ingress, egress, .. } => {
+                for (program, id) in [(PROG_INGRESS, ingress), (PROG_EGRESS, egress)] {
+                    if let Err(e) = program_mut(&mut self.ebpf, program).detach(id) {
+                        debug!("detaching {program} from {name}: {e}");
+                    }
+                }
+            }
+            Attachment::Netlink { .. } => self.delete_own_filters(ifindex, &name),
+        }
+        self.shared_reported.remove(&ifindex);
+        Some(name)
+    }
+
+    /// A watched interface was renamed; its attachments follow the ifindex.
+    pub fn rename(&mut self, ifindex: u32, to: &str) {
+        match self.attached.get_mut(&ifindex) {
+            Some(Attachment::Tcx { name, .. }) | Some(Attachment::Netlink { name }) => *name = to.to_string(),
+            None => {}
+        }
+    }
+
+    /// Interfaces attached now, as (ifindex, name).
+    pub fn attached(&self) -> Vec<(u32, String)> {
+        self.attached.iter().map(|(i, a)| (*i, a.name().to_string())).collect()
+    }
+
+    /// The kernel counters of `ifindex` (summed over CPUs; zero if it saw nothing).
+    pub fn iface_counters(&self, ifindex: u32) -> IfaceCounters {
+        let mut total = IfaceCounters::default();
+        if let Ok(values) = self.iface_counters.get(&ifindex, 0) {
+            for c in values.iter() {
+                total.segments_seen += c.segments_seen;
+                total.bytes_seen += c.bytes_seen;
+                total.segments_duplicate += c.segments_duplicate;
+                total.bytes_duplicate += c.bytes_duplicate;
+                total.events_emitted += c.events_emitted;
+                total.bytes_emitted += c.bytes_emitted;
+            }
+        }
+        total
+    }
+
+    /// Drops the counters of a forgotten interface (its ifindex may be reused).
+    pub fn forget_iface_counters(&mut self, ifindex: u32) {
+        let _ = self.iface_counters.remove(&ifindex);
     }
 
     /// Changes the watched ports without reloading.
@@ -199,10 +433,27 @@ impl KernelCapture {
 
 impl Drop for KernelCapture {
     fn drop(&mut self) {
-        // TCX links and netlink filters owned by the programs go away with `ebpf`;
-        // say so, since users check that nothing is left attached.
-        info!("detaching from {}", self.interfaces.join(", "));
+        // TCX links go away with `ebpf` anyway; netlink filters must be deleted. Say
+        // so, since users check that nothing is left attached.
+        for (ifindex, name) in self.attached() {
+            self.detach(ifindex);
+            info!("detached from {name}");
+        }
     }
+}
+
+fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut SchedClassifier {
+    ebpf.program_mut(name)
+        .expect("program compiled into the object")
+        .try_into()
+        .expect("program is a classifier")
+}
+
+/// ifindex of `name` now (0 if no such link).
+pub fn ifindex_of(name: &str) -> u32 {
+    let Ok(c) = std::ffi::CString::new(name) else { return 0 };
+    // SAFETY: valid NUL-terminated string.
+    unsafe { libc::if_nametoindex(c.as_ptr()) }
 }
 
 /// This agent's classifiers attached to `iface` through TCX, as `(direction, program)`.
@@ -224,13 +475,4 @@ pub fn attached_programs(iface: &str) -> Result<Vec<(&'static str, String)>, Ker
         }
     }
     Ok(out)
-}
-
-/// Removes netlink (clsact) filters a killed earlier run left behind. TCX links
-/// die with their owning process, so only the netlink path can leave stale state.
-fn remove_stale(iface: &str, attach: TcAttachType, name: &str) {
-    match tc::qdisc_detach_program(iface, attach, name) {
-        Ok(()) => warn!("removed a stale {name} filter from {iface} left by an earlier run"),
-        Err(e) => debug!("no stale {name} on {iface}: {e}"),
-    }
 }

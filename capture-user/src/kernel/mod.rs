@@ -1,9 +1,14 @@
 //! Everything that touches the kernel: loading the eBPF object, attaching it to
-//! interfaces, reading the ring buffer and the counters. Needs root; pure code
-//! never depends on this module.
+//! interfaces (TCX or netlink filters with an owner), following link changes,
+//! reading the ring buffer and the counters. Needs root; pure code never depends on
+//! this module.
 
 pub mod counters;
+pub mod links;
 pub mod loader;
+pub mod ownership;
 pub mod ring;
+pub mod tc_netlink;
+pub mod watched;
 
 pub use loader::{KernelCapture, KernelError};

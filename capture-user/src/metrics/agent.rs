@@ -21,6 +21,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use super::Health;
+use crate::iface_watch::{InterfaceStats, LinkStats};
 use crate::pipeline::{OutputHistograms, PipelineStats};
 use crate::usage::{self, ProcessUsage};
 
@@ -35,6 +36,7 @@ pub const STALL_AFTER: Duration = Duration::from_secs(20);
 pub struct AgentMetrics {
     health: Arc<Health>,
     pipeline: Mutex<PipelineStats>,
+    interfaces: Mutex<(LinkStats, Vec<InterfaceStats>)>,
     kernel: Mutex<Option<KernelCounterSource>>,
     histograms: Mutex<Option<OutputHistograms>>,
 }
@@ -50,6 +52,7 @@ impl AgentMetrics {
         Arc::new(AgentMetrics {
             health: Arc::new(Health::new(STALL_AFTER)),
             pipeline: Mutex::new(PipelineStats::default()),
+            interfaces: Mutex::new((LinkStats::default(), Vec::new())),
             kernel: Mutex::new(None),
             histograms: Mutex::new(None),
         })
@@ -94,6 +97,12 @@ impl AgentMetrics {
         *self.kernel.lock().unwrap() = Some(source);
     }
 
+    /// The interface counters, published by the ring reader on each tick (it owns
+    /// the attachments).
+    pub fn publish_interfaces(&self, links: LinkStats, interfaces: Vec<InterfaceStats>) {
+        *self.interfaces.lock().unwrap() = (links, interfaces);
+    }
+
     /// The pipeline thread's latest counters; also counts as progress for `/healthz`.
     pub fn publish(&self, stats: PipelineStats) {
         *self.pipeline.lock().unwrap() = stats;
@@ -112,7 +121,8 @@ impl Collector for AgentMetrics {
             None => Counter::ALL.iter().map(|&c| (c, 0)).collect(),
         };
         let pipeline = self.pipeline.lock().unwrap().clone();
-        encode_samples(&samples(&kernel, &pipeline, usage::own()), &mut encoder)
+        let (links, interfaces) = self.interfaces.lock().unwrap().clone();
+        encode_samples(&samples(&kernel, &links, &interfaces, &pipeline, usage::own()), &mut encoder)
     }
 }
 
@@ -150,6 +160,24 @@ const FAMILIES: &[(&str, &str)] = &[
     ("capture_kernel_dropped_bytes", "Payload bytes lost in the kernel, by reason: ring_full, truncated (skb payload past what one skb may emit)"),
     ("capture_kernel_truncated_skbs", "skbs whose payload was cut (their lost bytes are capture_kernel_dropped_bytes_total{reason=\"truncated\"})"),
     ("capture_kernel_unsupported_packets", "Packets on watched ports the programs cannot parse (IP fragments), not captured"),
+    ("capture_kernel_duplicate_segments", "Segments not emitted because another hook owns their flow direction (seen twice: lo, or a connection crossing two watched interfaces)"),
+    ("capture_kernel_duplicate_bytes", "Payload bytes of those duplicate segments"),
+    ("capture_kernel_flow_owner_changes", "Times a hook took over a flow direction another hook owned"),
+    ("capture_interfaces_attached", "Attaches to interfaces (both hooks), over all interfaces"),
+    ("capture_interfaces_forgotten", "Interfaces detached because they vanished or were renamed away"),
+    ("capture_interfaces_detached", "Detaches from interfaces (forgotten, or at shutdown)"),
+    ("capture_interfaces_attach_errors", "Attaches that failed (the interface vanished meanwhile, or the kernel refused), over all interfaces"),
+    ("capture_link_events", "Link notifications read from the kernel"),
+    ("capture_link_resyncs", "Times the link notification socket overflowed and every interface was listed again"),
+    ("capture_interface_attaches", "Attaches to this interface"),
+    ("capture_interface_detaches", "Detaches from this interface"),
+    ("capture_interface_attach_errors", "Failed attaches to this interface"),
+    ("capture_interface_segments_seen", "Segments of watched ports seen on this interface"),
+    ("capture_interface_seen_bytes", "Payload bytes of the segments seen on this interface"),
+    ("capture_interface_duplicate_segments", "Segments seen on this interface whose flow direction another hook owns (not emitted here)"),
+    ("capture_interface_duplicate_bytes", "Payload bytes of those duplicate segments"),
+    ("capture_interface_events_emitted", "Events this interface's hooks wrote to the ring buffer"),
+    ("capture_interface_emitted_bytes", "Payload bytes this interface's hooks wrote to the ring buffer"),
     ("capture_ring_decode_errors", "Ring buffer events userspace could not decode"),
     ("capture_segments", "Segments received by the connection table"),
     ("capture_connections_opened", "Connections tracked"),
@@ -198,6 +226,15 @@ const EXPORTS: &[(&str, &str, Option<(&str, &str)>)] = &[
     ("kernel_truncated_bytes", "capture_kernel_dropped_bytes", Some(("reason", "truncated"))),
     ("kernel_truncated_skbs", "capture_kernel_truncated_skbs", None),
     ("kernel_unsupported_packets", "capture_kernel_unsupported_packets", None),
+    ("kernel_duplicate_segments", "capture_kernel_duplicate_segments", None),
+    ("kernel_duplicate_bytes", "capture_kernel_duplicate_bytes", None),
+    ("kernel_flow_owner_changes", "capture_kernel_flow_owner_changes", None),
+    ("interfaces_attached", "capture_interfaces_attached", None),
+    ("interfaces_forgotten", "capture_interfaces_forgotten", None),
+    ("interfaces_detached", "capture_interfaces_detached", None),
+    ("interface_attach_errors", "capture_interfaces_attach_errors", None),
+    ("link_events", "capture_link_events", None),
+    ("link_resyncs", "capture_link_resyncs", None),
     ("decode_errors", "capture_ring_decode_errors", None),
     ("segments", "capture_segments", None),
     ("connections_opened", "capture_connections_opened", None),
@@ -262,9 +299,41 @@ fn is_output_key(key: &str) -> bool {
     key.strip_prefix("output").and_then(|rest| rest.split_once('_')).is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// Every counter of the summary line (kernel, pipeline, outputs, process), as samples.
-pub fn samples(kernel: &[(Counter, u64)], pipeline: &PipelineStats, usage: ProcessUsage) -> Vec<Sample> {
+/// Every counter of the summary line (kernel, interfaces, pipeline, outputs,
+/// process), as samples. Per-interface series exist while the interface is attached:
+/// with pods coming and going, keeping every veth ever seen would grow without
+/// bound; the agent-wide counters keep counting what forgotten interfaces saw.
+pub fn samples(
+    kernel: &[(Counter, u64)],
+    links: &LinkStats,
+    interfaces: &[InterfaceStats],
+    pipeline: &PipelineStats,
+    usage: ProcessUsage,
+) -> Vec<Sample> {
     let mut out: Vec<Sample> = kernel.iter().map(|&(c, v)| summary_counter(c.name(), v)).collect();
+    out.extend(links.fields().into_iter().map(|(k, v)| summary_counter(k, v)));
+    for s in interfaces.iter().filter(|s| s.attached) {
+        let labels = || vec![("interface", s.name.clone())];
+        for (name, help, value) in [
+            ("capture_interface_attached", "1 while the interface is attached (its series go away when it is forgotten)", 1),
+            ("capture_interface_ifindex", "Kernel index of the interface", s.ifindex as u64),
+        ] {
+            out.push(Sample { name: name.into(), kind: Kind::Gauge, help: help.into(), labels: labels(), value: Value::Int(value) });
+        }
+        for (name, value) in [
+            ("capture_interface_attaches", s.attaches),
+            ("capture_interface_detaches", s.detaches),
+            ("capture_interface_attach_errors", s.attach_errors),
+            ("capture_interface_segments_seen", s.segments_seen),
+            ("capture_interface_seen_bytes", s.bytes_seen),
+            ("capture_interface_duplicate_segments", s.segments_duplicate),
+            ("capture_interface_duplicate_bytes", s.bytes_duplicate),
+            ("capture_interface_events_emitted", s.events_emitted),
+            ("capture_interface_emitted_bytes", s.bytes_emitted),
+        ] {
+            out.push(counter(name, labels(), value));
+        }
+    }
     for (key, value) in pipeline.fields() {
         if !is_output_key(&key) {
             out.push(summary_counter(&key, value));
@@ -344,6 +413,34 @@ mod tests {
     use crate::pipeline::Pipeline;
     use crate::sink::SinkStats;
 
+    /// Distinct link counters and two interfaces: one attached, one forgotten.
+    fn distinct_interfaces() -> (LinkStats, Vec<InterfaceStats>) {
+        let links = LinkStats {
+            link_events: 5001,
+            link_resyncs: 5002,
+            interfaces_attached: 5003,
+            interfaces_forgotten: 5004,
+            interfaces_detached: 5005,
+            interface_attach_errors: 5006,
+        };
+        let attached = InterfaceStats {
+            name: "veth1".into(),
+            ifindex: 6007,
+            attached: true,
+            attaches: 6008,
+            detaches: 6009,
+            attach_errors: 6010,
+            segments_seen: 6011,
+            bytes_seen: 6012,
+            segments_duplicate: 6013,
+            bytes_duplicate: 6014,
+            events_emitted: 6015,
+            bytes_emitted: 6016,
+        };
+        let forgotten = InterfaceStats { name: "veth2".into(), attached: false, segments_seen: 7001, ..InterfaceStats::default() };
+        (links, vec![attached, forgotten])
+    }
+
     /// Stats with a distinct non-zero value in every counter, two outputs and drop reasons.
     fn distinct_stats() -> (Vec<(Counter, u64)>, PipelineStats) {
         let kernel = Counter::ALL.iter().enumerate().map(|(i, &c)| (c, 1000 + i as u64)).collect();
@@ -417,7 +514,8 @@ mod tests {
             }
         }
         let mut registry = Registry::default();
-        registry.register_collector(Box::new(Fixed(samples(kernel, stats, USAGE))));
+        let (links, interfaces) = distinct_interfaces();
+        registry.register_collector(Box::new(Fixed(samples(kernel, &links, &interfaces, stats, USAGE))));
         let mut text = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).unwrap();
         text
@@ -439,10 +537,18 @@ mod tests {
         let (kernel, stats) = distinct_stats();
         let text = render(&kernel, &stats);
         let rendered = series(&text);
-        let summary: Vec<(String, u64)> =
-            kernel.iter().map(|(c, v)| (c.name().to_string(), *v)).chain(stats.fields()).collect();
-        // Process usage adds three series of its own (cpu user/system, peak memory).
-        assert_eq!(rendered.len(), summary.len() + 3, "one series per summary counter:\n{text}");
+        let (links, interfaces) = distinct_interfaces();
+        let summary: Vec<(String, u64)> = kernel
+            .iter()
+            .map(|(c, v)| (c.name().to_string(), *v))
+            .chain(links.fields().into_iter().map(|(k, v)| (k.to_string(), v)))
+            .chain(stats.fields())
+            .chain(interfaces[0].fields().into_iter().filter(|(k, _)| !k.ends_with(".attached")))
+            .collect();
+        // Process usage adds three series of its own (cpu user/system, peak memory), the
+        // attached interface one (attached=1); the forgotten interface has none.
+        assert_eq!(rendered.len(), summary.len() + 4, "one series per summary counter:\n{text}");
+        assert!(!text.contains("veth2"), "a forgotten interface has no series:\n{text}");
         let values: Vec<&String> = rendered.values().collect();
         for (key, value) in &summary {
             assert!(*value > 0, "{key} has no distinct value in this test");
@@ -483,6 +589,15 @@ mod tests {
             ("capture_agent_cpu_seconds_total{mode=\"user\"}", "1.5"),
             ("capture_agent_cpu_seconds_total{mode=\"system\"}", "0.25"),
             ("capture_agent_max_resident_memory_bytes", "2048"),
+            ("capture_interfaces_attached_total", "5003"),
+            ("capture_interfaces_forgotten_total", "5004"),
+            ("capture_link_events_total", "5001"),
+            ("capture_interface_attached{interface=\"veth1\"}", "1"),
+            ("capture_interface_ifindex{interface=\"veth1\"}", "6007"),
+            ("capture_interface_segments_seen_total{interface=\"veth1\"}", "6011"),
+            ("capture_interface_seen_bytes_total{interface=\"veth1\"}", "6012"),
+            ("capture_interface_duplicate_segments_total{interface=\"veth1\"}", "6013"),
+            ("capture_interface_emitted_bytes_total{interface=\"veth1\"}", "6016"),
         ] {
             assert_eq!(rendered.get(series).map(String::as_str), Some(value), "{series} in:\n{text}");
         }
