@@ -115,12 +115,24 @@ fn daemonset_configmap_and_binary_agree() {
     let node_env = spec.container["env"].as_array().unwrap().iter().find(|e| e["name"] == "NODE_NAME").expect("NODE_NAME env");
     assert_eq!(node_env["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName");
 
-    // Every CAPTURE_* setting of the ConfigMap is one the agent knows.
+    // Every CAPTURE_* setting of the ConfigMap is one the agent knows, and every flag
+    // of the replayer example one the replayer knows.
     if capture_bin().exists() {
-        let help = Command::new(capture_bin()).args(["agent", "--help"]).output().unwrap();
-        let help = String::from_utf8_lossy(&help.stdout);
+        let help = |command: &str| {
+            let out = Command::new(capture_bin()).args([command, "--help"]).output().unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let agent_help = help("agent");
         for key in config.keys().filter(|k| k.starts_with("CAPTURE_")) {
-            assert!(help.contains(&format!("[env: {key}=")), "{key} is not a `capture agent` setting");
+            assert!(agent_help.contains(&format!("[env: {key}=")), "{key} is not a `capture agent` setting");
+        }
+        let replayer = yaml_documents(&repo_root().join("deploy/replayer-deployment.yaml")).remove(0);
+        let args = replayer["spec"]["template"]["spec"]["containers"][0]["args"].as_array().unwrap().clone();
+        assert_eq!(args[0], "replay");
+        let replay_help = help("replay");
+        for flag in args.iter().filter_map(|a| a.as_str()?.strip_prefix("--")) {
+            let name = flag.split('=').next().unwrap();
+            assert!(replay_help.contains(&format!("--{name} ")) || replay_help.contains(&format!("--{name}\n")), "--{name} is not a `capture replay` flag");
         }
     }
 }

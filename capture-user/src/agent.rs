@@ -202,7 +202,9 @@ async fn read_loop(
             _ = poll.tick() => {}
             _ = tick.tick() => {
                 if tx.send(Msg::Tick(clock_ns(libc::CLOCK_MONOTONIC))).is_err() { break; }
-                metrics.publish_interfaces(interfaces.links.clone(), interfaces.snapshot(kernel));
+                if metrics.is_served() {
+                    metrics.publish_interfaces(interfaces.links.clone(), interfaces.snapshot(kernel));
+                }
                 continue;
             }
             r = async { monitor.as_ref().expect("guarded").readable().await }, if monitor.is_some() => {

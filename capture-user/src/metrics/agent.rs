@@ -87,6 +87,11 @@ impl AgentMetrics {
         registry.register_collector(Box::new(self.clone()));
     }
 
+    /// Whether [`AgentMetrics::register`] was called (metrics are served).
+    pub fn is_served(&self) -> bool {
+        self.histograms.lock().unwrap().is_some()
+    }
+
     /// The histograms the pipeline should observe, if metrics are served.
     pub fn histograms(&self) -> Option<OutputHistograms> {
         self.histograms.lock().unwrap().clone()
