@@ -10,6 +10,7 @@
 
 use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -24,6 +25,7 @@ use crate::kernel::loader::AttachMode;
 use crate::kernel::watched::WatchedInterfaces;
 use crate::kernel::ring::RingReader;
 use crate::kernel::{counters, KernelCapture, KernelError};
+use crate::metrics::agent::AgentMetrics;
 use crate::pipeline::{Pipeline, PipelineStats};
 use crate::record::{clock_ns, RecordContext};
 use crate::segment::Segment;
@@ -42,6 +44,8 @@ pub struct AgentConfig {
     pub node: String,
     pub stream_log: Option<PathBuf>,
     pub duration: Option<Duration>,
+    /// Stats snapshots, readiness and progress for `/metrics`, `/healthz`, `/readyz`.
+    pub metrics: Arc<AgentMetrics>,
 }
 
 enum Msg {
@@ -68,8 +72,11 @@ impl AgentSummary {
         for iface in &self.interfaces {
             parts.extend(iface.fields().into_iter().map(|(k, v)| format!("{k}={v}")));
         }
-        let (user_ms, sys_ms, max_rss_kb) = own_usage();
-        parts.push(format!("agent_cpu_user_ms={user_ms} agent_cpu_sys_ms={sys_ms} agent_max_rss_kb={max_rss_kb}"));
+        let usage = crate::usage::own();
+        parts.push(format!(
+            "agent_cpu_user_ms={} agent_cpu_sys_ms={} agent_max_rss_kb={}",
+            usage.user_ms, usage.sys_ms, usage.max_rss_kb
+        ));
         parts.join(" ")
     }
 
@@ -79,15 +86,6 @@ impl AgentSummary {
     }
 }
 
-/// (user ms, system ms, peak RSS KiB) of this process so far.
-fn own_usage() -> (u64, u64, u64) {
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointer to a rusage struct.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let ms = |tv: libc::timeval| tv.tv_sec as u64 * 1000 + tv.tv_usec as u64 / 1000;
-    (ms(ru.ru_utime), ms(ru.ru_stime), ru.ru_maxrss as u64)
-}
-
 pub fn run(config: AgentConfig, sinks: Vec<Box<dyn RecordSink>>) -> anyhow::Result<AgentSummary> {
     let ctx = RecordContext::new(config.node.clone());
     let mut pipeline = Pipeline::new(config.limits, config.http, ctx, sinks);
@@ -95,13 +93,20 @@ pub fn run(config: AgentConfig, sinks: Vec<Box<dyn RecordSink>>) -> anyhow::Resu
         let file = std::fs::File::create(path).with_context(|| format!("creating stream log {}", path.display()))?;
         pipeline = pipeline.with_stream_digest(Box::new(file));
     }
+    if let Some(histograms) = config.metrics.histograms() {
+        pipeline = pipeline.with_histograms(histograms);
+    }
+    let metrics = config.metrics.clone();
+    metrics.publish(pipeline.stats());
     for out in pipeline.describe_outputs() {
         eprintln!("capture: writing records to {out}");
     }
 
     let mut kernel = KernelCapture::load(&config.ports, config.ring_bytes, config.owner_entries, config.attach)?;
     let ring = kernel.take_ring()?;
-    let counter_map = kernel.take_counters()?;
+    let counter_map = Arc::new(kernel.take_counters()?);
+    let scraped_map = counter_map.clone();
+    metrics.set_kernel_source(Box::new(move || counters::read(&scraped_map)));
     // Subscribe before listing the links: nothing that happens in between is missed.
     let link_socket = links::subscribe().map_err(KernelError::Links)?;
     let snapshot = links::current_links().map_err(KernelError::Links)?;
@@ -121,14 +126,16 @@ pub fn run(config: AgentConfig, sinks: Vec<Box<dyn RecordSink>>) -> anyhow::Resu
     if !waiting.is_empty() {
         eprintln!("capture: waiting for interfaces matching {}", waiting.join(", "));
     }
+    metrics.publish_interfaces(interfaces.links.clone(), interfaces.snapshot(&kernel));
 
     // At most 8 batches of <= 1 MiB wait for the pipeline: ~8 MiB queued.
     let (tx, rx) = sync_channel::<Msg>(8);
     // Emptied batch vectors go back to the reader: no allocation per batch.
     let (back_tx, back_rx) = sync_channel::<Vec<Segment>>(16);
+    let worker_metrics = metrics.clone();
     let worker = std::thread::Builder::new()
         .name("capture-pipeline".into())
-        .spawn(move || work(pipeline, rx, back_tx))
+        .spawn(move || work(pipeline, rx, back_tx, &worker_metrics))
         .context("starting the pipeline thread")?;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -138,6 +145,7 @@ pub fn run(config: AgentConfig, sinks: Vec<Box<dyn RecordSink>>) -> anyhow::Resu
     let ports: Vec<String> = config.ports.iter().map(|p| p.to_string()).collect();
     let names: Vec<String> = kernel.attached().into_iter().map(|(_, n)| n).collect();
     let globs: Vec<String> = config.interfaces.iter().filter(|p| p.is_glob()).map(|p| p.to_string()).collect();
+    metrics.health().set_ready(true);
     eprintln!(
         "capture: ready: watching port(s) {} on {}{}",
         ports.join(","),
@@ -146,11 +154,13 @@ pub fn run(config: AgentConfig, sinks: Vec<Box<dyn RecordSink>>) -> anyhow::Resu
     );
     let read_result = runtime.block_on(async {
         let monitor = LinkMonitor::new(link_socket).context("registering the link socket with the reactor")?;
-        read_loop(ring, tx, back_rx, config.duration, monitor, &mut kernel, &mut interfaces).await
+        read_loop(ring, tx, back_rx, config.duration, monitor, &mut kernel, &mut interfaces, &metrics).await
     });
+    metrics.health().set_ready(false);
     let pipeline_stats = worker.join().map_err(|_| anyhow::anyhow!("pipeline thread panicked"))?;
     let kernel_counters = counters::read(&counter_map);
     let (links, interface_stats) = interfaces.finish(&mut kernel);
+    metrics.publish_interfaces(links.clone(), interface_stats.clone());
     drop(kernel);
     read_result?;
     Ok(AgentSummary { kernel: kernel_counters, links, interfaces: interface_stats, pipeline: pipeline_stats })
@@ -164,6 +174,7 @@ async fn read_loop(
     monitor: LinkMonitor,
     kernel: &mut KernelCapture,
     interfaces: &mut WatchedInterfaces,
+    metrics: &AgentMetrics,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut reader = RingReader::new(ring).context("registering the ring buffer with the reactor")?;
@@ -191,6 +202,9 @@ async fn read_loop(
             _ = poll.tick() => {}
             _ = tick.tick() => {
                 if tx.send(Msg::Tick(clock_ns(libc::CLOCK_MONOTONIC))).is_err() { break; }
+                if metrics.is_served() {
+                    metrics.publish_interfaces(interfaces.links.clone(), interfaces.snapshot(kernel));
+                }
                 continue;
             }
             r = async { monitor.as_ref().expect("guarded").readable().await }, if monitor.is_some() => {
@@ -237,7 +251,12 @@ async fn read_loop(
     Ok(())
 }
 
-fn work(mut pipeline: Pipeline, rx: Receiver<Msg>, spare: std::sync::mpsc::SyncSender<Vec<Segment>>) -> PipelineStats {
+fn work(
+    mut pipeline: Pipeline,
+    rx: Receiver<Msg>,
+    spare: std::sync::mpsc::SyncSender<Vec<Segment>>,
+    metrics: &AgentMetrics,
+) -> PipelineStats {
     while let Ok(msg) = rx.recv() {
         match msg {
             Msg::Segments(mut segments, decode_errors) => {
@@ -247,9 +266,14 @@ fn work(mut pipeline: Pipeline, rx: Receiver<Msg>, spare: std::sync::mpsc::SyncS
                 }
                 let _ = spare.try_send(segments);
             }
-            Msg::Tick(now) => pipeline.on_tick(now),
+            Msg::Tick(now) => {
+                pipeline.on_tick(now);
+                metrics.publish(pipeline.stats());
+            }
         }
     }
     pipeline.shutdown(clock_ns(libc::CLOCK_MONOTONIC));
-    pipeline.stats()
+    let stats = pipeline.stats();
+    metrics.publish(stats.clone());
+    stats
 }

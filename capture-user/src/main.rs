@@ -1,7 +1,9 @@
 //! The `capture` command line.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -10,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use capture::agent::{self, AgentConfig};
 use capture::connections::TableLimits;
 use capture::http::HttpConfig;
+use capture::metrics::agent::AgentMetrics;
 use capture::compare::{CompareConfig, Report};
 use capture::output::{parse_size, OutputSpec};
 use capture::replay::input::{read_gor_files, InputStats};
@@ -458,6 +461,17 @@ struct AgentArgs {
     /// SHA-256 of each rebuilt direction to this file.
     #[arg(long, env = "CAPTURE_STREAM_LOG")]
     stream_log: Option<PathBuf>,
+
+    /// Serve Prometheus metrics on `addr:port` (e.g. `0.0.0.0:9477`, `[::]:9477`,
+    /// `127.0.0.1:0` for any free port): `/metrics` with every counter of the summary
+    /// line plus histograms, `/healthz` (200 while the pipeline makes progress) and
+    /// `/readyz` (200 once attached with outputs initialised).
+    #[arg(long, env = "CAPTURE_METRICS", value_parser = parse_metrics_addr)]
+    metrics: Option<SocketAddr>,
+}
+
+fn parse_metrics_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|_| format!("{s:?}: expected an address and port, e.g. 0.0.0.0:9477 or [::]:9477"))
 }
 
 fn parse_kafka_opt(s: &str) -> Result<(String, String), String> {
@@ -490,6 +504,19 @@ fn hostname() -> String {
 }
 
 fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    let metrics = AgentMetrics::new();
+    // Bound first, so a port in use fails before anything is attached.
+    let _metrics_server = match args.metrics {
+        Some(addr) => {
+            let mut registry = capture::metrics::Registry::default();
+            metrics.register(&mut registry);
+            let server = capture::metrics::serve(addr, Arc::new(registry), metrics.health().clone())
+                .context("--metrics")?;
+            eprintln!("capture: metrics on http://{}/metrics (also /healthz, /readyz)", server.local_addr());
+            Some(server)
+        }
+        None => None,
+    };
     // A plain --iface name must exist; say so before any output file is created.
     let mut watch = capture::iface_watch::InterfaceWatch::new(args.ifaces.clone());
     let links = capture::kernel::links::current_links().context("listing network interfaces")?;
@@ -543,6 +570,7 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         node,
         stream_log: args.stream_log,
         duration: args.duration.map(Duration::from_secs_f64),
+        metrics,
     };
     let summary = agent::run(config, sinks).context("capture agent")?;
     eprintln!("capture: summary {}", summary.line());

@@ -9,13 +9,14 @@ type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::io::Write;
 
 use log::warn;
+use prometheus_client::metrics::histogram::Histogram;
 use sha2::{Digest, Sha256};
 
 use crate::connections::{CloseReason, ConnectionId, ConnectionInfo, ConnectionTable, StreamSink, TableLimits, TableStats};
 use crate::flow::Direction;
-use crate::http::{HttpConfig, HttpConnection, HttpMessage, HttpStats};
+use crate::http::{HttpConfig, HttpConnection, HttpMessage, HttpStats, MessageKind};
 use crate::reassembly::StreamChunk;
-use crate::record::{Record, RecordContext};
+use crate::record::{clock_ns, Record, RecordContext};
 use crate::segment::Segment;
 use crate::sink::{RecordSink, SinkStats};
 
@@ -214,12 +215,24 @@ impl PipelineStats {
     }
 }
 
+/// Histograms of what is handed to the outputs (shared with the metrics endpoint).
+#[derive(Clone, Debug)]
+pub struct OutputHistograms {
+    /// Wire size of requests and of responses, bytes (before any cut).
+    pub request_size: Histogram,
+    pub response_size: Histogram,
+    /// Kernel timestamp of a message's last byte to its record being handed to the
+    /// outputs, seconds.
+    pub delay: Histogram,
+}
+
 pub struct Pipeline {
     table: ConnectionTable,
     http: HttpLayer,
     digest: Option<StreamDigest>,
     ctx: RecordContext,
     outputs: Vec<Output>,
+    histograms: Option<OutputHistograms>,
     pub decode_errors: u64,
 }
 
@@ -231,8 +244,15 @@ impl Pipeline {
             digest: None,
             ctx,
             outputs: sinks.into_iter().map(|sink| Output { sink, error_logged: false }).collect(),
+            histograms: None,
             decode_errors: 0,
         }
+    }
+
+    /// Also observe message sizes and capture-to-output delay (see [`OutputHistograms`]).
+    pub fn with_histograms(mut self, histograms: OutputHistograms) -> Self {
+        self.histograms = Some(histograms);
+        self
     }
 
     /// Also write per-connection stream digests (see [`StreamDigest`]).
@@ -268,6 +288,7 @@ impl Pipeline {
 
     fn emit(&mut self) {
         for (conn, msg) in self.http.messages.drain(..) {
+            let (kind, wire_size, end_ns) = (msg.kind, msg.original_len, msg.end_ns);
             let record = Record::from_message(msg, &conn, &self.ctx);
             for out in &mut self.outputs {
                 if let Err(e) = out.sink.write(&record) {
@@ -276,6 +297,12 @@ impl Pipeline {
                         out.error_logged = true;
                     }
                 }
+            }
+            if let Some(h) = &self.histograms {
+                let sizes = if kind == MessageKind::Request { &h.request_size } else { &h.response_size };
+                sizes.observe(wire_size as f64);
+                // Kernel timestamps are CLOCK_MONOTONIC (bpf_ktime_get_ns).
+                h.delay.observe(clock_ns(libc::CLOCK_MONOTONIC).saturating_sub(end_ns) as f64 / 1e9);
             }
         }
     }
