@@ -5,6 +5,7 @@
 //! [`kernel`] module is pure and testable without root.
 
 pub mod agent;
+pub mod btf;
 pub mod compare;
 pub mod connections;
 pub mod flow;
@@ -16,5 +17,6 @@ pub mod record;
 pub mod replay;
 pub mod segment;
 pub mod sink;
+pub mod tls_libs;
 pub mod reassembly;
 pub mod http;
