@@ -18,5 +18,6 @@ pub mod replay;
 pub mod segment;
 pub mod sink;
 pub mod tls_libs;
+pub mod tls_streams;
 pub mod reassembly;
 pub mod http;
