@@ -333,16 +333,27 @@ pub const PROG_SSL_READ_EX: &str = "ssl_read_ex";
 pub const PROG_SSL_WRITE_EX: &str = "ssl_write_ex";
 pub const PROG_SSL_RET: &str = "ssl_ret";
 pub const PROG_SSL_FREE: &str = "ssl_free";
-/// fentry programs on the kernel's TCP send/receive: which socket an SSL call used.
-pub const PROG_TCP_SENDMSG: &str = "tls_tcp_sendmsg";
-pub const PROG_TCP_RECVMSG: &str = "tls_tcp_recvmsg";
+/// Raw tracepoint on syscall entry: which file descriptor an SSL call reads or writes.
+pub const PROG_SYS_ENTER: &str = "tls_sys_enter";
 
-/// Byte offsets inside the kernel's `struct sock` (its `struct sock_common` head) of
-/// the fields the TLS probes read. Userspace fills them from the kernel's BTF.
+/// Byte offsets of the kernel fields the TLS probes read, from the kernel's BTF (the
+/// programs are built without CO-RE): the fd of a syscall, the way from the current
+/// task to that fd's socket, and the socket's addresses and ports (`struct sock`
+/// starts with its `struct sock_common`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SockOffsets {
-    /// `skc_daddr` (remote IPv4, network order).
+pub struct TlsOffsets {
+    /// `pt_regs.di`: a syscall's first argument (x86-64).
+    pub regs_arg0: u32,
+    /// `task_struct.files`, `files_struct.fdt`, `fdtable.fd`, `fdtable.max_fds`.
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_fd: u32,
+    pub fdt_max_fds: u32,
+    /// `file.private_data` (a `struct socket *` for sockets), `socket.sk`.
+    pub file_private_data: u32,
+    pub socket_sk: u32,
+    /// `sock_common`: `skc_daddr` (remote IPv4, network order).
     pub daddr: u32,
     /// `skc_rcv_saddr` (local IPv4, network order).
     pub rcv_saddr: u32,
@@ -380,8 +391,9 @@ pub enum TlsCounter {
     /// Calls larger than [`TLS_MAX_CHUNKS`] chunks, and the bytes not copied.
     Truncated = 8,
     TruncatedBytes = 9,
-    /// Calls whose SSL object could not be tied to a TCP socket (no TCP send/receive
-    /// seen during any call on it yet, or a non-TCP transport), and their bytes.
+    /// Calls whose SSL object could not be tied to a TCP socket (no read/write syscall
+    /// on a socket seen during any call on it yet: a memory BIO, or the first calls of
+    /// a connection the agent joined), and their bytes.
     Unmapped = 10,
     UnmappedBytes = 11,
     /// Calls on sockets whose ports are not watched (other TLS traffic of the host).
@@ -478,7 +490,7 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::IfaceCounters {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for super::SockOffsets {}
+    unsafe impl aya::Pod for super::TlsOffsets {}
 }
 
 const _: () = assert!(core::mem::size_of::<FlowTuple>() == 40);

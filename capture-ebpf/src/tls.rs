@@ -1,19 +1,22 @@
 //! TLS plaintext from OpenSSL: uprobes on `SSL_read`, `SSL_write`, `SSL_read_ex`,
-//! `SSL_write_ex` (entry and return) and `SSL_free`, plus fentry programs on the
-//! kernel's `tcp_sendmsg`/`tcp_recvmsg`. Plaintext goes into the same ring buffer as
-//! the classifiers' segments, marked [`HOOK_TLS`].
+//! `SSL_write_ex` (entry and return) and `SSL_free`, plus a raw tracepoint on syscall
+//! entry. Plaintext goes into the same ring buffer as the classifiers' segments,
+//! marked [`HOOK_TLS`].
 //!
 //! How plaintext is tied to its TCP connection: while a thread is inside an SSL call,
 //! OpenSSL moves the ciphertext on that same thread (through its socket BIO, or the
-//! application's own BIO such as curl's), so the first `tcp_sendmsg`/`tcp_recvmsg` the
-//! thread enters during the call names the socket, whose 4-tuple we read at offsets
-//! userspace takes from the kernel's BTF. We chose this over reading the fd out of the
-//! SSL object because it needs no OpenSSL struct offsets (they differ between versions
-//! and builds) and also works with BIOs that have no fd. A call served from OpenSSL's
-//! own buffer touches no socket: it uses the SSL object's mapping from an earlier call
-//! (every connection's first call moves ciphertext). A call on an SSL object never seen
-//! on a socket is counted as unmapped. fentry rather than kprobes: it is cheaper and
-//! works on kernels built without CONFIG_KPROBES (like this project's test machines).
+//! application's own BIO), so the first read/write-family syscall the thread makes
+//! during the call names the socket's fd. At the call's return the fd is followed from
+//! the current task (task -> files -> fdtable -> file -> socket -> sock) and the
+//! 4-tuple read, all at offsets userspace takes from the kernel's BTF. We chose this
+//! over reading the fd out of the SSL object because it needs no OpenSSL struct offsets
+//! (they differ between versions and builds) and also works with BIOs other than
+//! OpenSSL's socket BIO. A call served from OpenSSL's own buffer makes no syscall: it
+//! uses the SSL object's mapping from an earlier call (every connection's first call
+//! moves ciphertext). A call on an SSL object never seen on a socket is counted as
+//! unmapped. A raw tracepoint rather than kprobes or fentry on tcp_sendmsg/tcp_recvmsg:
+//! this project's machines have no CONFIG_KPROBES and refuse fentry programs (EPERM),
+//! while raw tracepoints load. Syscall numbers and the argument register are x86-64's.
 //!
 //! Only the server side is captured: the process whose socket's local port is watched.
 //! The client side of a watched port is counted and skipped, so a client and a server
@@ -26,13 +29,14 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     helpers::generated::{bpf_loop, bpf_probe_read_kernel, bpf_probe_read_user},
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_ringbuf_output},
-    macros::{fentry, map, uprobe, uretprobe},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_ringbuf_output},
+    macros::{map, raw_tracepoint, uprobe, uretprobe},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
-    programs::{FEntryContext, ProbeContext, RetProbeContext},
+    programs::{ProbeContext, RawTracePointContext, RetProbeContext},
+    EbpfContext,
 };
 use capture_common::{
-    EventHeader, FlowTuple, Scratch, SockOffsets, TlsCounter, CHUNK_SIZE, DIR_CLIENT_TO_SERVER,
+    EventHeader, FlowTuple, Scratch, TlsOffsets, TlsCounter, CHUNK_SIZE, DIR_CLIENT_TO_SERVER,
     DIR_SERVER_TO_CLIENT, EVENT_HEADER_SIZE, EVENT_VERSION, FAMILY_IPV4, FAMILY_IPV6, HOOK_TLS, TCP_ACK,
     TCP_FIN, TCP_SYN, TLS_COUNTER_COUNT, TLS_MAX_CALLS, TLS_MAX_CHUNKS, TLS_MAX_CONNS,
 };
@@ -42,9 +46,9 @@ use crate::{wakeup_flag, EVENTS, PORTS};
 #[map(name = "TLS_COUNTERS")]
 static TLS_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(TLS_COUNTER_COUNT, 0);
 
-/// Socket field offsets, written by userspace from the kernel's BTF before attaching.
+/// Kernel field offsets, written by userspace from the kernel's BTF before attaching.
 #[map(name = "TLS_CONFIG")]
-static TLS_CONFIG: Array<SockOffsets> = Array::with_max_entries(1, 0);
+static TLS_CONFIG: Array<TlsOffsets> = Array::with_max_entries(1, 0);
 
 /// Packet 4-tuples (both directions) of connections whose plaintext the uprobes
 /// capture: the classifiers drop their ciphertext. A SYN on a tuple removes it (a new
@@ -86,8 +90,8 @@ struct SslCall {
     buf: u64,
     /// `SSL_read_ex`/`SSL_write_ex`: where the library stores the byte count (0 otherwise).
     len_ptr: u64,
-    /// First TCP socket the thread sent or received on during the call (0: none yet).
-    sk: u64,
+    /// 1 + the fd of the first read/write-family syscall during the call (0: none yet).
+    fd1: u64,
     kind: u8,
     _pad: [u8; 7],
 }
@@ -132,7 +136,7 @@ pub fn count_ciphertext(bytes: u64) {
 fn enter(ctx: &ProbeContext, kind: u8, ex: bool) {
     let (Some(ssl), Some(buf)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else { return };
     let len_ptr = if ex { ctx.arg::<u64>(3).unwrap_or(0) } else { 0 };
-    let call = SslCall { ssl, buf, len_ptr, sk: 0, kind, _pad: [0; 7] };
+    let call = SslCall { ssl, buf, len_ptr, fd1: 0, kind, _pad: [0; 7] };
     // A full map loses this call; its return probe counts it as unmatched.
     let _ = TLS_CALLS.insert(&bpf_get_current_pid_tgid(), &call, 0);
 }
@@ -161,28 +165,68 @@ pub fn ssl_write_ex(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// Remembers the first socket a thread inside an SSL call sends or receives on.
+/// x86-64 syscalls that move data on an fd: read, write, pread64, pwrite64, readv,
+/// writev, sendto, recvfrom, sendmsg, recvmsg, preadv, pwritev, recvmmsg, sendmmsg.
 #[inline(always)]
-fn note_socket(ctx: &FEntryContext) {
-    let Some(call) = TLS_CALLS.get_ptr_mut(&bpf_get_current_pid_tgid()) else { return };
-    let sk: u64 = ctx.arg(0);
-    unsafe {
-        if (*call).sk == 0 {
-            (*call).sk = sk;
-        }
+fn is_io_syscall(nr: u64) -> bool {
+    matches!(nr, 0 | 1 | 17 | 18 | 19 | 20 | 44 | 45 | 46 | 47 | 295 | 296 | 299 | 307)
+}
+
+/// Remembers the fd of the first I/O syscall a thread makes inside an SSL call.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn tls_sys_enter(ctx: RawTracePointContext) -> i32 {
+    // Raw tracepoint arguments: (struct pt_regs *regs, long syscall_nr).
+    let args = ctx.as_ptr() as *const u64;
+    let nr = unsafe { *args.add(1) };
+    if !is_io_syscall(nr) {
+        return 0;
     }
-}
-
-#[fentry(function = "tcp_sendmsg")]
-pub fn tls_tcp_sendmsg(ctx: FEntryContext) -> u32 {
-    note_socket(&ctx);
+    let Some(call) = TLS_CALLS.get_ptr_mut(&bpf_get_current_pid_tgid()) else { return 0 };
+    if unsafe { (*call).fd1 } != 0 {
+        return 0;
+    }
+    let Some(cfg) = TLS_CONFIG.get(0) else { return 0 };
+    let regs = unsafe { *args };
+    let mut fd: u64 = 0;
+    read_kernel(&mut fd as *mut u64 as *mut u8, 8, regs + cfg.regs_arg0 as u64);
+    unsafe { (*call).fd1 = (fd as u32 as u64) + 1 };
     0
 }
 
-#[fentry(function = "tcp_recvmsg")]
-pub fn tls_tcp_recvmsg(ctx: FEntryContext) -> u32 {
-    note_socket(&ctx);
-    0
+/// Reads a kernel pointer at `addr` (0 if unreadable).
+#[inline(always)]
+fn read_ptr(addr: u64) -> u64 {
+    let mut v: u64 = 0;
+    read_kernel(&mut v as *mut u64 as *mut u8, 8, addr);
+    v
+}
+
+/// The `struct sock *` behind fd `fd` of the current task, or 0.
+#[inline(always)]
+fn fd_to_sock(fd: u64) -> u64 {
+    let Some(cfg) = TLS_CONFIG.get(0) else { return 0 };
+    let task = unsafe { bpf_get_current_task() };
+    let files = read_ptr(task + cfg.task_files as u64);
+    if files == 0 {
+        return 0;
+    }
+    let fdt = read_ptr(files + cfg.files_fdt as u64);
+    if fdt == 0 {
+        return 0;
+    }
+    let mut max_fds: u32 = 0;
+    read_kernel(&mut max_fds as *mut u32 as *mut u8, 4, fdt + cfg.fdt_max_fds as u64);
+    if fd >= max_fds as u64 {
+        return 0;
+    }
+    let fds = read_ptr(fdt + cfg.fdt_fd as u64);
+    let file = if fds == 0 { 0 } else { read_ptr(fds + fd * 8) };
+    // Not checked to be a socket: a non-socket's private data fails the family check.
+    let socket = if file == 0 { 0 } else { read_ptr(file + cfg.file_private_data as u64) };
+    if socket == 0 {
+        return 0;
+    }
+    read_ptr(socket + cfg.socket_sk as u64)
 }
 
 /// Copies `size` kernel bytes at `addr` to `dst` (zeroes on failure).
@@ -368,7 +412,8 @@ pub fn ssl_ret(ctx: RetProbeContext) -> u32 {
     let key = SslKey { ssl: call.ssl, tgid: (id >> 32) as u32, _pad: 0 };
     // Map even when nothing was returned (a handshake step, WANT_READ): the earlier
     // the classifiers know the flow, the less ciphertext they emit.
-    let conn = if call.sk != 0 { map_socket(&key, call.sk, now) } else { TLS_CONNS.get_ptr_mut(&key) };
+    let sk = if call.fd1 != 0 { fd_to_sock(call.fd1 - 1) } else { 0 };
+    let conn = if sk != 0 { map_socket(&key, sk, now) } else { TLS_CONNS.get_ptr_mut(&key) };
     if n == 0 {
         return 0;
     }
@@ -477,3 +522,4 @@ pub fn ssl_free(ctx: ProbeContext) -> u32 {
     }
     0
 }
+

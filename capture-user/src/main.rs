@@ -346,6 +346,15 @@ struct AgentArgs {
     /// SHA-256 of each rebuilt direction to this file.
     #[arg(long, env = "CAPTURE_STREAM_LOG")]
     stream_log: Option<PathBuf>,
+
+    /// Also capture HTTPS as plaintext, at OpenSSL (3.x, dynamically linked) in server
+    /// processes on this host, without terminating TLS: the path of a libssl.so file, or
+    /// `auto` to find the libssl of every running process (also in containers, through
+    /// /proc/PID/root) and of processes that start later. Repeatable. Needs uprobes and
+    /// kernel BTF. Records of such connections carry `tls=1`; their ciphertext is not
+    /// recorded. Go's crypto/tls and statically linked TLS libraries are not supported.
+    #[arg(long = "tls-lib", env = "CAPTURE_TLS_LIB", value_delimiter = ',')]
+    tls_libs: Vec<capture::tls_libs::TlsLibSpec>,
 }
 
 fn parse_kafka_opt(s: &str) -> Result<(String, String), String> {
@@ -423,11 +432,12 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         node,
         stream_log: args.stream_log,
         duration: args.duration.map(Duration::from_secs_f64),
+        tls_libs: args.tls_libs,
     };
     let summary = agent::run(config, sinks).context("capture agent")?;
     eprintln!("capture: summary {}", summary.line());
-    for (counter, value) in summary.kernel_losses() {
-        eprintln!("capture: warning: kernel lost data: {}={value}", counter.name());
+    for (name, value) in summary.kernel_losses() {
+        eprintln!("capture: warning: kernel lost data: {name}={value}");
     }
     for (name, s) in &summary.pipeline.sinks {
         if s.records_failed + s.records_dropped + s.records_pending > 0 {
