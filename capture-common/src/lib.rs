@@ -463,7 +463,9 @@ impl TlsCounter {
         }
     }
 
-    /// Counters that mean plaintext was lost in the kernel.
+    /// Counters that mean plaintext of a captured connection was lost in the kernel.
+    /// (Unmapped calls are not among them: whose they were is unknown, and most are
+    /// other programs' TLS, e.g. memory BIOs of Python's asyncio.)
     pub const fn is_loss(self) -> bool {
         matches!(
             self,
@@ -473,8 +475,6 @@ impl TlsCounter {
                 | TlsCounter::CopyErrorBytes
                 | TlsCounter::Truncated
                 | TlsCounter::TruncatedBytes
-                | TlsCounter::Unmapped
-                | TlsCounter::UnmappedBytes
         )
     }
 }

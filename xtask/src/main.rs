@@ -70,6 +70,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("tcpdump", "tcpdump"),
     ("python3", "python3"),
+    // Self-signed certificates for the HTTPS tests and benchmark.
+    ("openssl", "openssl"),
     // Renders the replay HTML report in a test (screenshot).
     ("chromium", "chromium"),
 ];
