@@ -36,8 +36,9 @@ pub const HEADERS: &[(&str, &str)] = &[
     ("capture-client", "client `ip:port`"),
     ("capture-server", "server `ip:port`"),
     ("capture-node", "node name"),
-    ("capture-iface", "interface the segment was seen on"),
+    ("capture-iface", "interface the segment was seen on (empty for TLS plaintext)"),
     ("capture-truncated", "`1` if the message was cut at --max-message-size, else `0`"),
+    ("capture-tls", "`1` if captured as TLS plaintext at the TLS library (`--tls-lib`), else `0`"),
     ("capture-original-length", "message length on the wire, bytes"),
     ("capture-start-ns", "wall-clock ns of the first byte"),
     ("capture-end-ns", "wall-clock ns of the last byte"),
@@ -258,7 +259,7 @@ impl KafkaSink {
 }
 
 /// Most headers a record carries.
-const MAX_HEADERS: usize = 15;
+const MAX_HEADERS: usize = 16;
 
 /// Builds the metadata headers of a record. Values are formatted into `scratch`
 /// (reused across records; librdkafka copies them), not into one String each.
@@ -285,6 +286,7 @@ pub fn headers(record: &Record, iface: &str, scratch: &mut String) -> OwnedHeade
     add("capture-node", format_args!("{}", m.node));
     add("capture-iface", format_args!("{iface}"));
     add("capture-truncated", format_args!("{}", if m.truncated { "1" } else { "0" }));
+    add("capture-tls", format_args!("{}", if m.tls { "1" } else { "0" }));
     add("capture-original-length", format_args!("{}", m.original_len));
     add("capture-start-ns", format_args!("{}", m.start_ns));
     add("capture-end-ns", format_args!("{}", m.end_ns));
@@ -321,7 +323,8 @@ impl RecordSink for KafkaSink {
         value.clear();
         record.write_header_line(value);
         value.extend_from_slice(&record.payload);
-        let iface = Self::iface_name(&mut self.iface_names, record.meta.ifindex);
+        // TLS plaintext is read at the library, on no interface.
+        let iface = if record.meta.tls { "" } else { Self::iface_name(&mut self.iface_names, record.meta.ifindex) };
         let headers = headers(record, iface, &mut self.header_buf);
         let sent = self.producer.send(
             BaseRecord::to(&self.config.topic)
@@ -433,9 +436,11 @@ mod tests {
     #[test]
     fn headers_carry_each_value_exactly() {
         let mut scratch = String::new();
-        let resp = headers(&record(MessageKind::Response, Some(400), Some(200)), "eth0", &mut scratch);
+        let mut tls_record = record(MessageKind::Response, Some(400), Some(200));
+        tls_record.meta.tls = true;
+        let resp = headers(&tls_record, "eth0", &mut scratch);
         let req = headers(&record(MessageKind::Request, None, None), "lo", &mut scratch);
-        let want = |extra: &[(&str, &str)], kind: &str, iface: &str| {
+        let want = |extra: &[(&str, &str)], kind: &str, iface: &str, tls: &str| {
             let mut v: Vec<(String, String)> = [
                 ("capture-type", kind),
                 ("capture-connection", "0123456789abcdef00000002"),
@@ -444,6 +449,7 @@ mod tests {
                 ("capture-node", "node-a"),
                 ("capture-iface", iface),
                 ("capture-truncated", "1"),
+                ("capture-tls", tls),
                 ("capture-original-length", "1000001"),
                 ("capture-start-ns", "1000"),
                 ("capture-end-ns", "2000"),
@@ -455,10 +461,10 @@ mod tests {
             v.extend([("capture-method".into(), "GET".into()), ("capture-target".into(), "/a?b=ü".into())]);
             v
         };
-        let mut want_resp = want(&[("capture-request-start-ns", "400"), ("capture-request-end-ns", "401")], "response", "eth0");
+        let mut want_resp = want(&[("capture-request-start-ns", "400"), ("capture-request-end-ns", "401")], "response", "eth0", "1");
         want_resp.push(("capture-status".into(), "200".into()));
         assert_eq!(pairs(&resp), want_resp);
-        assert_eq!(pairs(&req), want(&[], "request", "lo"));
+        assert_eq!(pairs(&req), want(&[], "request", "lo", "0"));
     }
 
     #[test]
