@@ -50,6 +50,9 @@ enum Task {
         /// Skip the Kafka variant (no tansu needed).
         #[arg(long)]
         no_kafka: bool,
+        /// Skip the HTTPS variant (nginx TLS, wrk over https, agent with --tls-lib).
+        #[arg(long)]
+        no_https: bool,
     },
     /// Set up, build, then run the whole test suite: unit tests and, as root, the
     /// kernel end-to-end tests (which fail rather than skip when CI=true), then each
@@ -105,13 +108,13 @@ fn main() -> Result<()> {
             let status = Command::new(&bin).args(&args).status().with_context(|| format!("running {}", bin.display()))?;
             std::process::exit(status.code().unwrap_or(1));
         }
-        Task::Bench { duration, repeats, connections, no_kafka } => {
+        Task::Bench { duration, repeats, connections, no_kafka, no_https } => {
             ensure_apt_packages()?;
             if !no_kafka {
                 ensure_kafka_test_tools()?;
             }
             build_all(&root)?;
-            bench::bench(&root, bench::BenchOptions { duration_s: duration, repeats: repeats.max(1), kafka: !no_kafka, connections })?;
+            bench::bench(&root, bench::BenchOptions { duration_s: duration, repeats: repeats.max(1), kafka: !no_kafka, connections, https: !no_https })?;
         }
         Task::Test { args } => {
             ensure_apt_packages()?;
