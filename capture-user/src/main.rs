@@ -15,6 +15,8 @@ use capture::output::{parse_size, OutputSpec};
 use capture::replay::input::{read_gor_files, InputStats};
 use capture::replay::kafka_input::{consume_group, parse_time, read_window, KafkaInput};
 use capture::replay::request::{RewriteOptions, TargetUrl};
+use capture::replay::safety::{LocalAddresses, ProductionCheck};
+use capture::replay::target::Target;
 use capture::replay::{self, Pacing, ReplayConfig, SAFE_METHODS};
 use capture::sink::kafka::{self, KafkaConfig, KafkaSink};
 use capture::sink::{file::FileSink, stdout::StdoutSink, RecordSink};
@@ -22,8 +24,9 @@ use capture::sink::{file::FileSink, stdout::StdoutSink, RecordSink};
 /// capture: copies live HTTP/1.x traffic off this host with eBPF, byte for byte,
 /// so it can be replayed against a candidate release.
 ///
-/// Exit codes: 0 success, 1 runtime error (message on stderr), 2 bad usage,
-/// 3 differences found (`replay --fail-on-diff`).
+/// Exit codes: 0 success, 1 runtime error (message on stderr), 2 bad usage (a bad
+/// value or combination of flags), 3 `replay --fail-on-diff` failed (differences,
+/// requests a candidate did not answer, or a baseline that answered none).
 #[derive(Parser)]
 #[command(name = "capture", version, propagate_version = true)]
 struct Cli {
@@ -46,14 +49,27 @@ enum Command {
     /// with production's.
     ///
     /// Reads `.gor` files (the agent's or GoReplay's) or a Kafka topic the agent wrote
-    /// (a time window, or live with a consumer group), keeps the order of requests within
-    /// each captured connection, paces them like the capture (or --speed / --rate), and
-    /// sends only GET, HEAD and OPTIONS unless --allow-method names more. Every replayed
-    /// request carries a marking header. With --compare, each candidate response is
-    /// compared with the captured production response (status, headers, JSON fields /
-    /// text lines / binary hash, latency); --baseline names a second production copy whose
-    /// differences are reported as noise. Exit code 3 with --fail-on-diff when any
-    /// difference was found.
+    /// (a time window, or live with a consumer group; continuation records are joined
+    /// back into whole messages), keeps the order of requests within each captured
+    /// connection, paces them like the capture (or --speed / --rate; gaps capped at
+    /// --max-wait), and sends only GET, HEAD and OPTIONS unless --allow-method names
+    /// more. Every replayed request carries a marking header.
+    ///
+    /// Never sent: requests cut at capture, requests whose framing the capture flagged
+    /// ambiguous (unless --replay-ambiguous), and anything to a target that is the
+    /// captured production server (unless --allow-production). Nothing is retried: a
+    /// request that fails (connect, write, read; each bounded by --timeout) is an error.
+    ///
+    /// With --compare, each candidate response is compared with the captured production
+    /// response (status, headers, JSON fields / text lines / binary hash, latency).
+    /// "Equal" means compared in full and equal; a body cut at capture is compared as
+    /// far as it goes ("partly compared"); a request without a usable production
+    /// response is "not compared". --baseline names a second production copy whose
+    /// differences are reported as noise; its errors are counted. Latency on both sides:
+    /// request's last byte to response's first byte (see README).
+    ///
+    /// Exit codes: 0 done, 1 runtime error, 2 bad usage, 3 --fail-on-diff failed
+    /// (differences, requests a candidate did not answer, or a baseline that answered none).
     Replay(Box<ReplayArgs>),
     /// List this agent's classifiers attached (TCX) to interfaces: a check that nothing
     /// is left behind after an agent stopped or was killed. Needs root.
@@ -86,31 +102,48 @@ struct ReplayArgs {
     to: Option<String>,
 
     /// Kafka input, group mode: stop after this many seconds without a new record.
-    #[arg(long, default_value_t = 10.0, env = "CAPTURE_IDLE_EXIT")]
-    idle_exit: f64,
+    #[arg(long, default_value = "10", env = "CAPTURE_IDLE_EXIT", value_parser = positive_seconds)]
+    idle_exit: Duration,
 
     /// librdkafka setting for the Kafka input (`key=value`, repeatable), e.g. TLS/SASL.
-    #[arg(long = "kafka-opt", value_parser = parse_kafka_opt)]
+    #[arg(long = "kafka-opt", env = "CAPTURE_KAFKA_OPT", value_delimiter = ';', value_parser = parse_kafka_opt)]
     kafka_opts: Vec<(String, String)>,
 
     /// Candidate base URL, `http://host:port`. Repeatable: every request goes to each.
     #[arg(long = "target", required = true, env = "CAPTURE_TARGET", value_delimiter = ',')]
     targets: Vec<TargetUrl>,
 
-    /// Replay at this multiple of the captured pace (2 = twice as fast). Default 1.
-    #[arg(long, env = "CAPTURE_SPEED", conflicts_with = "rate")]
+    /// Replay at this multiple of the captured pace (2 = twice as fast; must be > 0). Default 1.
+    #[arg(long, env = "CAPTURE_SPEED", conflicts_with = "rate", value_parser = positive_number)]
     speed: Option<f64>,
 
     /// Replay at a fixed number of requests per second instead of the captured pace.
-    #[arg(long, env = "CAPTURE_RATE")]
+    #[arg(long, env = "CAPTURE_RATE", value_parser = positive_number)]
     rate: Option<f64>,
+
+    /// Longest wait between two requests when following the captured pace (after
+    /// --speed): a longer captured gap is shortened to it, with a line saying so.
+    #[arg(long, default_value = "10", env = "CAPTURE_MAX_WAIT", value_parser = seconds)]
+    max_wait: Duration,
 
     /// Also replay this method (GET, HEAD and OPTIONS always are). Repeatable.
     #[arg(long = "allow-method", env = "CAPTURE_ALLOW_METHOD", value_delimiter = ',')]
     allow_methods: Vec<String>,
 
+    /// Also send requests whose framing the capture flagged ambiguous (`ambiguous=`:
+    /// e.g. both Content-Length and Transfer-Encoding; the server may have read them
+    /// differently). Skipped and counted by default.
+    #[arg(long, env = "CAPTURE_REPLAY_AMBIGUOUS")]
+    replay_ambiguous: bool,
+
+    /// Send even to a target that is the captured production server (same port, and
+    /// the same host: equal address, or both this node's: loopback, wildcard, own
+    /// addresses). Refused by default: side effects would happen twice.
+    #[arg(long, env = "CAPTURE_ALLOW_PRODUCTION")]
+    allow_production: bool,
+
     /// Keep the captured Host header instead of the target's host:port.
-    #[arg(long)]
+    #[arg(long, env = "CAPTURE_KEEP_HOST")]
     keep_host: bool,
 
     /// Header added to every replayed request, `Name: value`.
@@ -118,47 +151,50 @@ struct ReplayArgs {
     mark_header: (String, String),
 
     /// Set a header on every replayed request, `Name: value` (e.g. test credentials). Repeatable.
-    #[arg(long = "set-header", value_parser = parse_header)]
+    #[arg(long = "set-header", env = "CAPTURE_SET_HEADER", value_delimiter = ';', value_parser = parse_header)]
     set_headers: Vec<(String, String)>,
 
     /// Remove a header from every replayed request (e.g. Cookie). Repeatable.
-    #[arg(long = "drop-header")]
+    #[arg(long = "drop-header", env = "CAPTURE_DROP_HEADER", value_delimiter = ',')]
     drop_headers: Vec<String>,
 
     /// Compare candidate responses with the captured production responses.
-    #[arg(long)]
+    #[arg(long, env = "CAPTURE_COMPARE")]
     compare: bool,
 
-    /// A second production copy: differences it shows too are counted as noise.
-    #[arg(long, requires = "compare")]
+    /// A second production copy: differences it shows too are counted as noise. Its
+    /// errors are counted; if it answers nothing the run reports an error.
+    #[arg(long, requires = "compare", env = "CAPTURE_BASELINE")]
     baseline: Option<TargetUrl>,
 
     /// Header never compared, added to the defaults (Date, Server, request ids, ...). Repeatable.
-    #[arg(long = "ignore-header")]
+    #[arg(long = "ignore-header", env = "CAPTURE_IGNORE_HEADER", value_delimiter = ',')]
     ignore_headers: Vec<String>,
 
     /// JSON field never compared, e.g. `$.meta.generated_at` or `$.items[*].id`. Repeatable.
-    #[arg(long = "ignore-field")]
+    #[arg(long = "ignore-field", env = "CAPTURE_IGNORE_FIELD", value_delimiter = ',')]
     ignore_fields: Vec<String>,
 
     /// Write the report as JSON to this file.
-    #[arg(long)]
+    #[arg(long, env = "CAPTURE_REPORT_JSON")]
     report_json: Option<PathBuf>,
 
     /// Write the report as a self-contained HTML page to this file.
-    #[arg(long)]
+    #[arg(long, env = "CAPTURE_REPORT_HTML")]
     report_html: Option<PathBuf>,
 
     /// Captured connections replayed at once (each keeps its order).
-    #[arg(long, default_value_t = 32, env = "CAPTURE_CONCURRENCY")]
-    concurrency: usize,
+    #[arg(long, default_value_t = 32, env = "CAPTURE_CONCURRENCY", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    concurrency: u32,
 
-    /// Seconds to wait for each connect and response.
-    #[arg(long, default_value_t = 10.0, env = "CAPTURE_TIMEOUT")]
-    timeout: f64,
+    /// Seconds allowed to connect, and to write each request and read its whole
+    /// response. A request that fails is never sent again.
+    #[arg(long, default_value = "10", env = "CAPTURE_TIMEOUT", value_parser = positive_seconds)]
+    timeout: Duration,
 
-    /// Exit with code 3 when any difference was found.
-    #[arg(long)]
+    /// Exit with code 3 when any request differs, a candidate did not answer a
+    /// request, or the baseline answered none.
+    #[arg(long, env = "CAPTURE_FAIL_ON_DIFF")]
     fail_on_diff: bool,
 }
 
@@ -169,100 +205,170 @@ fn parse_header(s: &str) -> Result<(String, String), String> {
     }
 }
 
+fn positive_number(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("{s:?}: expected a number greater than 0")),
+    }
+}
+
+fn seconds(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v >= 0.0 && v.is_finite() && v < 1e9 => Ok(Duration::from_secs_f64(v)),
+        _ => Err(format!("{s:?}: expected a number of seconds, 0 or more")),
+    }
+}
+
+fn positive_seconds(s: &str) -> Result<Duration, String> {
+    match seconds(s) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(format!("{s:?}: expected a number of seconds greater than 0")),
+    }
+}
+
+/// A bad combination of flags: printed like clap's own errors, exit code 2.
+fn usage_error(message: String) -> ! {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let replay = cmd.find_subcommand_mut("replay").expect("replay subcommand").clone();
+    replay.bin_name("capture replay").error(clap::error::ErrorKind::ArgumentConflict, message).exit()
+}
+
+/// A line on stderr; a closed stderr is not worth dying for.
+fn note(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "capture: {line}");
+}
+
 fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let kafka: Vec<&String> = args.inputs.iter().filter(|i| i.starts_with("kafka://")).collect();
     if !kafka.is_empty() && (kafka.len() > 1 || args.inputs.len() > 1) {
-        anyhow::bail!("--input: give one kafka:// input, or any number of .gor files");
+        usage_error("--input: give one kafka:// input, or any number of .gor files".into());
+    }
+    if let Some(url) = kafka.first() {
+        if args.group.is_none() && args.from.is_none() {
+            usage_error(format!("--input {url}: give --group (live) or --from (time window)"));
+        }
+    } else if args.group.is_some() || args.from.is_some() || args.to.is_some() {
+        usage_error("--group, --from and --to apply to a kafka:// input".into());
     }
     let mut allow: Vec<String> = SAFE_METHODS.iter().map(|m| m.to_string()).collect();
     allow.extend(args.allow_methods.iter().map(|m| m.trim().to_ascii_uppercase()));
     let mut compare_cfg = CompareConfig::default();
     compare_cfg.ignore_headers.extend(args.ignore_headers.iter().map(|h| h.to_ascii_lowercase()));
     compare_cfg.ignore_fields.extend(args.ignore_fields.iter().cloned());
+    let resolve = |url: TargetUrl| Target::resolve(url.clone()).with_context(|| format!("resolving target {url}"));
     let config = ReplayConfig {
-        targets: args.targets,
-        baseline: args.baseline,
+        targets: args.targets.iter().cloned().map(resolve).collect::<anyhow::Result<_>>()?,
+        baseline: args.baseline.clone().map(resolve).transpose()?,
         pacing: match (args.rate, args.speed) {
-            (Some(rate), _) if rate > 0.0 => Pacing::Rate(rate),
-            (Some(rate), _) => anyhow::bail!("--rate {rate}: expected a positive number of requests per second"),
-            (None, Some(speed)) if speed > 0.0 => Pacing::Original { speed },
-            (None, Some(speed)) => anyhow::bail!("--speed {speed}: expected a positive factor"),
-            (None, None) => Pacing::Original { speed: 1.0 },
+            (Some(rate), _) => Pacing::Rate(rate),
+            (None, speed) => Pacing::Original { speed: speed.unwrap_or(1.0) },
         },
+        max_wait: args.max_wait,
         allow_methods: allow,
+        replay_ambiguous: args.replay_ambiguous,
         rewrite: RewriteOptions { keep_host: args.keep_host, mark: args.mark_header, set: args.set_headers, drop: args.drop_headers },
-        concurrency: args.concurrency.max(1),
-        timeout: Duration::from_secs_f64(args.timeout.max(0.001)),
+        concurrency: args.concurrency as usize,
+        timeout: args.timeout,
         compare: args.compare.then_some(compare_cfg),
+        production: ProductionCheck { local: LocalAddresses::of_this_node(), allow: args.allow_production },
     };
+    if args.allow_production {
+        note(format_args!(
+            "WARNING: --allow-production: requests may be sent to the captured production servers; their side effects happen twice"
+        ));
+    }
     let title = format!("capture replay of {}", args.inputs.join(", "));
-    let targets = config.targets.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ");
+    let targets = args.targets.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ");
     let describe = |stats: &InputStats, n: usize| {
-        eprintln!(
-            "capture: replaying {n} request(s) from {} record(s) ({} unparseable, {} responses without request, {} ignored) to {targets}",
-            stats.records, stats.bad_records, stats.responses_without_request, stats.ignored_records
-        )
+        note(format_args!(
+            "replaying {n} request(s) from {} record(s) ({} unparseable, {} null, {} continuation records joined, {} incomplete, \
+             {} responses without request, {} ignored) to {targets}",
+            stats.records,
+            stats.bad_records,
+            stats.null_values,
+            stats.parts_joined,
+            stats.parts_incomplete,
+            stats.responses_without_request,
+            stats.ignored_records
+        ))
+    };
+    let with_input = |mut report: Report, stats: &InputStats| {
+        for (name, n) in stats.fields() {
+            report.add_counter(&format!("input_{name}"), n);
+        }
+        report
     };
     let report = match kafka.first() {
         None => {
             let paths: Vec<&std::path::Path> = args.inputs.iter().map(std::path::Path::new).collect();
             let (exchanges, stats) = read_gor_files(&paths).with_context(|| format!("reading {:?}", args.inputs))?;
             describe(&stats, exchanges.len());
-            replay::run(exchanges, &config, Report::new(title))
+            replay::run(exchanges, &config, with_input(Report::new(title), &stats))
         }
         Some(url) => {
             let (brokers, topic) = match url.parse::<OutputSpec>() {
                 Ok(OutputSpec::Kafka { brokers, topic }) => (brokers, topic),
-                _ => anyhow::bail!("--input {url:?}: expected kafka://host:port[,host:port]/topic"),
+                _ => usage_error(format!("--input {url:?}: expected kafka://host:port[,host:port]/topic")),
             };
             let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
-            let parse = |t: &Option<String>| t.as_deref().map(|t| parse_time(t, now_ms)).transpose().map_err(anyhow::Error::msg);
+            let parse = |flag: &str, t: &Option<String>| t.as_deref().map(|t| parse_time(t, now_ms)).transpose().unwrap_or_else(|e| usage_error(format!("--{flag} {e}")));
             let input = KafkaInput {
                 brokers,
                 topic,
                 group: args.group.clone(),
-                from_ms: parse(&args.from)?,
-                to_ms: parse(&args.to)?.or(Some(now_ms)),
+                from_ms: parse("from", &args.from),
+                to_ms: parse("to", &args.to).or(Some(now_ms)),
                 options: args.kafka_opts.clone(),
-                idle: Duration::from_secs_f64(args.idle_exit.max(0.1)),
+                idle: args.idle_exit,
             };
             match &args.group {
                 Some(group) => {
                     let mut report = Some(Report::new(title));
                     let stats = consume_group(&input, group, |batch| {
-                        eprintln!("capture: replaying a batch of {} request(s)", batch.len());
+                        note(format_args!("replaying a batch of {} request(s)", batch.len()));
                         report = Some(replay::run(batch, &config, report.take().expect("report")));
                     })?;
                     let report = report.expect("report");
                     describe(&stats, report.total());
-                    report
+                    with_input(report, &stats)
                 }
                 None => {
-                    if args.from.is_none() {
-                        anyhow::bail!("--input {url}: give --group (live) or --from (time window)");
-                    }
                     let (exchanges, stats) = read_window(&input)?;
                     describe(&stats, exchanges.len());
-                    replay::run(exchanges, &config, Report::new(title))
+                    replay::run(exchanges, &config, with_input(Report::new(title), &stats))
                 }
             }
         }
     };
-    print!("{}", report.terminal_summary());
+    // Reports first: they are written even if stdout is a closed pipe.
     if let Some(path) = &args.report_json {
         std::fs::write(path, report.to_json()).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("capture: JSON report written to {}", path.display());
+        note(format_args!("JSON report written to {}", path.display()));
     }
     if let Some(path) = &args.report_html {
         std::fs::write(path, report.to_html()).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("capture: HTML report written to {}", path.display());
+        note(format_args!("HTML report written to {}", path.display()));
     }
-    if args.fail_on_diff && report.with_differences() > 0 {
-        return Ok(ExitCode::from(3));
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        // A closed stdout (`| head -1`) ends the summary quietly; the reports are written.
+        let _ = out.write_all(report.terminal_summary().as_bytes()).and_then(|()| out.flush());
+    }
+    for error in report.run_errors() {
+        note(format_args!("error: {error}"));
+    }
+    if args.fail_on_diff {
+        let failures = report.gate_failures();
+        if !failures.is_empty() {
+            note(format_args!("--fail-on-diff: failing ({})", failures.join("; ")));
+            return Ok(ExitCode::from(3));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
-
 
 #[derive(Args)]
 struct AgentArgs {
@@ -330,6 +436,12 @@ struct AgentArgs {
     #[arg(long, default_value = "128MiB", env = "CAPTURE_KAFKA_BUFFER", value_parser = parse_size)]
     kafka_buffer: u64,
 
+    /// Largest payload per Kafka message. A larger message (kept whole by a raised
+    /// --max-message-size) is sent as continuation records `part=I/N` with the same id
+    /// and key, which `capture replay` joins back into one message.
+    #[arg(long, default_value = "1000000", env = "CAPTURE_KAFKA_PART_SIZE", value_parser = parse_part_size)]
+    kafka_part_size: u64,
+
     /// Seconds to wait at shutdown for Kafka to acknowledge queued records.
     #[arg(long, default_value_t = 10.0, env = "CAPTURE_KAFKA_FLUSH_TIMEOUT")]
     kafka_flush_timeout: f64,
@@ -363,6 +475,13 @@ fn parse_kafka_opt(s: &str) -> Result<(String, String), String> {
 
 fn parse_attach(s: &str) -> Result<capture::kernel::loader::AttachMode, String> {
     s.parse()
+}
+
+fn parse_part_size(s: &str) -> Result<u64, String> {
+    match parse_size(s)? {
+        n if n >= 1024 => Ok(n),
+        _ => Err(format!("{s:?}: expected at least 1KiB")),
+    }
 }
 
 fn parse_ring_size(s: &str) -> Result<u32, String> {
@@ -409,6 +528,7 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
                     buffer_bytes: args.kafka_buffer,
                     flush_timeout: Duration::from_secs_f64(args.kafka_flush_timeout.max(0.0)),
                     client_id: format!("capture-{node}"),
+                    part_size: args.kafka_part_size as usize,
                 })?));
             }
         }
@@ -475,7 +595,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("capture: error: {e:#}");
+            note(format_args!("error: {e:#}"));
             ExitCode::from(1)
         }
     }

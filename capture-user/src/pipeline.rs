@@ -208,6 +208,10 @@ impl PipelineStats {
             out.push((format!("output{i}_records_failed"), s.records_failed));
             out.push((format!("output{i}_records_dropped"), s.records_dropped));
             out.push((format!("output{i}_records_pending"), s.records_pending));
+            if s.records_split > 0 {
+                out.push((format!("output{i}_records_split"), s.records_split));
+                out.push((format!("output{i}_parts_written"), s.parts_written));
+            }
             for (reason, n) in &s.reasons {
                 out.push((format!("output{i}_{reason}"), *n));
             }

@@ -116,7 +116,7 @@ pub(crate) fn find_head_end(s: &[u8], start: usize, from: usize) -> Option<usize
 }
 
 /// Runs an httparse parse with growing header arrays (TooManyHeaders -> retry bigger).
-fn with_headers<'b, T>(
+pub(crate) fn with_headers<'b, T>(
     mut f: impl FnMut(&mut [httparse::Header<'b>]) -> Result<Option<T>, httparse::Error>,
 ) -> Result<T, ParseError> {
     for &n in HEADER_COUNTS.iter() {

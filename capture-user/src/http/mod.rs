@@ -29,6 +29,7 @@
 
 mod framer;
 mod head;
+pub mod message;
 #[cfg(test)]
 mod tests;
 
