@@ -18,33 +18,40 @@ const LATE_PORT: u16 = 18444;
 const LIBSSL: &str = "/usr/lib/x86_64-linux-gnu/libssl.so.3";
 
 /// nginx serving HTTPS in a namespace: static files, `/post` (answers after reading
-/// any body) and `/dav/` (PUT uploads, read whole before the answer).
+/// any body) and `/dav/` (PUT uploads, read whole before the answer). Its access log
+/// starts each line with the SNI the client sent.
 struct HttpsNginx {
     child: Child,
+    access_log: PathBuf,
 }
 
 impl HttpsNginx {
-    /// `wrap`: a command prefix (e.g. `unshare --mount ...`) to start nginx in.
+    /// `wrap`: a command prefix (e.g. `unshare --mount ...`) to start nginx in;
+    /// `cert`: the name of the certificate and key pair in `dir` (`cert` = cert.pem, key.pem).
     fn start(ns: &str, port: u16, dir: &TempDir, name: &str, wrap: &str) -> HttpsNginx {
-        let www = dir.path("www");
+        Self::start_with(ns, port, dir, name, wrap, &dir.path("www"), "cert")
+    }
+
+    fn start_with(ns: &str, port: u16, dir: &TempDir, name: &str, wrap: &str, www: &Path, cert: &str) -> HttpsNginx {
         std::fs::create_dir_all(www.join("dav")).unwrap();
+        let access_log = dir.path(&format!("{name}-access.log"));
         let conf = dir.path(&format!("{name}.conf"));
         std::fs::write(
             &conf,
             format!(
                 "daemon off;\nuser root;\nworker_processes 1;\npid {pid};\nerror_log {err} warn;\n\
                  events {{ worker_connections 1024; }}\n\
-                 http {{\n  access_log {log};\n  client_body_temp_path {tmp};\n  client_max_body_size 100m;\n\
+                 http {{\n  types {{ application/json json; text/plain txt; }}\n  log_format sni '$ssl_server_name $request';\n  access_log {log} sni;\n  client_body_temp_path {tmp};\n  client_max_body_size 100m;\n\
                    server {{\n    listen {port} ssl; listen [::]:{port} ssl;\n\
                      ssl_certificate {cert}; ssl_certificate_key {key};\n    root {www};\n\
                      location = /post {{ return 200 \"posted\\n\"; }}\n\
                      location /dav/ {{ dav_methods PUT; create_full_put_path on; }}\n  }}\n}}\n",
                 pid = dir.path(&format!("{name}.pid")).display(),
                 err = dir.path(&format!("{name}-error.log")).display(),
-                log = dir.path(&format!("{name}-access.log")).display(),
+                log = access_log.display(),
                 tmp = dir.path("body").display(),
-                cert = dir.path("cert.pem").display(),
-                key = dir.path("key.pem").display(),
+                cert = dir.path(&format!("{cert}.pem")).display(),
+                key = dir.path(&format!("{}.pem", if cert == "cert" { "key".to_string() } else { format!("{cert}-key") })).display(),
                 www = www.display(),
             ),
         )
@@ -56,7 +63,7 @@ impl HttpsNginx {
             .spawn()
             .expect("starting nginx");
         wait_tcp(ns, "127.0.0.1", port);
-        HttpsNginx { child }
+        HttpsNginx { child, access_log }
     }
 }
 
@@ -271,4 +278,117 @@ fn https_through_openssl_is_captured_byte_exact_paired_and_without_its_ciphertex
     assert_eq!(counters["http_requests"], 12);
     assert_eq!(counters["http_paired"], 12);
     assert!(counters["tls_libraries"] >= 2, "the host's libssl and the late server's copy");
+}
+
+/// `/etc/netns/<ns>/hosts`, which `ip netns exec` puts over /etc/hosts in that
+/// namespace: a name for the candidate (so the replayer sends it as SNI). Removed on drop.
+struct NetnsHosts(PathBuf);
+
+impl NetnsHosts {
+    fn new(ns: &str, line: &str) -> NetnsHosts {
+        let dir = PathBuf::from(format!("/etc/netns/{ns}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("hosts"), format!("127.0.0.1 localhost\n{line}\n")).unwrap();
+        NetnsHosts(dir)
+    }
+}
+
+impl Drop for NetnsHosts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `capture replay` in `ns`; returns (exit code, output) and the JSON report.
+fn replay(ns: &str, dir: &TempDir, name: &str, args: &[&str]) -> (i32, String, serde_json::Value) {
+    let json = dir.path(&format!("{name}.json"));
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(capture_bin())
+        .arg("replay")
+        .args(args)
+        .args(["--compare", "--report-json", json.to_str().unwrap()])
+        .output()
+        .expect("running capture replay");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!("replay {name} {args:?}:\n{text}");
+    let report = std::fs::read_to_string(&json).map(|t| serde_json::from_str(&t).unwrap()).unwrap_or(serde_json::Value::Null);
+    (out.status.code().unwrap_or(-1), text, report)
+}
+
+/// Real difference counts by field key.
+fn real_differences(report: &serde_json::Value) -> Vec<(String, u64)> {
+    report["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["real"].as_u64().unwrap() > 0)
+        .map(|f| (f["key"].as_str().unwrap().to_string(), f["real"].as_u64().unwrap()))
+        .collect()
+}
+
+/// Captured HTTPS production traffic replayed to an `https://` candidate: with
+/// `--insecure` (self-signed) and with `--ca-file` (a CA-signed candidate, checked, SNI
+/// from the target's name), `--compare` finds exactly the known difference; without
+/// either, the candidate's certificate is refused and nothing is compared.
+#[test]
+fn captured_https_replays_to_an_https_candidate_and_compare_finds_the_known_difference() {
+    let test = "captured_https_replays_to_an_https_candidate_and_compare_finds_the_known_difference";
+    if !kernel_tests_enabled(test) {
+        return;
+    }
+    let net = NetPair::new();
+    let dir = TempDir::new("tls_replay");
+    make_certificate(&dir);
+    // A CA and a candidate certificate it signed, for the candidate's name and address.
+    let d = dir.0.display();
+    sh(&format!(
+        "cd {d} && openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=capture-test-ca -keyout ca-key.pem -out ca.pem 2>/dev/null \
+         && openssl req -newkey rsa:2048 -nodes -subj /CN=candidate.test -keyout cand-key.pem -out cand.csr 2>/dev/null \
+         && printf 'subjectAltName=DNS:candidate.test,IP:{ip}\\n' > cand.ext \
+         && openssl x509 -req -in cand.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 2 -extfile cand.ext -out cand.pem 2>/dev/null",
+        ip = net.server_v4
+    ));
+    let (prod_www, cand_www) = (dir.path("prod"), dir.path("cand"));
+    for (www, plan) in [(&prod_www, "basic"), (&cand_www, "pro")] {
+        std::fs::create_dir_all(www).unwrap();
+        std::fs::write(www.join("plan.json"), format!("{{\"plan\": \"{plan}\", \"seats\": 3}}\n")).unwrap();
+        std::fs::write(www.join("same.txt"), "the same on both\n").unwrap();
+    }
+    let (prod_port, cand_port) = (18445, 18446);
+    let _prod = HttpsNginx::start_with(&net.server_ns, prod_port, &dir, "prod", "", &prod_www, "cert");
+    let cand = HttpsNginx::start_with(&net.server_ns, cand_port, &dir, "cand", "", &cand_www, "cand");
+    let mut agent = Agent::start(&net.server_ns, &net.server_if, &[prod_port], &dir, &["--tls-lib", LIBSSL, "--no-stream-log"]);
+    let url = format!("https://{}:{prod_port}", net.server_v4);
+    curl(&net, &dir, "plan", &format!("-H 'Accept: application/json' {url}/plan.json"));
+    curl(&net, &dir, "same", &format!("{url}/same.txt"));
+    let counters = summary(&agent.stop());
+    assert_eq!(counters["http_requests"], 2, "{counters:?}");
+    let input = agent.output.to_str().unwrap().to_string();
+
+    let _hosts = NetnsHosts::new(&net.client_ns, &format!("{} candidate.test", net.server_v4));
+    let by_ip = format!("https://{}:{cand_port}", net.server_v4);
+    let by_name = format!("https://candidate.test:{cand_port}");
+    let ca = dir.path("ca.pem");
+    let runs: [(&str, Vec<&str>); 2] = [
+        ("insecure", vec!["--input", &input, "--target", &by_ip, "--insecure"]),
+        ("ca-file", vec!["--input", &input, "--target", &by_name, "--ca-file", ca.to_str().unwrap()]),
+    ];
+    for (name, args) in &runs {
+        let (code, out, report) = replay(&net.client_ns, &dir, name, args);
+        assert_eq!(code, 0, "{name}: {out}");
+        assert_eq!(report["totals"]["replayed"].as_u64(), Some(2), "{name}: {report}");
+        assert_eq!(report["totals"]["errors"].as_u64(), Some(0), "{name}: {report}");
+        assert_eq!(real_differences(&report), [("json:$.plan".to_string(), 1)], "{name}: exactly the known difference: {report}");
+    }
+    // The candidate saw the target's name as SNI in the --ca-file run (none for an IP).
+    let log = std::fs::read_to_string(&cand.access_log).unwrap();
+    let sni: Vec<&str> = log.lines().filter_map(|l| l.split(' ').next()).collect();
+    assert_eq!(sni.iter().filter(|s| **s == "candidate.test").count(), 2, "SNI per request: {log}");
+
+    // Verification is on by default: a self-signed candidate is refused, counted, not compared.
+    let (code, out, report) = replay(&net.client_ns, &dir, "verified", &["--input", &input, "--target", &by_ip]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(report["totals"]["errors"].as_u64(), Some(2), "both requests refused at the handshake: {report}");
+    assert!(out.contains("tls:"), "the error says it is TLS: {out}");
 }

@@ -109,9 +109,21 @@ struct ReplayArgs {
     #[arg(long = "kafka-opt", env = "CAPTURE_KAFKA_OPT", value_delimiter = ';', value_parser = parse_kafka_opt)]
     kafka_opts: Vec<(String, String)>,
 
-    /// Candidate base URL, `http://host:port`. Repeatable: every request goes to each.
+    /// Candidate base URL, `http://host[:port]` or `https://host[:port]` (TLS with
+    /// rustls, the host as SNI, verified against the system's roots unless --ca-file
+    /// or --insecure). Repeatable: every request goes to each.
     #[arg(long = "target", required = true, env = "CAPTURE_TARGET", value_delimiter = ',')]
     targets: Vec<TargetUrl>,
+
+    /// https:// targets and baseline: accept any certificate (self-signed candidates).
+    /// The traffic is encrypted, but the target is not authenticated.
+    #[arg(long, env = "CAPTURE_INSECURE")]
+    insecure: bool,
+
+    /// https:// targets and baseline: trust the CA certificates in this PEM file instead
+    /// of the system's roots.
+    #[arg(long, env = "CAPTURE_CA_FILE", conflicts_with = "insecure")]
+    ca_file: Option<PathBuf>,
 
     /// Replay at this multiple of the captured pace (2 = twice as fast; must be > 0). Default 1.
     #[arg(long, env = "CAPTURE_SPEED", conflicts_with = "rate", value_parser = positive_number)]
@@ -257,7 +269,20 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let mut compare_cfg = CompareConfig::default();
     compare_cfg.ignore_headers.extend(args.ignore_headers.iter().map(|h| h.to_ascii_lowercase()));
     compare_cfg.ignore_fields.extend(args.ignore_fields.iter().cloned());
-    let resolve = |url: TargetUrl| Target::resolve(url.clone()).with_context(|| format!("resolving target {url}"));
+    let any_https = args.targets.iter().chain(&args.baseline).any(|t| t.tls);
+    let tls = if any_https {
+        let options = capture::replay::tls::TlsOptions { insecure: args.insecure, ca_file: args.ca_file.clone() };
+        Some(capture::replay::tls::client_config(&options)?)
+    } else {
+        None
+    };
+    let resolve = |url: TargetUrl| {
+        let target = Target::resolve(url.clone()).with_context(|| format!("resolving target {url}"))?;
+        Ok(match &tls {
+            Some(config) => target.with_tls(config.clone()),
+            None => target,
+        })
+    };
     let config = ReplayConfig {
         targets: args.targets.iter().cloned().map(resolve).collect::<anyhow::Result<_>>()?,
         baseline: args.baseline.clone().map(resolve).transpose()?,
