@@ -320,8 +320,8 @@ impl KafkaSink {
     }
 }
 
-/// Most headers a record carries.
-const MAX_HEADERS: usize = 16;
+/// Most headers a record carries: every one in [`HEADERS`].
+const MAX_HEADERS: usize = HEADERS.len();
 
 /// Builds the metadata headers of a record. Values are formatted into `scratch`
 /// (reused across records; librdkafka copies them), not into one String each.
@@ -614,6 +614,21 @@ mod tests {
         let h = pairs(&headers(&rec, "lo", &mut scratch));
         assert_eq!(h.last().unwrap(), &("capture-part".to_string(), "2/3".to_string()));
         assert!(rec.header_line().ends_with(" part=2/3\n"));
+    }
+
+    /// Regression: capture-tls and capture-part both arrived in one merge and a TLS
+    /// continuation record carried one header more than the room for them (a panic in
+    /// the pipeline thread).
+    #[test]
+    fn a_tls_continuation_response_carries_every_header() {
+        let mut rec = record(MessageKind::Response, Some(400), Some(200));
+        rec.meta.tls = true;
+        rec.meta.part = Some((1, 2));
+        let mut scratch = String::new();
+        let h = pairs(&headers(&rec, "", &mut scratch));
+        let names: Vec<&str> = h.iter().map(|(k, _)| k.as_str()).collect();
+        let all: Vec<&str> = HEADERS.iter().map(|(k, _)| *k).collect();
+        assert_eq!(names, all);
     }
 
     #[test]
