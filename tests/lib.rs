@@ -626,7 +626,10 @@ pub fn curl_trace(path: &Path) -> (Vec<u8>, Vec<u8>) {
     let (mut sent, mut received) = (Vec::new(), Vec::new());
     let mut target: Option<bool> = None;
     for line in text.lines() {
-        if line.starts_with("=> Send") {
+        if line.starts_with("=> Send SSL data") || line.starts_with("<= Recv SSL data") {
+            // HTTPS: TLS records, not the plaintext the other lines carry.
+            target = None;
+        } else if line.starts_with("=> Send") {
             target = Some(true);
         } else if line.starts_with("<= Recv") {
             target = Some(false);

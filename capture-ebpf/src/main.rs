@@ -12,6 +12,8 @@
 #![no_std]
 #![no_main]
 
+mod tls;
+
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, TC_ACT_UNSPEC},
     helpers::{bpf_ktime_get_ns, bpf_ringbuf_output, bpf_skb_load_bytes},
@@ -258,6 +260,16 @@ fn capture(ctx: &TcContext, hook: u8) {
         }
     }
 
+    // A connection whose plaintext the TLS uprobes capture: its ciphertext is not
+    // emitted (a SYN starts a new connection on the tuple, not known to be TLS yet).
+    if unsafe { tls::TLS_FLOWS.get(&tuple) }.is_some() {
+        if !syn {
+            tls::count_ciphertext(payload_len as u64);
+            return;
+        }
+        let _ = tls::TLS_FLOWS.remove(&tuple);
+    }
+
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return };
     let scratch = scratch as *mut u8;
     let limit = MAX_CHUNKS * CHUNK_SIZE as u32;
@@ -303,15 +315,12 @@ fn capture(ctx: &TcContext, hook: u8) {
             }
             size += n as u64;
         }
-        // Wake the reader only when a good batch is waiting; it also polls on a short
-        // timer. One wakeup per event costs a context switch each (kernel/bpf/ringbuf.c).
-        let wakeup = if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
         let ret = unsafe {
             bpf_ringbuf_output(
                 &EVENTS as *const _ as *mut _,
                 scratch as *mut _,
                 size,
-                wakeup,
+                wakeup_flag(),
             )
         };
         if ret < 0 {
@@ -331,6 +340,13 @@ fn capture(ctx: &TcContext, hook: u8) {
             (*c).bytes_emitted += emitted_bytes;
         }
     }
+}
+
+/// Wake the reader only when a good batch is waiting; it also polls on a short timer.
+/// One wakeup per event costs a context switch each (kernel/bpf/ringbuf.c).
+#[inline(always)]
+fn wakeup_flag() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP }
 }
 
 /// Whether a fragment's first bytes name a watched port (best effort, for counting).

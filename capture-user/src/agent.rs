@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use capture_common::Counter;
+use capture_common::{Counter, TlsCounter};
 use log::{info, warn};
 
 use crate::connections::TableLimits;
@@ -24,12 +24,14 @@ use crate::kernel::links::{self, LinkMonitor};
 use crate::kernel::loader::AttachMode;
 use crate::kernel::watched::WatchedInterfaces;
 use crate::kernel::ring::RingReader;
+use crate::kernel::tls::TlsProbes;
 use crate::kernel::{counters, KernelCapture, KernelError};
 use crate::metrics::agent::AgentMetrics;
 use crate::pipeline::{Pipeline, PipelineStats};
 use crate::record::{clock_ns, RecordContext};
 use crate::segment::Segment;
 use crate::sink::RecordSink;
+use crate::tls_libs::{Discovery, TlsLibSpec};
 
 pub struct AgentConfig {
     /// `--iface` names and globs; globs stay live (interfaces that appear later).
@@ -46,6 +48,8 @@ pub struct AgentConfig {
     pub duration: Option<Duration>,
     /// Stats snapshots, readiness and progress for `/metrics`, `/healthz`, `/readyz`.
     pub metrics: Arc<AgentMetrics>,
+    /// `--tls-lib`: OpenSSL libraries to probe for plaintext (empty: no TLS capture).
+    pub tls_libs: Vec<TlsLibSpec>,
 }
 
 enum Msg {
@@ -61,12 +65,21 @@ pub struct AgentSummary {
     /// Every interface that was watched at some point, by name.
     pub interfaces: Vec<InterfaceStats>,
     pub pipeline: PipelineStats,
+    /// TLS probe counters (empty without TLS capture).
+    pub tls: Vec<(TlsCounter, u64)>,
+    /// Library files probed, and libraries found by discovery that could not be probed.
+    pub tls_libraries: u64,
+    pub tls_library_errors: u64,
 }
 
 impl AgentSummary {
     /// One `key=value` line with every counter, plus the agent's own CPU time and peak RSS.
     pub fn line(&self) -> String {
         let mut parts: Vec<String> = self.kernel.iter().map(|(c, v)| format!("{}={v}", c.name())).collect();
+        if !self.tls.is_empty() {
+            parts.extend(self.tls.iter().map(|(c, v)| format!("{}={v}", c.name())));
+            parts.push(format!("tls_libraries={} tls_library_errors={}", self.tls_libraries, self.tls_library_errors));
+        }
         parts.extend(self.links.fields().into_iter().map(|(k, v)| format!("{k}={v}")));
         parts.extend(self.pipeline.fields().into_iter().map(|(k, v)| format!("{k}={v}")));
         for iface in &self.interfaces {
@@ -80,15 +93,78 @@ impl AgentSummary {
         parts.join(" ")
     }
 
-    /// Kernel counters that mean lost bytes, if any are non-zero.
-    pub fn kernel_losses(&self) -> Vec<(Counter, u64)> {
-        self.kernel.iter().copied().filter(|(c, v)| c.is_loss() && *v > 0).collect()
+    /// Kernel counters (classifiers and TLS probes) that mean lost bytes, if any are non-zero.
+    pub fn kernel_losses(&self) -> Vec<(&'static str, u64)> {
+        let tcp = self.kernel.iter().filter(|(c, v)| c.is_loss() && *v > 0).map(|(c, v)| (c.name(), *v));
+        let tls = self.tls.iter().filter(|(c, v)| c.is_loss() && *v > 0).map(|(c, v)| (c.name(), *v));
+        tcp.chain(tls).collect()
+    }
+}
+
+/// The TLS probes and, with `--tls-lib auto`, the search for libssl in processes.
+struct TlsCapture {
+    probes: TlsProbes,
+    discovery: Option<Discovery>,
+    scans: u64,
+    attach_errors: u64,
+}
+
+/// Seconds between scans of new processes for libssl (`--tls-lib auto`); every
+/// `FULL_RESCAN_EVERY`th scan reads every process again (a library loaded late with dlopen).
+const TLS_SCAN_INTERVAL: Duration = Duration::from_secs(2);
+const FULL_RESCAN_EVERY: u64 = 15;
+
+impl TlsCapture {
+    /// Loads the probes and attaches the libraries named (errors are fatal at start);
+    /// with `auto`, also every libssl running processes map.
+    fn start(kernel: &mut KernelCapture, specs: &[TlsLibSpec]) -> anyhow::Result<Option<TlsCapture>> {
+        if specs.is_empty() {
+            return Ok(None);
+        }
+        let mut probes = TlsProbes::load(kernel.ebpf_mut())?;
+        let mut discovery = None;
+        for spec in specs {
+            match spec {
+                TlsLibSpec::Path(path) => {
+                    probes.attach_library(kernel.ebpf_mut(), path)?;
+                }
+                TlsLibSpec::Auto => discovery = Some(Discovery::new("/proc")),
+            }
+        }
+        if let Some(d) = &mut discovery {
+            for (id, path) in probes.library_ids() {
+                d.add_known(id, path);
+            }
+        }
+        let auto = discovery.is_some();
+        let mut tls = TlsCapture { probes, discovery, scans: 0, attach_errors: 0 };
+        tls.rescan(kernel);
+        if auto && tls.probes.libraries().is_empty() {
+            eprintln!("capture: TLS: no process maps libssl.so yet; looking for new ones every {} s", TLS_SCAN_INTERVAL.as_secs());
+        }
+        Ok(Some(tls))
+    }
+
+    /// Probes libssl files of processes not seen before (all processes now and then).
+    fn rescan(&mut self, kernel: &mut KernelCapture) {
+        let Some(discovery) = &mut self.discovery else { return };
+        let full = self.scans % FULL_RESCAN_EVERY == 0;
+        self.scans += 1;
+        for (pid, path) in discovery.scan(full) {
+            if let Err(e) = self.probes.attach_library(kernel.ebpf_mut(), &path) {
+                self.attach_errors += 1;
+                warn!("TLS: libssl of process {pid} not probed: {e}");
+            }
+        }
     }
 }
 
 pub fn run(config: AgentConfig, sinks: Vec<Box<dyn RecordSink>>) -> anyhow::Result<AgentSummary> {
     let ctx = RecordContext::new(config.node.clone());
     let mut pipeline = Pipeline::new(config.limits, config.http, ctx, sinks);
+    if !config.tls_libs.is_empty() {
+        pipeline = pipeline.with_tls(config.limits);
+    }
     if let Some(path) = &config.stream_log {
         let file = std::fs::File::create(path).with_context(|| format!("creating stream log {}", path.display()))?;
         pipeline = pipeline.with_stream_digest(Box::new(file));
@@ -107,6 +183,7 @@ pub fn run(config: AgentConfig, sinks: Vec<Box<dyn RecordSink>>) -> anyhow::Resu
     let counter_map = Arc::new(kernel.take_counters()?);
     let scraped_map = counter_map.clone();
     metrics.set_kernel_source(Box::new(move || counters::read(&scraped_map)));
+    let mut tls = TlsCapture::start(&mut kernel, &config.tls_libs)?;
     // Subscribe before listing the links: nothing that happens in between is missed.
     let link_socket = links::subscribe().map_err(KernelError::Links)?;
     let snapshot = links::current_links().map_err(KernelError::Links)?;
@@ -154,16 +231,28 @@ pub fn run(config: AgentConfig, sinks: Vec<Box<dyn RecordSink>>) -> anyhow::Resu
     );
     let read_result = runtime.block_on(async {
         let monitor = LinkMonitor::new(link_socket).context("registering the link socket with the reactor")?;
-        read_loop(ring, tx, back_rx, config.duration, monitor, &mut kernel, &mut interfaces, &metrics).await
+        read_loop(ring, tx, back_rx, config.duration, monitor, &mut kernel, &mut interfaces, &metrics, tls.as_mut()).await
     });
     metrics.health().set_ready(false);
     let pipeline_stats = worker.join().map_err(|_| anyhow::anyhow!("pipeline thread panicked"))?;
     let kernel_counters = counters::read(&counter_map);
+    let tls_counters = tls.as_ref().map(|t| t.probes.counters()).unwrap_or_default();
+    let (tls_libraries, tls_library_errors) =
+        tls.as_ref().map(|t| (t.probes.libraries().len() as u64, t.attach_errors)).unwrap_or_default();
     let (links, interface_stats) = interfaces.finish(&mut kernel);
     metrics.publish_interfaces(links.clone(), interface_stats.clone());
+    drop(tls);
     drop(kernel);
     read_result?;
-    Ok(AgentSummary { kernel: kernel_counters, links, interfaces: interface_stats, pipeline: pipeline_stats })
+    Ok(AgentSummary {
+        kernel: kernel_counters,
+        links,
+        interfaces: interface_stats,
+        pipeline: pipeline_stats,
+        tls: tls_counters,
+        tls_libraries,
+        tls_library_errors,
+    })
 }
 
 async fn read_loop(
@@ -175,6 +264,7 @@ async fn read_loop(
     kernel: &mut KernelCapture,
     interfaces: &mut WatchedInterfaces,
     metrics: &AgentMetrics,
+    mut tls: Option<&mut TlsCapture>,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut reader = RingReader::new(ring).context("registering the ring buffer with the reactor")?;
@@ -184,6 +274,8 @@ async fn read_loop(
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut tls_scan = tokio::time::interval(TLS_SCAN_INTERVAL);
+    tls_scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let deadline = async {
         match duration {
             Some(d) => tokio::time::sleep(d).await,
@@ -222,6 +314,12 @@ async fn read_loop(
                 for event in link_events.drain(..) {
                     interfaces.on_event(kernel, event);
                 }
+            }
+            _ = tls_scan.tick(), if tls.as_ref().is_some_and(|t| t.discovery.is_some()) => {
+                if let Some(t) = tls.as_deref_mut() {
+                    t.rescan(kernel);
+                }
+                continue;
             }
             _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }

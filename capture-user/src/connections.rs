@@ -5,6 +5,8 @@
 //! connection and direction, plus open/close notices. HTTP framing sits behind it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// Seeded per process (keys come from the network), much cheaper than SipHash.
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -24,6 +26,19 @@ pub struct ConnectionInfo {
     pub opened_ns: u64,
     /// Whether the connection's SYN was seen (false: joined mid-stream).
     pub saw_syn: bool,
+    /// Plaintext read at the TLS library (uprobes), not TCP payload.
+    pub tls: bool,
+}
+
+/// Hands out connection ids. Tables that feed one HTTP layer (TCP and TLS plaintext)
+/// share one, so ids and the record ids made from them never collide.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionIds(Arc<AtomicU64>);
+
+impl ConnectionIds {
+    fn next(&self) -> ConnectionId {
+        self.0.fetch_add(1, Ordering::Relaxed) + 1
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +50,8 @@ pub enum CloseReason {
     Idle,
     /// A new connection (SYN) reused the 4-tuple.
     Reused,
+    /// Its plaintext is captured at the TLS library: this (ciphertext) connection ends.
+    Tls,
     /// The table was full; the least recently used connection made room.
     Evicted,
     /// The agent is stopping.
@@ -86,6 +103,7 @@ pub struct TableStats {
     pub closed_reused: u64,
     pub closed_evicted: u64,
     pub closed_shutdown: u64,
+    pub closed_tls: u64,
     /// Segments that belonged to no connection and could not open one (bare FIN/RST/ACK).
     pub orphan_segments: u64,
     pub hole_timeouts: u64,
@@ -106,6 +124,7 @@ impl TableStats {
             ("connections_closed_reused", self.closed_reused),
             ("connections_closed_evicted", self.closed_evicted),
             ("connections_closed_shutdown", self.closed_shutdown),
+            ("connections_closed_tls", self.closed_tls),
             ("orphan_segments", self.orphan_segments),
             ("hole_timeouts", self.hole_timeouts),
             ("memory_pressure_flushes", self.memory_pressure_flushes),
@@ -139,7 +158,9 @@ struct Connection {
 pub struct ConnectionTable {
     limits: TableLimits,
     conns: FastMap<FlowKey, Connection>,
-    next_id: ConnectionId,
+    ids: ConnectionIds,
+    /// Stamped on every connection's info: this table rebuilds TLS plaintext.
+    tls: bool,
     stats: TableStats,
     chunks: Vec<StreamChunk>,
     /// Out-of-order bytes held over all connections, kept by deltas.
@@ -151,11 +172,23 @@ impl ConnectionTable {
         ConnectionTable {
             limits,
             conns: FastMap::default(),
-            next_id: 1,
+            ids: ConnectionIds::default(),
+            tls: false,
             stats: TableStats::default(),
             chunks: Vec::new(),
             total_buffered: 0,
         }
+    }
+
+    /// A table whose connections carry TLS plaintext (marked `tls`), taking ids from
+    /// `ids` (shared with the TCP table feeding the same HTTP layer).
+    pub fn for_tls(limits: TableLimits, ids: ConnectionIds) -> Self {
+        ConnectionTable { ids, tls: true, ..ConnectionTable::new(limits) }
+    }
+
+    /// This table's id source, to share with another table (see [`ConnectionIds`]).
+    pub fn ids(&self) -> ConnectionIds {
+        self.ids.clone()
     }
 
     pub fn stats(&self) -> &TableStats {
@@ -244,13 +277,13 @@ impl ConnectionTable {
         }
         let saw_syn = seg.syn();
         let info = ConnectionInfo {
-            id: self.next_id,
+            id: self.ids.next(),
             flow: seg.flow,
             ifindex: seg.ifindex,
             opened_ns: seg.ts_ns,
             saw_syn,
+            tls: self.tls,
         };
-        self.next_id += 1;
         self.stats.connections_opened += 1;
         if !saw_syn {
             self.stats.connections_joined_midstream += 1;
@@ -268,7 +301,8 @@ impl ConnectionTable {
         );
     }
 
-    fn close(&mut self, key: FlowKey, reason: CloseReason, ts_ns: u64, sink: &mut dyn StreamSink) {
+    /// Closes the connection of `key` (if any), delivering what it buffered.
+    pub fn close(&mut self, key: FlowKey, reason: CloseReason, ts_ns: u64, sink: &mut dyn StreamSink) {
         let Some(mut conn) = self.conns.remove(&key) else { return };
         for dir in [Direction::ClientToServer, Direction::ServerToClient] {
             self.total_buffered -= conn.streams[dir.index()].buffered_bytes();
@@ -285,6 +319,7 @@ impl ConnectionTable {
             CloseReason::Reused => self.stats.closed_reused += 1,
             CloseReason::Evicted => self.stats.closed_evicted += 1,
             CloseReason::Shutdown => self.stats.closed_shutdown += 1,
+            CloseReason::Tls => self.stats.closed_tls += 1,
         }
         sink.on_close(&conn.info, reason, ts_ns);
     }
@@ -391,6 +426,7 @@ mod tests {
             flags,
             ts_ns: ts,
             ifindex: 1,
+            tls: false,
             data: Bytes::from_static(data),
         }
     }

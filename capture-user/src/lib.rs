@@ -5,6 +5,7 @@
 //! [`kernel`] module is pure and testable without root.
 
 pub mod agent;
+pub mod btf;
 pub mod compare;
 pub mod connections;
 pub mod flow;
@@ -17,6 +18,8 @@ pub mod record;
 pub mod replay;
 pub mod segment;
 pub mod sink;
+pub mod tls_libs;
+pub mod tls_streams;
 pub mod reassembly;
 pub mod http;
 pub mod usage;

@@ -112,9 +112,21 @@ struct ReplayArgs {
     #[arg(long = "kafka-opt", env = "CAPTURE_KAFKA_OPT", value_delimiter = ';', value_parser = parse_kafka_opt)]
     kafka_opts: Vec<(String, String)>,
 
-    /// Candidate base URL, `http://host:port`. Repeatable: every request goes to each.
+    /// Candidate base URL, `http://host[:port]` or `https://host[:port]` (TLS with
+    /// rustls, the host as SNI, verified against the system's roots unless --ca-file
+    /// or --insecure). Repeatable: every request goes to each.
     #[arg(long = "target", required = true, env = "CAPTURE_TARGET", value_delimiter = ',')]
     targets: Vec<TargetUrl>,
+
+    /// https:// targets and baseline: accept any certificate (self-signed candidates).
+    /// The traffic is encrypted, but the target is not authenticated.
+    #[arg(long, env = "CAPTURE_INSECURE")]
+    insecure: bool,
+
+    /// https:// targets and baseline: trust the CA certificates in this PEM file instead
+    /// of the system's roots.
+    #[arg(long, env = "CAPTURE_CA_FILE", conflicts_with = "insecure")]
+    ca_file: Option<PathBuf>,
 
     /// Replay at this multiple of the captured pace (2 = twice as fast; must be > 0). Default 1.
     #[arg(long, env = "CAPTURE_SPEED", conflicts_with = "rate", value_parser = positive_number)]
@@ -260,7 +272,20 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let mut compare_cfg = CompareConfig::default();
     compare_cfg.ignore_headers.extend(args.ignore_headers.iter().map(|h| h.to_ascii_lowercase()));
     compare_cfg.ignore_fields.extend(args.ignore_fields.iter().cloned());
-    let resolve = |url: TargetUrl| Target::resolve(url.clone()).with_context(|| format!("resolving target {url}"));
+    let any_https = args.targets.iter().chain(&args.baseline).any(|t| t.tls);
+    let tls = if any_https {
+        let options = capture::replay::tls::TlsOptions { insecure: args.insecure, ca_file: args.ca_file.clone() };
+        Some(capture::replay::tls::client_config(&options)?)
+    } else {
+        None
+    };
+    let resolve = |url: TargetUrl| {
+        let target = Target::resolve(url.clone()).with_context(|| format!("resolving target {url}"))?;
+        Ok(match &tls {
+            Some(config) => target.with_tls(config.clone()),
+            None => target,
+        })
+    };
     let config = ReplayConfig {
         targets: args.targets.iter().cloned().map(resolve).collect::<anyhow::Result<_>>()?,
         baseline: args.baseline.clone().map(resolve).transpose()?,
@@ -468,6 +493,15 @@ struct AgentArgs {
     /// `/readyz` (200 once attached with outputs initialised).
     #[arg(long, env = "CAPTURE_METRICS", value_parser = parse_metrics_addr)]
     metrics: Option<SocketAddr>,
+
+    /// Also capture HTTPS as plaintext, at OpenSSL (3.x, dynamically linked) in server
+    /// processes on this host, without terminating TLS: the path of a libssl.so file, or
+    /// `auto` to find the libssl of every running process (also in containers, through
+    /// /proc/PID/root) and of processes that start later. Repeatable. Needs uprobes and
+    /// kernel BTF. Records of such connections carry `tls=1`; their ciphertext is not
+    /// recorded. Go's crypto/tls and statically linked TLS libraries are not supported.
+    #[arg(long = "tls-lib", env = "CAPTURE_TLS_LIB", value_delimiter = ',')]
+    tls_libs: Vec<capture::tls_libs::TlsLibSpec>,
 }
 
 fn parse_metrics_addr(s: &str) -> Result<SocketAddr, String> {
@@ -571,11 +605,12 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         stream_log: args.stream_log,
         duration: args.duration.map(Duration::from_secs_f64),
         metrics,
+        tls_libs: args.tls_libs,
     };
     let summary = agent::run(config, sinks).context("capture agent")?;
     eprintln!("capture: summary {}", summary.line());
-    for (counter, value) in summary.kernel_losses() {
-        eprintln!("capture: warning: kernel lost data: {}={value}", counter.name());
+    for (name, value) in summary.kernel_losses() {
+        eprintln!("capture: warning: kernel lost data: {name}={value}");
     }
     for (name, s) in &summary.pipeline.sinks {
         if s.records_failed + s.records_dropped + s.records_pending > 0 {

@@ -19,6 +19,7 @@ use crate::reassembly::StreamChunk;
 use crate::record::{clock_ns, Record, RecordContext};
 use crate::segment::Segment;
 use crate::sink::{RecordSink, SinkStats};
+use crate::tls_streams::{TlsStats, TlsStreams};
 
 /// Frames HTTP on every connection and collects the finished messages.
 pub struct HttpLayer {
@@ -189,6 +190,8 @@ pub struct PipelineStats {
     pub table: TableStats,
     pub http: HttpStats,
     pub sinks: Vec<(String, SinkStats)>,
+    /// With TLS capture on.
+    pub tls: Option<TlsStats>,
 }
 
 impl PipelineStats {
@@ -197,6 +200,9 @@ impl PipelineStats {
         let mut out = vec![("decode_errors".to_string(), self.decode_errors)];
         out.extend(self.table.fields().into_iter().map(|(k, v)| (k.to_string(), v)));
         out.extend(self.http.fields().into_iter().map(|(k, v)| (format!("http_{k}"), v)));
+        if let Some(tls) = &self.tls {
+            out.extend(tls.fields());
+        }
         for (i, (_, s)) in self.sinks.iter().enumerate() {
             out.push((format!("output{i}_records_written"), s.records_written));
             out.push((format!("output{i}_bytes_written"), s.bytes_written));
@@ -228,6 +234,8 @@ pub struct OutputHistograms {
 
 pub struct Pipeline {
     table: ConnectionTable,
+    /// TLS plaintext and the ciphertext filter (see `tls_streams`), with TLS capture on.
+    tls: Option<TlsStreams>,
     http: HttpLayer,
     digest: Option<StreamDigest>,
     ctx: RecordContext,
@@ -240,6 +248,7 @@ impl Pipeline {
     pub fn new(limits: TableLimits, http: HttpConfig, ctx: RecordContext, sinks: Vec<Box<dyn RecordSink>>) -> Self {
         Pipeline {
             table: ConnectionTable::new(limits),
+            tls: None,
             http: HttpLayer::new(http),
             digest: None,
             ctx,
@@ -261,15 +270,28 @@ impl Pipeline {
         self
     }
 
+    /// Also rebuild TLS plaintext segments (their own connections, same HTTP layer),
+    /// and keep TLS ciphertext on the TCP path from the framer.
+    pub fn with_tls(mut self, limits: TableLimits) -> Self {
+        self.tls = Some(TlsStreams::new(limits, self.table.ids()));
+        self
+    }
+
     pub fn on_segment(&mut self, seg: Segment) {
         let mut fan = Fanout { http: &mut self.http, digest: self.digest.as_mut() };
-        self.table.on_segment(seg, &mut fan);
+        match &mut self.tls {
+            Some(tls) => tls.on_segment(seg, &mut self.table, &mut fan),
+            None => self.table.on_segment(seg, &mut fan),
+        }
         self.emit();
     }
 
     pub fn on_tick(&mut self, now_ns: u64) {
         let mut fan = Fanout { http: &mut self.http, digest: self.digest.as_mut() };
-        self.table.on_tick(now_ns, &mut fan);
+        match &mut self.tls {
+            Some(tls) => tls.on_tick(now_ns, &mut self.table, &mut fan),
+            None => self.table.on_tick(now_ns, &mut fan),
+        }
         self.emit();
         self.flush();
     }
@@ -277,7 +299,10 @@ impl Pipeline {
     /// Closes every connection and closes the sinks (each bounded by its own timeout).
     pub fn shutdown(&mut self, now_ns: u64) {
         let mut fan = Fanout { http: &mut self.http, digest: self.digest.as_mut() };
-        self.table.close_all(now_ns, &mut fan);
+        match &mut self.tls {
+            Some(tls) => tls.close_all(now_ns, &mut self.table, &mut fan),
+            None => self.table.close_all(now_ns, &mut fan),
+        }
         self.emit();
         for out in &mut self.outputs {
             if let Err(e) = out.sink.close() {
@@ -326,6 +351,7 @@ impl Pipeline {
             table,
             http: self.http.stats.clone(),
             sinks: self.outputs.iter().map(|o| (o.sink.describe(), o.sink.stats())).collect(),
+            tls: self.tls.as_ref().map(TlsStreams::stats),
         }
     }
 
@@ -341,7 +367,7 @@ mod tests {
 
     fn conn(n: u16) -> ConnectionInfo {
         let ip = std::net::IpAddr::from([10, 0, 0, 1]);
-        ConnectionInfo { id: n as u64, flow: FlowKey::new(ip, 40000 + n, ip, 80), ifindex: 1, opened_ns: 0, saw_syn: true }
+        ConnectionInfo { id: n as u64, flow: FlowKey::new(ip, 40000 + n, ip, 80), ifindex: 1, opened_ns: 0, saw_syn: true, tls: false }
     }
 
     fn data(layer: &mut HttpLayer, c: &ConnectionInfo, dir: Direction, bytes: &[u8]) {

@@ -162,7 +162,7 @@ impl Record {
     /// Builds a record from a framed message of connection `conn` (moving its bytes).
     pub fn from_message(msg: HttpMessage, conn: &ConnectionInfo, ctx: &RecordContext) -> Record {
         let (run, to_wall) = (ctx.run, |t| ctx.to_wall(t));
-        let (client, server, ifindex, node) = (conn.flow.client, conn.flow.server, conn.ifindex, &ctx.node);
+        let (client, server, ifindex, node, tls) = (conn.flow.client, conn.flow.server, conn.ifindex, &ctx.node, conn.tls);
         let conn = conn.id;
         let latency_ns = match msg.kind {
             MessageKind::Request => msg.end_ns.saturating_sub(msg.start_ns),
@@ -193,7 +193,7 @@ impl Record {
                 paired: msg.paired,
                 ambiguous: None,
                 redacted: false,
-                tls: false,
+                tls,
                 part: None,
             },
         }
@@ -481,6 +481,7 @@ mod tests {
             ifindex: 1,
             opened_ns: 0,
             saw_syn: true,
+            tls: false,
         };
         let req = Record::from_message(message(MessageKind::Request, b"GET / HTTP/1.1\r\n\r\n"), &conn, &ctx);
         let resp = Record::from_message(message(MessageKind::Response, b"HTTP/1.1 200 OK\r\n\r\n"), &conn, &ctx);
@@ -509,7 +510,7 @@ mod tests {
     fn conn() -> ConnectionInfo {
         let client: SocketAddr = "[fd00::2]:40000".parse().unwrap();
         let server: SocketAddr = "[fd00::1]:80".parse().unwrap();
-        ConnectionInfo { id: 1, flow: crate::flow::FlowKey { client, server }, ifindex: 1, opened_ns: 0, saw_syn: true }
+        ConnectionInfo { id: 1, flow: crate::flow::FlowKey { client, server }, ifindex: 1, opened_ns: 0, saw_syn: true, tls: false }
     }
 
     fn gor_file(records: &[&Record]) -> Vec<u8> {

@@ -51,6 +51,9 @@ enum Task {
         /// Skip the Kafka variant (no tansu needed).
         #[arg(long)]
         no_kafka: bool,
+        /// Skip the HTTPS variant (nginx TLS, wrk over https, agent with --tls-lib).
+        #[arg(long)]
+        no_https: bool,
     },
     /// Build the container image `localhost/capture:<version>` from deploy/Containerfile
     /// with podman (root; makes the Debian builder base with mmdebstrap the first time).
@@ -74,6 +77,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("tcpdump", "tcpdump"),
     ("python3", "python3"),
+    // Self-signed certificates for the HTTPS tests and benchmark.
+    ("openssl", "openssl"),
     // Renders the replay HTML report in a test (screenshot).
     ("chromium", "chromium"),
 
@@ -116,13 +121,13 @@ fn main() -> Result<()> {
             let status = Command::new(&bin).args(&args).status().with_context(|| format!("running {}", bin.display()))?;
             std::process::exit(status.code().unwrap_or(1));
         }
-        Task::Bench { duration, repeats, connections, no_kafka } => {
+        Task::Bench { duration, repeats, connections, no_kafka, no_https } => {
             ensure_apt_packages()?;
             if !no_kafka {
                 ensure_kafka_test_tools()?;
             }
             build_all(&root)?;
-            bench::bench(&root, bench::BenchOptions { duration_s: duration, repeats: repeats.max(1), kafka: !no_kafka, connections })?;
+            bench::bench(&root, bench::BenchOptions { duration_s: duration, repeats: repeats.max(1), kafka: !no_kafka, connections, https: !no_https })?;
         }
         Task::Test { args } => {
             ensure_apt_packages()?;

@@ -211,6 +211,11 @@ impl KernelCapture {
         })
     }
 
+    /// The loaded object, for the TLS probes (`kernel::tls`) that live in it too.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
     /// `Tcx` or `Netlink`.
     pub fn mode(&self) -> AttachMode {
         self.mode

@@ -671,6 +671,7 @@ mod tests {
             flags,
             ts_ns,
             ifindex: 1,
+            tls: false,
             data: bytes::Bytes::copy_from_slice(data),
         };
         vec![

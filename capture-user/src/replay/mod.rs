@@ -15,6 +15,7 @@ pub mod request;
 pub mod safety;
 pub mod schedule;
 pub mod target;
+pub mod tls;
 
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;

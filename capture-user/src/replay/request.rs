@@ -6,20 +6,24 @@ use std::fmt;
 
 use crate::http::message::Request;
 
-/// A target base URL: `http://host[:port]`.
+/// A target base URL: `http://host[:port]` or `https://host[:port]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TargetUrl {
     pub host: String,
     pub port: u16,
     /// `host[:port]` as written, for the Host header.
     pub authority: String,
+    /// `https://`: requests go over TLS (rustls), with the host as SNI.
+    pub tls: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TargetError {
-    #[error("target {0:?}: only http:// targets are supported (TLS is not built in yet)")]
+    /// A scheme other than http and https.
+    #[error("target {0:?}: only http:// and https:// targets are supported")]
     Scheme(String),
-    #[error("target {0:?}: expected http://host[:port]")]
+    /// No host, a path, or a bad port.
+    #[error("target {0:?}: expected http://host[:port] or https://host[:port]")]
     Bad(String),
 }
 
@@ -27,8 +31,10 @@ impl std::str::FromStr for TargetUrl {
     type Err = TargetError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let Some(rest) = s.strip_prefix("http://") else {
-            return Err(if s.contains("://") { TargetError::Scheme(s.into()) } else { TargetError::Bad(s.into()) });
+        let (rest, tls, default_port) = match (s.strip_prefix("http://"), s.strip_prefix("https://")) {
+            (Some(rest), _) => (rest, false, 80),
+            (_, Some(rest)) => (rest, true, 443),
+            _ => return Err(if s.contains("://") { TargetError::Scheme(s.into()) } else { TargetError::Bad(s.into()) }),
         };
         let authority = rest.trim_end_matches('/');
         if authority.is_empty() || authority.contains('/') {
@@ -37,19 +43,19 @@ impl std::str::FromStr for TargetUrl {
         let (host, port) = match authority.rsplit_once(':') {
             // [v6]:port or host:port; a bare IPv6 without brackets is not accepted.
             Some((h, p)) if !h.ends_with(':') => (h, p.parse().map_err(|_| TargetError::Bad(s.into()))?),
-            _ => (authority, 80),
+            _ => (authority, default_port),
         };
         let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
         if host.is_empty() {
             return Err(TargetError::Bad(s.into()));
         }
-        Ok(TargetUrl { host, port, authority: authority.to_string() })
+        Ok(TargetUrl { host, port, authority: authority.to_string(), tls })
     }
 }
 
 impl fmt::Display for TargetUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}", self.authority)
+        write!(f, "{}://{}", if self.tls { "https" } else { "http" }, self.authority)
     }
 }
 
@@ -141,7 +147,10 @@ mod tests {
         let t: TargetUrl = "http://[::1]:9000".parse().unwrap();
         assert_eq!((t.host.as_str(), t.port), ("::1", 9000));
         assert_eq!("http://x".parse::<TargetUrl>().unwrap().port, 80);
-        assert_eq!("https://x".parse::<TargetUrl>(), Err(TargetError::Scheme("https://x".into())));
+        let t: TargetUrl = "https://candidate.example".parse().unwrap();
+        assert_eq!((t.host.as_str(), t.port, t.tls, t.to_string().as_str()), ("candidate.example", 443, true, "https://candidate.example"));
+        assert!(!"http://x".parse::<TargetUrl>().unwrap().tls);
+        assert_eq!("ftp://x".parse::<TargetUrl>(), Err(TargetError::Scheme("ftp://x".into())));
         assert!("x:80".parse::<TargetUrl>().is_err());
         assert!("http://x:80/path".parse::<TargetUrl>().is_err());
     }

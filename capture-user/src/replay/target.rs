@@ -13,15 +13,17 @@
 //! round-trip time (kernel `TCP_INFO`): what the capture measures on the server
 //! (request's last byte in, response's first byte out).
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::flow::Direction;
 use crate::http::{HttpConfig, HttpConnection, HttpMessage, HttpStats, MessageKind};
 
 use super::request::TargetUrl;
+use super::tls::{self, Stream};
 
 /// Response bytes kept per exchange; a longer response is compared in part.
 pub const MAX_RESPONSE_BYTES: usize = 64 << 20;
@@ -35,6 +37,8 @@ const LAST_WRITE: usize = 16 * 1024;
 pub struct Target {
     pub url: TargetUrl,
     pub addrs: Vec<SocketAddr>,
+    /// `https://` targets: the TLS client configuration (see `replay::tls`).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Target {
@@ -43,7 +47,15 @@ impl Target {
         if addrs.is_empty() {
             return Err(std::io::Error::new(ErrorKind::NotFound, format!("{url}: the host resolves to no address")));
         }
-        Ok(Target { url, addrs })
+        Ok(Target { url, addrs, tls: None })
+    }
+
+    /// Uses `config` for this target if it is an `https://` one.
+    pub fn with_tls(mut self, config: Arc<rustls::ClientConfig>) -> Target {
+        if self.url.tls {
+            self.tls = Some(config);
+        }
+        self
     }
 }
 
@@ -64,6 +76,9 @@ pub enum SendError {
     /// No connection (refused, unreachable, ...): nothing was sent.
     #[error("connect: {0}")]
     Connect(std::io::Error),
+    /// The TLS handshake with an `https://` target failed: nothing was sent.
+    #[error("tls: {0}")]
+    Handshake(std::io::Error),
     /// The target did not take the whole request before the deadline.
     #[error("write: the request was not taken within {0:?} (the target may have part of it)")]
     WriteTimeout(Duration),
@@ -81,7 +96,7 @@ pub enum SendError {
 
 /// An open connection to a target.
 struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     framer: HttpConnection,
 }
 
@@ -103,12 +118,16 @@ impl Connections {
     /// `timeout` for the exchange.
     pub fn send(&mut self, index: usize, target: &Target, captured: &str, request: &[u8], timeout: Duration) -> Result<Answer, SendError> {
         let key = (captured.to_string(), index);
-        if self.conns.get(&key).is_some_and(|c| !still_open(&c.stream)) {
+        if self.conns.get_mut(&key).is_some_and(|c| !c.stream.still_open()) {
             self.conns.remove(&key);
             self.reopened += 1;
         }
         if !self.conns.contains_key(&key) {
-            let stream = connect(&target.addrs, timeout)?;
+            let tcp = connect(&target.addrs, timeout)?;
+            let stream = match &target.tls {
+                Some(config) => tls::handshake(tcp, config.clone(), &target.url.host, timeout).map_err(SendError::Handshake)?,
+                None => Stream::Plain(tcp),
+            };
             let framer = HttpConnection::new(HttpConfig { max_message_bytes: MAX_RESPONSE_BYTES, ..HttpConfig::default() });
             self.conns.insert(key.clone(), Conn { stream, framer });
         }
@@ -149,7 +168,7 @@ fn connect(addrs: &[SocketAddr], timeout: Duration) -> Result<TcpStream, SendErr
 
 /// Whether an idle keep-alive connection can take a request: the target has neither
 /// closed it nor sent anything unasked (an unasked 408 would pass for the next answer).
-fn still_open(stream: &TcpStream) -> bool {
+pub(super) fn still_open(stream: &TcpStream) -> bool {
     if stream.set_nonblocking(true).is_err() {
         return false;
     }
@@ -162,10 +181,10 @@ fn left(deadline: Instant) -> Option<Duration> {
     deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())
 }
 
-fn write_until(stream: &mut TcpStream, mut bytes: &[u8], deadline: Instant, timeout: Duration) -> Result<(), SendError> {
+fn write_until(stream: &mut Stream, mut bytes: &[u8], deadline: Instant, timeout: Duration) -> Result<(), SendError> {
     while !bytes.is_empty() {
         let left = left(deadline).ok_or(SendError::WriteTimeout(timeout))?;
-        stream.set_write_timeout(Some(left)).map_err(SendError::Write)?;
+        stream.tcp().set_write_timeout(Some(left)).map_err(SendError::Write)?;
         match stream.write(bytes) {
             Ok(0) => return Err(SendError::Write(ErrorKind::WriteZero.into())),
             Ok(n) => bytes = &bytes[n..],
@@ -194,7 +213,7 @@ fn enable_receive_timestamps(stream: &TcpStream) {
 
 /// Reads like `read`, and returns the kernel's arrival time of the data read (of its
 /// last segment; read 1 byte to get the first one's) when the kernel gave one.
-fn read_timestamped(stream: &TcpStream, buf: &mut [u8]) -> std::io::Result<(usize, Option<SystemTime>)> {
+pub(super) fn read_timestamped(stream: &TcpStream, buf: &mut [u8]) -> std::io::Result<(usize, Option<SystemTime>)> {
     let mut iov = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() };
     // u64s: aligned for cmsghdr.
     let mut control = [0u64; 16];
@@ -266,10 +285,10 @@ fn exchange(conn: &mut Conn, request: &[u8], timeout: Duration, pause_after_writ
             return Err(SendError::Closed);
         }
         let left = left(deadline).ok_or(SendError::ReadTimeout(timeout))?;
-        conn.stream.set_read_timeout(Some(left)).map_err(SendError::Read)?;
+        conn.stream.tcp().set_read_timeout(Some(left)).map_err(SendError::Read)?;
         let read = match first_byte {
-            // One byte first: its stamp is the first segment's.
-            None => read_timestamped(&conn.stream, &mut buf[..1]),
+            // One byte first: its stamp is the first segment's (TLS: the first record's).
+            None => conn.stream.read_first(&mut buf[..1]),
             Some(_) => conn.stream.read(&mut buf).map(|n| (n, None)),
         };
         match read {
@@ -293,7 +312,7 @@ fn exchange(conn: &mut Conn, request: &[u8], timeout: Duration, pause_after_writ
         }
     };
     let waited = first_byte.unwrap_or_else(|| started.elapsed());
-    let latency = waited.saturating_sub(min_rtt(&conn.stream).unwrap_or_default());
+    let latency = waited.saturating_sub(min_rtt(conn.stream.tcp()).unwrap_or_default());
     let keep = !closed && !conn.framer.is_ignored() && !asks_to_close(&response.bytes);
     Ok((Answer { bytes: response.bytes.to_vec(), truncated: response.truncated, latency }, keep))
 }
@@ -308,9 +327,9 @@ fn asks_to_close(response: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
     use std::net::TcpListener;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
 
     /// A server on 127.0.0.1 that counts the connections it accepts and runs `handle`
     /// on each (in its own thread).

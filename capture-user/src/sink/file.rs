@@ -117,7 +117,7 @@ mod tests {
         use crate::http::{HttpMessage, MessageKind};
         use crate::record::{RecordContext, RunId};
         let addr = "127.0.0.1:1".parse().unwrap();
-        let conn = ConnectionInfo { id: 1, flow: crate::flow::FlowKey { client: addr, server: addr }, ifindex: 1, opened_ns: 0, saw_syn: true };
+        let conn = ConnectionInfo { id: 1, flow: crate::flow::FlowKey { client: addr, server: addr }, ifindex: 1, opened_ns: 0, saw_syn: true, tls: false };
         let ctx = RecordContext { run: RunId(7), node: "n".into(), wall_offset_ns: 0 };
         let msg = HttpMessage {
             kind: MessageKind::Request,

@@ -43,8 +43,9 @@ pub const HEADERS: &[(&str, &str)] = &[
     ("capture-client", "client `ip:port`"),
     ("capture-server", "server `ip:port`"),
     ("capture-node", "node name"),
-    ("capture-iface", "interface the segment was seen on"),
+    ("capture-iface", "interface the segment was seen on (empty for TLS plaintext)"),
     ("capture-truncated", "`1` if the message was cut at --max-message-size, else `0`"),
+    ("capture-tls", "`1` if captured as TLS plaintext at the TLS library (`--tls-lib`), else `0`"),
     ("capture-original-length", "message length on the wire, bytes"),
     ("capture-start-ns", "wall-clock ns of the first byte"),
     ("capture-end-ns", "wall-clock ns of the last byte"),
@@ -319,8 +320,8 @@ impl KafkaSink {
     }
 }
 
-/// Most headers a record carries.
-const MAX_HEADERS: usize = 16;
+/// Most headers a record carries: every one in [`HEADERS`].
+const MAX_HEADERS: usize = HEADERS.len();
 
 /// Builds the metadata headers of a record. Values are formatted into `scratch`
 /// (reused across records; librdkafka copies them), not into one String each.
@@ -347,6 +348,7 @@ pub fn headers(record: &Record, iface: &str, scratch: &mut String) -> OwnedHeade
     add("capture-node", format_args!("{}", m.node));
     add("capture-iface", format_args!("{iface}"));
     add("capture-truncated", format_args!("{}", if m.truncated { "1" } else { "0" }));
+    add("capture-tls", format_args!("{}", if m.tls { "1" } else { "0" }));
     add("capture-original-length", format_args!("{}", m.original_len));
     add("capture-start-ns", format_args!("{}", m.start_ns));
     add("capture-end-ns", format_args!("{}", m.end_ns));
@@ -384,7 +386,8 @@ impl KafkaSink {
         value.clear();
         record.write_header_line(value);
         value.extend_from_slice(&record.payload);
-        let iface = Self::iface_name(&mut self.iface_names, record.meta.ifindex);
+        // TLS plaintext is read at the library, on no interface.
+        let iface = if record.meta.tls { "" } else { Self::iface_name(&mut self.iface_names, record.meta.ifindex) };
         let headers = headers(record, iface, &mut self.header_buf);
         let sent = self.producer.send(
             BaseRecord::with_opaque_to(&self.config.topic, set)
@@ -542,9 +545,11 @@ mod tests {
     #[test]
     fn headers_carry_each_value_exactly() {
         let mut scratch = String::new();
-        let resp = headers(&record(MessageKind::Response, Some(400), Some(200)), "eth0", &mut scratch);
+        let mut tls_record = record(MessageKind::Response, Some(400), Some(200));
+        tls_record.meta.tls = true;
+        let resp = headers(&tls_record, "eth0", &mut scratch);
         let req = headers(&record(MessageKind::Request, None, None), "lo", &mut scratch);
-        let want = |extra: &[(&str, &str)], kind: &str, iface: &str| {
+        let want = |extra: &[(&str, &str)], kind: &str, iface: &str, tls: &str| {
             let mut v: Vec<(String, String)> = [
                 ("capture-type", kind),
                 ("capture-connection", "0123456789abcdef00000002"),
@@ -553,6 +558,7 @@ mod tests {
                 ("capture-node", "node-a"),
                 ("capture-iface", iface),
                 ("capture-truncated", "1"),
+                ("capture-tls", tls),
                 ("capture-original-length", "1000001"),
                 ("capture-start-ns", "1000"),
                 ("capture-end-ns", "2000"),
@@ -564,10 +570,10 @@ mod tests {
             v.extend([("capture-method".into(), "GET".into()), ("capture-target".into(), "/a?b=ü".into())]);
             v
         };
-        let mut want_resp = want(&[("capture-request-start-ns", "400"), ("capture-request-end-ns", "401")], "response", "eth0");
+        let mut want_resp = want(&[("capture-request-start-ns", "400"), ("capture-request-end-ns", "401")], "response", "eth0", "1");
         want_resp.push(("capture-status".into(), "200".into()));
         assert_eq!(pairs(&resp), want_resp);
-        assert_eq!(pairs(&req), want(&[], "request", "lo"));
+        assert_eq!(pairs(&req), want(&[], "request", "lo", "0"));
     }
 
     /// A record larger than the part size leaves as continuation records and is
@@ -608,6 +614,21 @@ mod tests {
         let h = pairs(&headers(&rec, "lo", &mut scratch));
         assert_eq!(h.last().unwrap(), &("capture-part".to_string(), "2/3".to_string()));
         assert!(rec.header_line().ends_with(" part=2/3\n"));
+    }
+
+    /// Regression: capture-tls and capture-part both arrived in one merge and a TLS
+    /// continuation record carried one header more than the room for them (a panic in
+    /// the pipeline thread).
+    #[test]
+    fn a_tls_continuation_response_carries_every_header() {
+        let mut rec = record(MessageKind::Response, Some(400), Some(200));
+        rec.meta.tls = true;
+        rec.meta.part = Some((1, 2));
+        let mut scratch = String::new();
+        let h = pairs(&headers(&rec, "", &mut scratch));
+        let names: Vec<&str> = h.iter().map(|(k, _)| k.as_str()).collect();
+        let all: Vec<&str> = HEADERS.iter().map(|(k, _)| *k).collect();
+        assert_eq!(names, all);
     }
 
     #[test]
