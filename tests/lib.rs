@@ -563,6 +563,11 @@ pub struct Nginx {
 
 impl Nginx {
     pub fn start(ns: &str, port: u16, dir: &TempDir) -> Nginx {
+        Self::start_with(ns, port, dir, "")
+    }
+
+    /// Like `start`, with more directives inside the `server` block (e.g. locations).
+    pub fn start_with(ns: &str, port: u16, dir: &TempDir, server_extra: &str) -> Nginx {
         let www = dir.path("www");
         std::fs::create_dir_all(&www).unwrap();
         std::fs::write(www.join("index.html"), "hello from nginx\n").unwrap();
@@ -576,7 +581,7 @@ impl Nginx {
                 "daemon off;\nuser root;\nworker_processes 1;\npid {pid};\nerror_log {err} warn;\n\
                  events {{ worker_connections 1024; }}\n\
                  http {{\n  access_log {log};\n  keepalive_requests 100000;\n  if_modified_since before;\n  client_body_temp_path {tmp};\n\
-                   server {{ listen {port}; listen [::]:{port}; root {www}; location /__probe {{ return 204; }} }}\n}}\n",
+                   server {{ listen {port}; listen [::]:{port}; root {www}; location /__probe {{ return 204; }} {server_extra} }}\n}}\n",
                 pid = dir.path("nginx.pid").display(),
                 err = dir.path("error.log").display(),
                 log = access_log.display(),

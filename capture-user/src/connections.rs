@@ -88,6 +88,13 @@ pub struct TableStats {
     pub closed_shutdown: u64,
     /// Segments that belonged to no connection and could not open one (bare FIN/RST/ACK).
     pub orphan_segments: u64,
+    /// Of `closed_reused`: a segment's sequence number could not belong to the
+    /// connection (after its FIN, before its SYN, or far ahead): a new connection on the
+    /// same 4-tuple whose SYN was not seen.
+    pub reused_without_syn: u64,
+    /// Directions closed without their FIN (idle, evicted, reused, shutdown): bytes lost
+    /// after the last one seen, if any were sent, are in no stream counter.
+    pub unknown_ends: u64,
     pub hole_timeouts: u64,
     pub memory_pressure_flushes: u64,
     /// Stream counters of closed connections.
@@ -106,6 +113,7 @@ impl TableStats {
             ("connections_closed_reused", self.closed_reused),
             ("connections_closed_evicted", self.closed_evicted),
             ("connections_closed_shutdown", self.closed_shutdown),
+            ("connections_reused_without_syn", self.reused_without_syn),
             ("orphan_segments", self.orphan_segments),
             ("hole_timeouts", self.hole_timeouts),
             ("memory_pressure_flushes", self.memory_pressure_flushes),
@@ -114,6 +122,8 @@ impl TableStats {
             ("stream_duplicate_bytes", self.streams.duplicate_bytes),
             ("stream_gaps", self.streams.gaps),
             ("stream_gap_bytes", self.streams.gap_bytes),
+            ("stream_unknown_starts", self.streams.unknown_starts),
+            ("stream_unknown_ends", self.unknown_ends),
         ]
     }
 }
@@ -126,6 +136,7 @@ fn add_stream_stats(total: &mut StreamStats, s: &StreamStats) {
     total.gaps += s.gaps;
     total.gap_bytes += s.gap_bytes;
     total.forced_gaps += s.forced_gaps;
+    total.unknown_starts += s.unknown_starts;
 }
 
 struct Connection {
@@ -134,6 +145,31 @@ struct Connection {
     last_seen_ns: u64,
     /// Client ISN when the SYN was seen, to tell a retransmitted SYN from port reuse.
     client_isn: Option<u32>,
+}
+
+impl Connection {
+    /// The segment belongs to another connection on the same 4-tuple: a server SYN
+    /// with another ISN; data or a FIN after this direction's FIN, before its SYN or far
+    /// ahead; or a segment that would leave a hole after the other side closed (an HTTP
+    /// client sends no new request on a connection the server closed).
+    fn is_foreign(&self, seg: &Segment) -> bool {
+        let stream = &self.streams[seg.direction.index()];
+        if seg.syn() && seg.direction == Direction::ServerToClient && !stream.fits_syn(seg.segment_seq) {
+            return true;
+        }
+        // A SYN occupies one sequence number; its payload (TFO) starts after it.
+        let first = if seg.syn() { seg.segment_seq.wrapping_add(1) } else { seg.segment_seq };
+        let fits = if !seg.data.is_empty() {
+            let data_seq = if seg.syn() { seg.seq.wrapping_add(1) } else { seg.seq };
+            stream.accepts(data_seq, seg.data.len())
+        } else if seg.fin() {
+            stream.accepts_fin(if seg.syn() { seg.end_seq().wrapping_add(1) } else { seg.end_seq() })
+        } else {
+            return false;
+        };
+        let other_closed = self.streams[1 - seg.direction.index()].saw_fin();
+        !fits || (other_closed && stream.starts_ahead(first))
+    }
 }
 
 pub struct ConnectionTable {
@@ -186,6 +222,13 @@ impl ConnectionTable {
                     self.close(seg.flow, CloseReason::Reused, seg.ts_ns, sink);
                 }
             }
+        }
+        // A segment that cannot belong to the connection on this 4-tuple starts a new
+        // one whose client SYN was not seen: fed to the old one, its bytes would become
+        // a phantom gap (a reused 4-tuple's ISN is only ~16 MB/s ahead on Linux).
+        if self.conns.get(&seg.flow).is_some_and(|c| c.is_foreign(&seg)) {
+            self.stats.reused_without_syn += 1;
+            self.close(seg.flow, CloseReason::Reused, seg.ts_ns, sink);
         }
         if !self.conns.contains_key(&seg.flow) {
             if !client_syn && seg.data.is_empty() && !seg.syn() {
@@ -270,6 +313,9 @@ impl ConnectionTable {
 
     fn close(&mut self, key: FlowKey, reason: CloseReason, ts_ns: u64, sink: &mut dyn StreamSink) {
         let Some(mut conn) = self.conns.remove(&key) else { return };
+        if reason != CloseReason::Reset {
+            self.stats.unknown_ends += conn.streams.iter().filter(|s| !s.saw_fin()).count() as u64;
+        }
         for dir in [Direction::ClientToServer, Direction::ServerToClient] {
             self.total_buffered -= conn.streams[dir.index()].buffered_bytes();
             conn.streams[dir.index()].flush(&mut self.chunks);
@@ -357,6 +403,7 @@ mod tests {
         opened: Vec<ConnectionId>,
         data: HashMap<(ConnectionId, usize), Vec<u8>>,
         gaps: HashMap<(ConnectionId, usize), u64>,
+        unknown_starts: HashMap<(ConnectionId, usize), u64>,
         closed: Vec<(ConnectionId, CloseReason)>,
     }
 
@@ -370,6 +417,7 @@ mod tests {
                     self.data.entry((conn.id, dir.index())).or_default().extend_from_slice(&bytes)
                 }
                 StreamChunk::Gap { len } => *self.gaps.entry((conn.id, dir.index())).or_default() += len,
+                StreamChunk::UnknownStart => *self.unknown_starts.entry((conn.id, dir.index())).or_default() += 1,
             }
         }
         fn on_close(&mut self, conn: &ConnectionInfo, reason: CloseReason, _ts: u64) {
@@ -482,6 +530,64 @@ mod tests {
         assert_eq!(t.stats().hole_timeouts, 1);
         t.on_tick(2_000, &mut r);
         assert_eq!(r.closed, vec![(1, CloseReason::Idle)]);
+    }
+
+    /// Issue 10, finding 1: a 4-tuple reused by a new connection whose SYN was lost
+    /// fed the new connection's bytes to the old one: counted as a gap of up to 2 GiB
+    /// that never happened (or as duplicates). They start a new connection instead.
+    #[test]
+    fn new_connection_without_syn_on_a_reused_tuple_is_not_a_phantom_gap() {
+        let mut t = ConnectionTable::new(TableLimits::default());
+        let mut r = Recorder::default();
+        t.on_segment(seg(1, C2S, 1000, TCP_SYN, b"", 1), &mut r);
+        t.on_segment(seg(1, S2C, 5000, TCP_SYN | TCP_ACK, b"", 1), &mut r);
+        t.on_segment(seg(1, C2S, 1001, TCP_ACK, b"GET / HTTP/1.1\r\n\r\n", 2), &mut r);
+        t.on_segment(seg(1, S2C, 5001, TCP_FIN | TCP_ACK, b"HTTP/1.1 200 OK\r\n\r\n", 3), &mut r);
+        // The client's FIN and the next connection's SYN were lost: its data comes
+        // with other sequence numbers (after the server's FIN, and far ahead).
+        t.on_segment(seg(1, C2S, 900_000_000, TCP_ACK, b"GET /new HTTP/1.1\r\n\r\n", 4), &mut r);
+        t.on_segment(seg(1, S2C, 77_000, TCP_ACK, b"HTTP/1.1 204 No\r\n\r\n", 5), &mut r);
+        assert_eq!(r.closed, vec![(1, CloseReason::Reused)]);
+        assert_eq!(r.data[&(2, 0)], b"GET /new HTTP/1.1\r\n\r\n");
+        assert_eq!(r.data[&(2, 1)], b"HTTP/1.1 204 No\r\n\r\n");
+        assert_eq!((r.unknown_starts[&(2, 0)], r.unknown_starts[&(2, 1)]), (1, 1));
+        assert!(r.gaps.is_empty(), "no phantom gap: {:?}", r.gaps);
+        t.close_all(6, &mut r);
+        assert_eq!(t.stats().reused_without_syn, 1);
+        assert_eq!(t.stats().streams.gap_bytes, 0);
+        assert_eq!(t.stats().streams.duplicate_bytes, 0);
+        assert_eq!(t.stats().streams.unknown_starts, 2);
+        assert_eq!(t.stats().unknown_ends, 3, "the old connection's client side, both of the new one's");
+        // Linux puts a reused 4-tuple's ISN only ~16 MB/s ahead: after the server closed,
+        // a request that would leave a hole is the next connection's.
+        let mut t = ConnectionTable::new(TableLimits::default());
+        let mut r = Recorder::default();
+        t.on_segment(seg(3, C2S, 1000, TCP_SYN, b"", 1), &mut r);
+        t.on_segment(seg(3, C2S, 1001, TCP_ACK, b"GET / HTTP/1.1\r\n\r\n", 2), &mut r);
+        t.on_segment(seg(3, S2C, 5000, TCP_SYN | TCP_ACK, b"", 2), &mut r);
+        t.on_segment(seg(3, S2C, 5001, TCP_FIN | TCP_ACK, b"HTTP/1.1 200 OK\r\n\r\n", 3), &mut r);
+        t.on_segment(seg(3, C2S, 11_834_000, TCP_ACK, b"GET /next HTTP/1.1\r\n\r\n", 4), &mut r);
+        assert_eq!(t.stats().reused_without_syn, 1);
+        // ... and so is a FIN after the other side's FIN that would leave a hole.
+        t.on_segment(seg(5, C2S, 1000, TCP_SYN, b"", 5), &mut r);
+        t.on_segment(seg(5, S2C, 7000, TCP_SYN | TCP_ACK, b"", 5), &mut r);
+        t.on_segment(seg(5, S2C, 7001, TCP_FIN | TCP_ACK, b"", 5), &mut r);
+        t.on_segment(seg(5, C2S, 3_000_000, TCP_FIN | TCP_ACK, b"", 5), &mut r);
+        assert_eq!(t.stats().reused_without_syn, 2);
+        // A server SYN with another ISN is a new connection too (its client SYN was lost).
+        t.on_segment(seg(4, C2S, 1000, TCP_SYN, b"", 6), &mut r);
+        t.on_segment(seg(4, S2C, 5000, TCP_SYN | TCP_ACK, b"", 6), &mut r);
+        t.on_segment(seg(4, S2C, 5000, TCP_SYN | TCP_ACK, b"", 7), &mut r);
+        assert_eq!(t.stats().reused_without_syn, 2, "a retransmitted SYN-ACK is the same connection");
+        t.on_segment(seg(4, S2C, 9_000_000, TCP_SYN | TCP_ACK, b"", 8), &mut r);
+        assert_eq!(t.stats().reused_without_syn, 3);
+        t.close_all(9, &mut r);
+        assert_eq!(t.stats().streams.gap_bytes, 0);
+        // Data before the SYN is another connection's too.
+        let mut t = ConnectionTable::new(TableLimits::default());
+        t.on_segment(seg(2, C2S, 3_000_000_000, TCP_SYN, b"", 1), &mut r);
+        t.on_segment(seg(2, C2S, 1_000_000, TCP_ACK, b"GET", 2), &mut r);
+        assert_eq!(t.stats().reused_without_syn, 1);
     }
 
     #[test]

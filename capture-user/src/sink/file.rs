@@ -126,6 +126,7 @@ mod tests {
             bytes: bytes::Bytes::from(vec![b'x'; 100]),
             original_len: 100,
             truncated: false,
+            ambiguous: None,
             start_ns: 1,
             end_ns: 2,
             request_start_ns: None,
