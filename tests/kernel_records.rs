@@ -32,9 +32,9 @@ struct PairCheck {
 }
 
 /// nginx echoes each request's path in its body; wrk sends unique paths (with
-/// `wrk_extra` arguments) through a tiny ring, so the agent loses most events.
+/// `wrk_extra` arguments) through a tiny ring, so the agent loses many events.
 /// Returns the agent's counters and the checked pairs.
-fn ring_overflow(tag: &str, wrk_extra: &str) -> (HashMap<String, u64>, PairCheck) {
+fn ring_overflow(tag: &str, ring_size: &str, wrk_extra: &str) -> (HashMap<String, u64>, PairCheck) {
     assert!(have("wrk"), "wrk is required: cargo xtask test installs it");
     let net = NetPair::new();
     let dir = TempDir::new(tag);
@@ -48,7 +48,7 @@ fn ring_overflow(tag: &str, wrk_extra: &str) -> (HashMap<String, u64>, PairCheck
          function request() n = n + 1; return wrk.format(\"GET\", \"/echo/\" .. tid .. \"-\" .. n) end\n",
     )
     .unwrap();
-    let mut agent = Agent::start(&net.server_ns, &net.server_if, &[PORT], &dir, &["--no-stream-log", "--ring-size", "64KiB"]);
+    let mut agent = Agent::start(&net.server_ns, &net.server_if, &[PORT], &dir, &["--no-stream-log", "--ring-size", ring_size]);
     let url = format!("http://{}:{PORT}/", net.server_v4);
     let wrk = sh(&format!("ip netns exec {} wrk -t 2 -c 20 -d 3s {wrk_extra} -s {} {url}", net.client_ns, script.display()));
     let counters = summary(&agent.stop());
@@ -112,7 +112,7 @@ fn mispairing_after_loss_ring_overflow_writes_no_wrong_pair() {
     if !kernel_tests_enabled("mispairing_after_loss_ring_overflow_writes_no_wrong_pair") {
         return;
     }
-    let (_, check) = ring_overflow("keepalive", "");
+    let (_, check) = ring_overflow("keepalive", "64KiB", "");
     assert_eq!(check.wrong, 0, "responses written paired with another request's exchange");
     assert!(check.paired > check.flagged, "pairing resumes after losses");
 }
@@ -125,7 +125,209 @@ fn mispairing_after_loss_with_new_connections_writes_no_wrong_pair_and_no_phanto
     if !kernel_tests_enabled("mispairing_after_loss_with_new_connections_writes_no_wrong_pair_and_no_phantom_gap") {
         return;
     }
-    let (_, check) = ring_overflow("close", "-H 'Connection: close'");
+    let (_, check) = ring_overflow("close", "16KiB", "-H 'Connection: close'");
     assert_eq!(check.wrong, 0, "responses written paired with another request's exchange");
     assert!(check.paired > 0, "pairing works on new connections");
+}
+
+/// A tmpfs of `mb` megabytes mounted on a fresh directory, unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &TempDir, mb: u32) -> Tmpfs {
+        let path = dir.path("disk");
+        std::fs::create_dir_all(&path).unwrap();
+        sh(&format!("mount -t tmpfs -o size={mb}m,mode=0755 capture-test {}", path.display()));
+        Tmpfs(path)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Scans a `.gor` file the way a reader that trusts `len` does: counts the records
+/// that are whole (header, `len` payload bytes, separator) and the torn ones (then
+/// resumes at the next line that starts a whole record).
+fn scan_records(data: &[u8]) -> (Vec<GorRecord>, usize) {
+    let (mut whole, mut torn) = (Vec::new(), 0);
+    let mut pos = 0;
+    while pos < data.len() {
+        let rest = &data[pos..];
+        let record_len = |rest: &[u8]| -> Option<usize> {
+            let nl = rest.iter().position(|&b| b == b'\n')?;
+            let header = std::str::from_utf8(&rest[..nl]).ok()?;
+            let len: usize = header.split(' ').find_map(|t| t.strip_prefix("len="))?.parse().ok()?;
+            let end = nl + 1 + len;
+            (rest.len() >= end + SEPARATOR.len() && rest[end..].starts_with(SEPARATOR)).then_some(end + SEPARATOR.len())
+        };
+        match record_len(rest) {
+            Some(n) => {
+                whole.extend(parse_gor(&rest[..n]));
+                pos += n;
+            }
+            None => {
+                torn += 1;
+                let next = (1..rest.len()).find(|&i| rest[i - 1] == b'\n' && record_len(&rest[i..]).is_some());
+                match next {
+                    Some(i) => pos += i,
+                    None => break,
+                }
+            }
+        }
+    }
+    (whole, torn)
+}
+
+/// Issue 10, finding 2: on a full disk, record headers were written without their
+/// payload, the next record was glued on, and the swallowed records were counted
+/// written (160 torn records on a 20 MB tmpfs). Every record on disk must be whole,
+/// and written + failed must add up to the records produced, across the recovery
+/// when space frees up.
+#[test]
+fn torn_records_on_a_full_disk_never_reach_the_file() {
+    if !kernel_tests_enabled("torn_records_on_a_full_disk_never_reach_the_file") {
+        return;
+    }
+    assert!(have("ab"), "ab is required: cargo xtask test installs it");
+    let net = NetPair::new();
+    let dir = TempDir::new("fulldisk");
+    let nginx = Nginx::start(&net.server_ns, PORT, &dir);
+    let body: Vec<u8> = (0..10_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    std::fs::write(nginx.www.join("10k.bin"), body).unwrap();
+    let disk = Tmpfs::mount(&dir, 20);
+    let filler = disk.0.join("filler");
+    sh(&format!("head -c 12000000 /dev/zero > {}", filler.display()));
+    let output = disk.0.join("records.gor");
+    let mut agent = Agent::start_to(&net.server_ns, &net.server_if, &[PORT], &dir, &output, &["--no-stream-log"]);
+    let ab = |n: u32| sh(&format!("ip netns exec {} ab -q -k -n {n} -c 4 http://{}:{PORT}/10k.bin > /dev/null", net.client_ns, net.server_v4));
+    // About 15 MB of records into 8 MB of free space.
+    ab(1500);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let freed_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    std::fs::remove_file(&filler).unwrap();
+    // About 5 MB more, into the 12 MB just freed.
+    ab(500);
+    let counters = summary(&agent.stop());
+    let data = std::fs::read(&output).unwrap();
+    let (records, torn) = scan_records(&data);
+    let c = |k: &str| counters.get(k).copied().unwrap_or(0);
+    let produced = c("http_requests") + c("http_responses");
+    let after_recovery = records.iter().filter(|r| r.ts_ns > freed_at).count();
+    eprintln!(
+        "full disk: {} whole and {torn} torn records in the file ({} bytes); produced {produced}, \
+         output0_records_written={} output0_records_failed={} output0_no_space={} output0_bytes_written={}; {after_recovery} records after space was freed",
+        records.len(),
+        data.len(),
+        c("output0_records_written"),
+        c("output0_records_failed"),
+        c("output0_no_space"),
+        c("output0_bytes_written"),
+    );
+    assert!(c("output0_records_failed") > 0, "the disk never filled: this test checked nothing");
+    assert_eq!(torn, 0, "torn records in the file");
+    assert_eq!(records.len() as u64, c("output0_records_written"), "every record counted written is whole on disk");
+    assert_eq!(data.len() as u64, c("output0_bytes_written"));
+    assert_eq!(c("output0_records_written") + c("output0_records_failed"), produced, "written + failed = produced");
+    assert_eq!(c("output0_records_failed"), c("output0_no_space"), "failures are counted by reason");
+    assert!(after_recovery > 500, "writing resumed once space was freed ({after_recovery} records)");
+}
+
+/// Runs `capture agent` (expected to refuse to start; stopped after 20 s if it does
+/// not) and returns (exit code, stderr).
+fn agent_refused(args: &str) -> (i32, String) {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("exec timeout 20 {} agent {args}", capture_bin().display()))
+        .output()
+        .unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// Issue 10, finding 5: an unprivileged user's symlink made the root agent overwrite a
+/// root-owned 0600 file; captures were created 0644; a restart truncated the previous
+/// capture; a non-root start created (or truncated) the file before failing.
+#[test]
+fn unsafe_output_files_are_refused_private_and_never_truncated() {
+    if !kernel_tests_enabled("unsafe_output_files_are_refused_private_and_never_truncated") {
+        return;
+    }
+    let dir = TempDir::new("files");
+    // The symlink attack: a link to a root-only file where the capture goes.
+    let secret = dir.path("secret");
+    std::fs::write(&secret, "root only\n").unwrap();
+    sh(&format!("chmod 600 {}", secret.display()));
+    let link = dir.path("capture.gor");
+    std::os::unix::fs::symlink(&secret, &link).unwrap();
+    let (code, err) = agent_refused(&format!("--iface lo --port 18099 --output file://{}", link.display()));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&link.display().to_string()) && err.contains("symbolic link"), "{err}");
+    assert_eq!(std::fs::read_to_string(&secret).unwrap(), "root only\n");
+
+    // An existing capture is never truncated.
+    let previous = dir.path("previous.gor");
+    std::fs::write(&previous, "an earlier capture\n").unwrap();
+    let (code, err) = agent_refused(&format!("--iface lo --port 18099 --output file://{}", previous.display()));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&previous.display().to_string()) && err.contains("never overwritten"), "{err}");
+    assert_eq!(std::fs::read_to_string(&previous).unwrap(), "an earlier capture\n");
+    // Nor an existing stream log.
+    let (code, err) = agent_refused(&format!(
+        "--iface lo --port 18099 --output file://{} --stream-log {}",
+        dir.path("new.gor").display(),
+        previous.display()
+    ));
+    assert!(code == 1 && err.contains("--stream-log"), "{err}");
+    assert!(!dir.path("new.gor").exists(), "nothing created when the start is refused");
+
+    // A directory others may write to, without the sticky bit, needs consent.
+    let shared = dir.path("shared");
+    std::fs::create_dir(&shared).unwrap();
+    sh(&format!("chmod 777 {}", shared.display()));
+    let (code, err) = agent_refused(&format!("--iface lo --port 18099 --output file://{}/x.gor", shared.display()));
+    assert!(code == 1 && err.contains("--allow-unsafe-dir"), "{err}");
+
+    // A start that cannot capture (not root) creates nothing, in a directory it could write to.
+    let own = dir.path("nobody");
+    std::fs::create_dir(&own).unwrap();
+    sh(&format!("chown 65534:65534 {d} && chmod 755 {d} && chmod 755 {}", dir.0.display(), d = own.display()));
+    let out = own.join("capture.gor");
+    let status = std::process::Command::new("timeout")
+        .args(["20", "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(capture_bin())
+        .args(["agent", "--iface", "lo", "--port", "18099", "--output"])
+        .arg(format!("file://{}", out.display()))
+        .arg("--stream-log")
+        .arg(own.join("streams.log"))
+        .output()
+        .unwrap();
+    assert_eq!(status.status.code(), Some(1), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(std::fs::read_dir(&own).unwrap().next().is_none(), "a non-root start created files");
+}
+
+/// Outputs and the stream log are private by default; `--file-mode` widens them.
+#[test]
+fn unsafe_output_files_modes_default_private() {
+    if !kernel_tests_enabled("unsafe_output_files_modes_default_private") {
+        return;
+    }
+    let net = NetPair::new();
+    let dir = TempDir::new("modes");
+    let _nginx = Nginx::start(&net.server_ns, PORT, &dir);
+    for (extra, want) in [(&[][..], 0o600), (&["--file-mode", "640"][..], 0o640)] {
+        let output = dir.path(&format!("out-{want:o}.gor"));
+        let mut agent = Agent::start_to(&net.server_ns, &net.server_if, &[PORT], &dir, &output, extra);
+        curl_traced(&net, &dir, &format!("m{want:o}"), &format!("http://{}:{PORT}/index.html", net.server_v4));
+        agent.stop();
+        assert_eq!(mode_of(&output), want, "{}", output.display());
+        assert_eq!(mode_of(&agent.stream_log), want, "stream log");
+        assert_eq!(parse_gor(&std::fs::read(&output).unwrap()).len(), 2);
+    }
 }

@@ -14,6 +14,7 @@ use capture_common::Counter;
 use log::{info, warn};
 
 use crate::connections::TableLimits;
+use crate::files::{self, FileOptions};
 use crate::http::HttpConfig;
 use crate::kernel::loader::AttachMode;
 use crate::kernel::ring::RingReader;
@@ -32,6 +33,8 @@ pub struct AgentConfig {
     pub http: HttpConfig,
     pub node: String,
     pub stream_log: Option<PathBuf>,
+    /// How the stream log is created (outputs are created by the caller's opener).
+    pub file_options: FileOptions,
     pub duration: Option<Duration>,
 }
 
@@ -71,18 +74,24 @@ fn own_usage() -> (u64, u64, u64) {
     (ms(ru.ru_utime), ms(ru.ru_stime), ru.ru_maxrss as u64)
 }
 
-pub fn run(config: AgentConfig, sinks: Vec<Box<dyn RecordSink>>) -> anyhow::Result<AgentSummary> {
+/// Runs the agent. `open_outputs` is called once the kernel programs are loaded and
+/// attached: a start that cannot capture (not root, no BPF) creates no file.
+pub fn run(
+    config: AgentConfig,
+    open_outputs: impl FnOnce() -> anyhow::Result<Vec<Box<dyn RecordSink>>>,
+) -> anyhow::Result<AgentSummary> {
+    let mut kernel = KernelCapture::load(&config.interfaces, &config.ports, config.ring_bytes, config.attach)?;
+
     let ctx = RecordContext::new(config.node.clone());
-    let mut pipeline = Pipeline::new(config.limits, config.http, ctx, sinks);
+    let mut pipeline = Pipeline::new(config.limits, config.http, ctx, open_outputs()?);
     if let Some(path) = &config.stream_log {
-        let file = std::fs::File::create(path).with_context(|| format!("creating stream log {}", path.display()))?;
+        let file = files::create_new(path, &config.file_options).context("creating the stream log")?;
         pipeline = pipeline.with_stream_digest(Box::new(file));
     }
     for out in pipeline.describe_outputs() {
         eprintln!("capture: writing records to {out}");
     }
 
-    let mut kernel = KernelCapture::load(&config.interfaces, &config.ports, config.ring_bytes, config.attach)?;
     let ring = kernel.take_ring()?;
     let counter_map = kernel.take_counters()?;
 

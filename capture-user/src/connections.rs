@@ -145,13 +145,16 @@ struct Connection {
     last_seen_ns: u64,
     /// Client ISN when the SYN was seen, to tell a retransmitted SYN from port reuse.
     client_isn: Option<u32>,
+    /// Time of the SYN that anchored each direction (see [`Connection::is_foreign`]).
+    syn_ts: [Option<u64>; 2],
 }
 
 impl Connection {
     /// The segment belongs to another connection on the same 4-tuple: a server SYN
     /// with another ISN; data or a FIN after this direction's FIN, before its SYN or far
-    /// ahead; or a segment that would leave a hole after the other side closed (an HTTP
-    /// client sends no new request on a connection the server closed).
+    /// ahead; a segment that would leave a hole after the other side closed (an HTTP
+    /// client sends no new request on a connection the server closed); or one that
+    /// jumps ahead by as much as the 4-tuple's ISN clock advanced since the SYN.
     fn is_foreign(&self, seg: &Segment) -> bool {
         let stream = &self.streams[seg.direction.index()];
         if seg.syn() && seg.direction == Direction::ServerToClient && !stream.fits_syn(seg.segment_seq) {
@@ -168,7 +171,22 @@ impl Connection {
             return false;
         };
         let other_closed = self.streams[1 - seg.direction.index()].saw_fin();
-        !fits || (other_closed && stream.starts_ahead(first))
+        !fits || (other_closed && stream.starts_ahead(first)) || self.jumps_like_a_new_isn(seg, first)
+    }
+
+    /// Linux (RFC 6528) derives a 4-tuple's ISN from a clock that advances by one
+    /// every 64 ns: a new connection on the tuple, whose SYN was not seen, starts
+    /// about (time since our SYN) / 64 ns ahead of it. A jump of more than 64 KiB that
+    /// lands there is taken as such a connection; a real loss would need this
+    /// connection to have sent about 15.6 MB/s on average since its SYN.
+    fn jumps_like_a_new_isn(&self, seg: &Segment, first: u32) -> bool {
+        const SLACK: i128 = 64 << 10;
+        let dir = seg.direction.index();
+        let (Some(syn_ts), Some((start, next))) = (self.syn_ts[dir], self.streams[dir].offsets(first)) else {
+            return false;
+        };
+        let clock = |ts: u64| (ts.saturating_sub(syn_ts) / 64) as i128;
+        start - next as i128 > SLACK && start >= clock(self.last_seen_ns) - SLACK && start <= clock(seg.ts_ns) + SLACK
     }
 }
 
@@ -242,6 +260,9 @@ impl ConnectionTable {
         let dir = seg.direction;
         let stream = &mut conn.streams[dir.index()];
         if seg.syn() {
+            if stream.offsets(seg.segment_seq).is_none() {
+                conn.syn_ts[dir.index()] = Some(seg.ts_ns);
+            }
             stream.on_syn(seg.segment_seq);
             if client_syn {
                 conn.client_isn = Some(seg.segment_seq);
@@ -307,6 +328,7 @@ impl ConnectionTable {
                 streams: [StreamReassembler::new(limits), StreamReassembler::new(limits)],
                 last_seen_ns: seg.ts_ns,
                 client_isn: None,
+                syn_ts: [None; 2],
             },
         );
     }

@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod compare;
 pub mod connections;
+pub mod files;
 pub mod flow;
 pub mod kernel;
 pub mod output;

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use capture::agent::{self, AgentConfig};
 use capture::connections::TableLimits;
+use capture::files::{self, FileOptions};
 use capture::http::HttpConfig;
 use capture::compare::{CompareConfig, Report};
 use capture::output::{parse_size, OutputSpec};
@@ -247,12 +248,13 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         }
     };
     print!("{}", report.terminal_summary());
+    // Reports hold production bodies: private, and never written through a link.
     if let Some(path) = &args.report_json {
-        std::fs::write(path, report.to_json()).with_context(|| format!("writing {}", path.display()))?;
+        files::replace(path, report.to_json().as_bytes(), &FileOptions::default()).context("writing the JSON report")?;
         eprintln!("capture: JSON report written to {}", path.display());
     }
     if let Some(path) = &args.report_html {
-        std::fs::write(path, report.to_html()).with_context(|| format!("writing {}", path.display()))?;
+        files::replace(path, report.to_html().as_bytes(), &FileOptions::default()).context("writing the HTML report")?;
         eprintln!("capture: HTML report written to {}", path.display());
     }
     if args.fail_on_diff && report.with_differences() > 0 {
@@ -337,6 +339,17 @@ struct AgentArgs {
     /// SHA-256 of each rebuilt direction to this file.
     #[arg(long, env = "CAPTURE_STREAM_LOG")]
     stream_log: Option<PathBuf>,
+
+    /// Permission bits of the `.gor` files and the stream log, in octal (they hold
+    /// production traffic). Files are always created new: an existing file, or a
+    /// symbolic link, at an output path is refused.
+    #[arg(long, default_value = "600", env = "CAPTURE_FILE_MODE", value_parser = files::parse_mode)]
+    file_mode: u32,
+
+    /// Write output files into a directory other users may write to without the
+    /// sticky bit (refused by default: they could swap the files).
+    #[arg(long, env = "CAPTURE_ALLOW_UNSAFE_DIR")]
+    allow_unsafe_dir: bool,
 }
 
 fn parse_kafka_opt(s: &str) -> Result<(String, String), String> {
@@ -369,26 +382,44 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         outputs.push(OutputSpec::File(PathBuf::from(format!("capture-{secs}.gor"))));
     }
-    let mut sinks: Vec<Box<dyn RecordSink>> = Vec::new();
+    let file_options = FileOptions { mode: args.file_mode, allow_unsafe_dir: args.allow_unsafe_dir };
+    // Files are checked now (clear errors early) but created only once the kernel
+    // programs are attached: a start that cannot capture leaves nothing behind.
+    let mut planned: Vec<Result<Box<dyn RecordSink>, PathBuf>> = Vec::new();
     for spec in outputs {
         match spec {
-            OutputSpec::Stdout => sinks.push(Box::new(StdoutSink::new())),
+            OutputSpec::Stdout => planned.push(Ok(Box::new(StdoutSink::new()))),
             OutputSpec::File(path) => {
                 let path = std::path::absolute(&path).unwrap_or(path);
-                sinks.push(Box::new(FileSink::create(&path, args.file_rotate_size)?));
+                files::check_new(&path, &file_options).context("--output")?;
+                planned.push(Err(path));
             }
             OutputSpec::Kafka { brokers, topic } => {
-                sinks.push(Box::new(KafkaSink::create(KafkaConfig {
+                planned.push(Ok(Box::new(KafkaSink::create(KafkaConfig {
                     brokers,
                     topic,
                     options: args.kafka_opts.clone(),
                     buffer_bytes: args.kafka_buffer,
                     flush_timeout: Duration::from_secs_f64(args.kafka_flush_timeout.max(0.0)),
                     client_id: format!("capture-{node}"),
-                })?));
+                })?)));
             }
         }
     }
+    if let Some(path) = &args.stream_log {
+        files::check_new(path, &file_options).context("--stream-log")?;
+    }
+    let rotate_bytes = args.file_rotate_size;
+    let open_outputs = move || -> anyhow::Result<Vec<Box<dyn RecordSink>>> {
+        let mut sinks: Vec<Box<dyn RecordSink>> = Vec::new();
+        for planned in planned {
+            sinks.push(match planned {
+                Ok(sink) => sink,
+                Err(path) => Box::new(FileSink::create(&path, rotate_bytes, file_options)?),
+            });
+        }
+        Ok(sinks)
+    };
     let config = AgentConfig {
         interfaces,
         ports: args.ports,
@@ -406,9 +437,10 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         },
         node,
         stream_log: args.stream_log,
+        file_options,
         duration: args.duration.map(Duration::from_secs_f64),
     };
-    let summary = agent::run(config, sinks).context("capture agent")?;
+    let summary = agent::run(config, open_outputs).context("capture agent")?;
     eprintln!("capture: summary {}", summary.line());
     for (counter, value) in summary.kernel_losses() {
         eprintln!("capture: warning: kernel lost data: {}={value}", counter.name());

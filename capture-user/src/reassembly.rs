@@ -93,8 +93,9 @@ pub struct StreamReassembler {
 
 /// How far ahead of the next expected byte a segment may start and still belong to
 /// this stream. Further is taken as a new connection on the same 4-tuple whose SYN
-/// was not seen (its random ISN lands anywhere); a real jump that far would need
-/// 64 MiB of one direction lost at once.
+/// was not seen (a random ISN lands anywhere); a real jump that far would need
+/// 64 MiB of one direction lost at once. A stream without a SYN (joined mid-way) has
+/// no ISN to check a jump against: there the limit is its hold budget.
 const MAX_SEQ_JUMP: i128 = 64 << 20;
 
 impl StreamReassembler {
@@ -122,8 +123,13 @@ impl StreamReassembler {
         let after_fin = self.fin_off.is_some_and(|fin| start >= fin as i128);
         // A little slack before the SYN: a keep-alive probe may repeat the byte before.
         let before_syn = self.anchored_by_syn && start < -(1 << 20);
-        let too_far = start - self.next_off as i128 > MAX_SEQ_JUMP || start < -MAX_SEQ_JUMP;
-        !(after_fin || before_syn || too_far)
+        !(after_fin || before_syn || self.too_far(start))
+    }
+
+    /// Whether offset `at` is implausibly far from the next expected byte.
+    fn too_far(&self, at: i128) -> bool {
+        let limit = if self.anchored_by_syn { MAX_SEQ_JUMP } else { self.limits.max_buffered_bytes as i128 };
+        at - self.next_off as i128 > limit || at < -MAX_SEQ_JUMP
     }
 
     /// A SYN with this sequence number was seen: data starts at isn + 1. Called before any data
@@ -203,8 +209,14 @@ impl StreamReassembler {
         let at = self.next_off as i128 + self.distance(fin_seq) as i128;
         let other_fin = self.fin_off.is_some_and(|fin| at != fin as i128);
         let before_syn = self.anchored_by_syn && at < -(1 << 20);
-        let too_far = at - self.next_off as i128 > MAX_SEQ_JUMP || at < -MAX_SEQ_JUMP;
-        !(other_fin || before_syn || too_far)
+        !(other_fin || before_syn || self.too_far(at))
+    }
+
+    /// Offset from the stream start of the byte at `seq` (None before anchoring), and
+    /// the next expected offset.
+    pub fn offsets(&self, seq: u32) -> Option<(i128, u64)> {
+        self.base_seq?;
+        Some((self.next_off as i128 + self.distance(seq) as i128, self.next_off))
     }
 
     /// Whether a segment at `seq` would start past the next expected byte (leave a hole).
