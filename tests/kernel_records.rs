@@ -331,3 +331,50 @@ fn unsafe_output_files_modes_default_private() {
         assert_eq!(parse_gor(&std::fs::read(&output).unwrap()).len(), 2);
     }
 }
+
+/// Issue 10, finding 4: a client POST whose body holds the `.gor` separator and a
+/// fake record was one request to the agent, but read back from the file it became a
+/// forged GET with the attacker's headers (and a forged production response), which
+/// replay sent. Read back now, the file holds the one POST and its response, and
+/// replaying it sends no forged request.
+#[test]
+fn forged_separator_in_a_captured_body_is_never_replayed() {
+    if !kernel_tests_enabled("forged_separator_in_a_captured_body_is_never_replayed") {
+        return;
+    }
+    let net = NetPair::new();
+    let dir = TempDir::new("forged");
+    let _production = Nginx::start_with(&net.server_ns, PORT, &dir, "location /echo/ { return 200 \"$request_uri\\n\"; }");
+    let sep = "\n\u{1F435}\u{1F648}\u{1F649}\n";
+    let body = format!(
+        "x{sep}1 00000000000000010000000100000009 1 0\nGET /forged?steal=1 HTTP/1.1\r\nHost: a\r\nX-Evil: 1\r\n\r\n\
+         {sep}2 00000000000000010000000100000009 1 0\nHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged{sep}"
+    );
+    std::fs::write(dir.path("forged-body"), &body).unwrap();
+    let mut agent = Agent::start(&net.server_ns, &net.server_if, &[PORT], &dir, &["--no-stream-log"]);
+    sh(&format!(
+        "ip netns exec {} curl -sf --data-binary @{} http://{}:{PORT}/echo/upload -o /dev/null",
+        net.client_ns,
+        dir.path("forged-body").display(),
+        net.server_v4
+    ));
+    agent.stop();
+    let data = agent.records();
+    let records = parse_gor(&data);
+    let lines: Vec<String> = records.iter().map(|r| r.start_line()).collect();
+    assert_eq!(lines, ["POST /echo/upload HTTP/1.1", "HTTP/1.1 200 OK"], "one POST and its response");
+    assert!(records[0].payload.ends_with(body.as_bytes()), "the body is kept whole, separator and all");
+
+    // Replayed by `capture replay` (the library reader) to a second nginx.
+    let target_dir = TempDir::new("forged-target");
+    let target = Nginx::start_with(&net.server_ns, PORT + 1, &target_dir, "location / { return 200 \"$request_uri\\n\"; }");
+    let gor = agent.output.display().to_string();
+    let url = format!("http://127.0.0.1:{}", PORT + 1);
+    for extra in ["", "--allow-method POST"] {
+        let out = sh(&format!("ip netns exec {} {} replay --input {gor} --target {url} {extra} 2>&1", net.server_ns, capture_bin().display()));
+        assert!(out.contains("replaying 1 request(s) from 2 record(s) (0 unparseable"), "{out}");
+    }
+    let log = std::fs::read_to_string(&target.access_log).unwrap();
+    assert!(!log.contains("forged"), "a forged request was replayed:\n{log}");
+    assert_eq!(log.lines().filter(|l| l.contains("POST /echo/upload")).count(), 1, "the POST once, when allowed:\n{log}");
+}

@@ -222,7 +222,8 @@ impl Record {
         out.push(b' ');
         push_decimal(out, self.ts_ns);
         out.push(b' ');
-        push_decimal(out, self.latency_ns);
+        // Readers (ours, GoReplay's) take the latency as a signed number.
+        push_decimal(out, self.latency_ns.min(i64::MAX as u64));
         out.extend_from_slice(b" len=");
         push_decimal(out, self.payload.len() as u64);
         // Writing to a Vec cannot fail.
