@@ -348,7 +348,7 @@ struct AgentArgs {
 
     /// Write output files into a directory other users may write to without the
     /// sticky bit (refused by default: they could swap the files).
-    #[arg(long, env = "CAPTURE_ALLOW_UNSAFE_DIR")]
+    #[arg(long, env = "CAPTURE_ALLOW_UNSAFE_DIR", value_parser = clap::builder::BoolishValueParser::new())]
     allow_unsafe_dir: bool,
 }
 
