@@ -378,3 +378,76 @@ fn forged_separator_in_a_captured_body_is_never_replayed() {
     assert!(!log.contains("forged"), "a forged request was replayed:\n{log}");
     assert_eq!(log.lines().filter(|l| l.contains("POST /echo/upload")).count(), 1, "the POST once, when allowed:\n{log}");
 }
+
+/// Sends each byte string on its own connection with the raw client (one write, read
+/// until the server closes) to nginx in the server namespace, through the agent.
+/// Returns the records and the agent's counters.
+fn raw_connections(tag: &str, payloads: &[&[u8]]) -> (Vec<GorRecord>, HashMap<String, u64>, String) {
+    let net = NetPair::new();
+    let dir = TempDir::new(tag);
+    let nginx = Nginx::start_with(&net.server_ns, PORT, &dir, "location / { return 200 \"$request_uri\\n\"; }");
+    let mut agent = Agent::start(&net.server_ns, &net.server_if, &[PORT], &dir, &["--no-stream-log"]);
+    let script = peers_dir().join("raw_client.py");
+    for (i, payload) in payloads.iter().enumerate() {
+        let (req, resp) = (dir.path(&format!("raw-{i}.req")), dir.path(&format!("raw-{i}.resp")));
+        std::fs::write(&req, payload).unwrap();
+        sh(&format!("ip netns exec {} python3 {} {} {PORT} {} {}", net.client_ns, script.display(), net.server_v4, req.display(), resp.display()));
+    }
+    let counters = summary(&agent.stop());
+    let access_log = std::fs::read_to_string(&nginx.access_log).unwrap_or_default();
+    (parse_gor(&agent.records()), counters, access_log)
+}
+
+/// Issue 10, finding 3, against nginx: Content-Length with Transfer-Encoding, two
+/// Content-Lengths and an overflowing chunk size. nginx answers 400 and closes; the
+/// agent wrote the smuggled requests (and paired one with the 400) as if they ran.
+#[test]
+fn requests_the_server_never_ran_are_not_recorded_against_nginx() {
+    if !kernel_tests_enabled("requests_the_server_never_ran_are_not_recorded_against_nginx") {
+        return;
+    }
+    let cases: [(&[u8], &str); 3] = [
+        (b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled1 HTTP/1.1\r\nHost: x\r\n\r\n", "content_length_and_transfer_encoding"),
+        (b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 5\r\n\r\nhelloGET /smuggled3 HTTP/1.1\r\nHost: x\r\n\r\n", "conflicting_content_length"),
+        (b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nhello\r\n0\r\n\r\nGET /smuggled4 HTTP/1.1\r\nHost: x\r\n\r\n", "invalid_chunk_size"),
+    ];
+    let payloads: Vec<&[u8]> = cases.iter().map(|c| c.0).collect();
+    let (records, counters, access_log) = raw_connections("smuggle", &payloads);
+    assert!(!access_log.contains("smuggled"), "nginx ran a smuggled request:\n{access_log}");
+    assert!(records.iter().all(|r| !String::from_utf8_lossy(&r.payload).contains("GET /smuggled") || r.meta.contains_key("ambiguous")),
+        "a smuggled request was recorded as a request");
+    for (conn, (payload, reason)) in by_connection(&records).values().zip(cases) {
+        let lines: Vec<String> = conn.iter().map(|r| r.start_line()).collect();
+        assert_eq!(conn.len(), 2, "{reason}: {lines:?}");
+        let (req, resp) = (&conn[0], &conn[1]);
+        assert_eq!(req.meta.get("ambiguous").map(String::as_str), Some(reason));
+        assert!(payload.starts_with(&req.payload), "{reason}: the record holds what was framed of the request");
+        assert_eq!((resp.start_line().as_str(), resp.id.as_str()), ("HTTP/1.1 400 Bad Request", req.id.as_str()), "{reason}: nginx's 400 answers it");
+        assert!(!resp.meta.contains_key("unpaired"));
+        assert_eq!(counters[&format!("http_ambiguous_{reason}")], 1);
+    }
+    assert_eq!(counters["http_framing_error_stops"], 3);
+    assert_eq!(counters["http_requests"], 3);
+}
+
+/// Issue 10, finding 7: OpenSSH's banner (with its comment) became an incomplete
+/// request plus an unpaired 400 instead of a non-HTTP connection; SMTP- and
+/// Redis-style first lines likewise must not become requests.
+#[test]
+fn ssh_banner_and_other_protocols_are_non_http_against_nginx() {
+    if !kernel_tests_enabled("ssh_banner_and_other_protocols_are_non_http_against_nginx") {
+        return;
+    }
+    let payloads: [&[u8]; 4] = [
+        b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n",
+        b"SSH-2.0-OpenSSH_9.2p1\r\n",
+        b"EHLO client.example.com\r\n",
+        b"SET key value\r\n",
+    ];
+    let (records, counters, _) = raw_connections("ssh", &payloads);
+    assert!(records.is_empty(), "records of other protocols: {:?}", records.iter().map(|r| r.start_line()).collect::<Vec<_>>());
+    assert_eq!(counters["http_non_http_connections"], 4);
+    for key in ["http_incomplete_at_close", "http_unpaired_responses", "http_requests", "http_responses"] {
+        assert_eq!(counters[key], 0, "{key}");
+    }
+}
