@@ -145,15 +145,16 @@ struct Connection {
     last_seen_ns: u64,
     /// Client ISN when the SYN was seen, to tell a retransmitted SYN from port reuse.
     client_isn: Option<u32>,
-    /// Time of the SYN that anchored each direction (see [`Connection::is_foreign`]).
-    syn_ts: [Option<u64>; 2],
+    /// When each direction's offset 0 was seen: its SYN, or its first data when the
+    /// SYN was not seen (see [`Connection::jumps_like_a_new_isn`]).
+    anchor_ts: [Option<u64>; 2],
 }
 
 impl Connection {
     /// The segment belongs to another connection on the same 4-tuple: a server SYN
     /// with another ISN; data or a FIN after this direction's FIN, before its SYN or far
-    /// ahead; a segment that would leave a hole after the other side closed (an HTTP
-    /// client sends no new request on a connection the server closed); or one that
+    /// ahead; data that would leave a hole after the other side closed (an HTTP client
+    /// sends no new request on a connection the server closed); or a segment that
     /// jumps ahead by as much as the 4-tuple's ISN clock advanced since the SYN.
     fn is_foreign(&self, seg: &Segment) -> bool {
         let stream = &self.streams[seg.direction.index()];
@@ -162,31 +163,42 @@ impl Connection {
         }
         // A SYN occupies one sequence number; its payload (TFO) starts after it.
         let first = if seg.syn() { seg.segment_seq.wrapping_add(1) } else { seg.segment_seq };
-        let fits = if !seg.data.is_empty() {
+        if !seg.data.is_empty() {
             let data_seq = if seg.syn() { seg.seq.wrapping_add(1) } else { seg.seq };
-            stream.accepts(data_seq, seg.data.len())
+            let other_closed = self.streams[1 - seg.direction.index()].saw_fin();
+            !stream.accepts(data_seq, seg.data.len())
+                || (other_closed && stream.starts_ahead(first))
+                || self.jumps_like_a_new_isn(seg, first)
         } else if seg.fin() {
-            stream.accepts_fin(if seg.syn() { seg.end_seq().wrapping_add(1) } else { seg.end_seq() })
+            // A FIN past the last byte seen is normal when the tail was lost; without a
+            // SYN to check it against the ISN clock, one after the other side closed is
+            // taken as the next connection's.
+            let other_closed = self.streams[1 - seg.direction.index()].saw_fin();
+            let unanchored = !stream.anchored_by_syn();
+            !stream.accepts_fin(if seg.syn() { seg.end_seq().wrapping_add(1) } else { seg.end_seq() })
+                || (unanchored && other_closed && stream.starts_ahead(first))
+                || self.jumps_like_a_new_isn(seg, first)
         } else {
-            return false;
-        };
-        let other_closed = self.streams[1 - seg.direction.index()].saw_fin();
-        !fits || (other_closed && stream.starts_ahead(first)) || self.jumps_like_a_new_isn(seg, first)
+            false
+        }
     }
 
     /// Linux (RFC 6528) derives a 4-tuple's ISN from a clock that advances by one
     /// every 64 ns: a new connection on the tuple, whose SYN was not seen, starts
-    /// about (time since our SYN) / 64 ns ahead of it. A jump of more than 64 KiB that
-    /// lands there is taken as such a connection; a real loss would need this
-    /// connection to have sent about 15.6 MB/s on average since its SYN.
+    /// about (time since our SYN) / 64 ns ahead of it (for a stream joined without
+    /// its SYN, its first seen byte stands in for the SYN). A jump of more than 64 KiB, and
+    /// of more than 8 times what the direction carried so far, that lands there is
+    /// taken as such a connection. A real loss would need this connection to have sent
+    /// about 15.6 MB/s on average since its SYN and then lost far more than it sent.
     fn jumps_like_a_new_isn(&self, seg: &Segment, first: u32) -> bool {
         const SLACK: i128 = 64 << 10;
         let dir = seg.direction.index();
-        let (Some(syn_ts), Some((start, next))) = (self.syn_ts[dir], self.streams[dir].offsets(first)) else {
+        let (Some(syn_ts), Some((start, next))) = (self.anchor_ts[dir], self.streams[dir].offsets(first)) else {
             return false;
         };
         let clock = |ts: u64| (ts.saturating_sub(syn_ts) / 64) as i128;
-        start - next as i128 > SLACK && start >= clock(self.last_seen_ns) - SLACK && start <= clock(seg.ts_ns) + SLACK
+        let jump = start - next as i128;
+        jump > SLACK.max(8 * next as i128) && start >= clock(self.last_seen_ns) - SLACK && start <= clock(seg.ts_ns) + SLACK
     }
 }
 
@@ -259,10 +271,10 @@ impl ConnectionTable {
         conn.last_seen_ns = conn.last_seen_ns.max(seg.ts_ns);
         let dir = seg.direction;
         let stream = &mut conn.streams[dir.index()];
+        if stream.offsets(seg.segment_seq).is_none() && (seg.syn() || !seg.data.is_empty()) {
+            conn.anchor_ts[dir.index()] = Some(seg.ts_ns);
+        }
         if seg.syn() {
-            if stream.offsets(seg.segment_seq).is_none() {
-                conn.syn_ts[dir.index()] = Some(seg.ts_ns);
-            }
             stream.on_syn(seg.segment_seq);
             if client_syn {
                 conn.client_isn = Some(seg.segment_seq);
@@ -328,7 +340,7 @@ impl ConnectionTable {
                 streams: [StreamReassembler::new(limits), StreamReassembler::new(limits)],
                 last_seen_ns: seg.ts_ns,
                 client_isn: None,
-                syn_ts: [None; 2],
+                anchor_ts: [None; 2],
             },
         );
     }
@@ -590,11 +602,25 @@ mod tests {
         t.on_segment(seg(3, S2C, 5001, TCP_FIN | TCP_ACK, b"HTTP/1.1 200 OK\r\n\r\n", 3), &mut r);
         t.on_segment(seg(3, C2S, 11_834_000, TCP_ACK, b"GET /next HTTP/1.1\r\n\r\n", 4), &mut r);
         assert_eq!(t.stats().reused_without_syn, 1);
-        // ... and so is a FIN after the other side's FIN that would leave a hole.
+        // ... but a FIN past a lost tail is this connection's, even after the other FIN.
         t.on_segment(seg(5, C2S, 1000, TCP_SYN, b"", 5), &mut r);
         t.on_segment(seg(5, S2C, 7000, TCP_SYN | TCP_ACK, b"", 5), &mut r);
         t.on_segment(seg(5, S2C, 7001, TCP_FIN | TCP_ACK, b"", 5), &mut r);
-        t.on_segment(seg(5, C2S, 3_000_000, TCP_FIN | TCP_ACK, b"", 5), &mut r);
+        t.on_segment(seg(5, C2S, 1500, TCP_FIN | TCP_ACK, b"", 5), &mut r);
+        assert_eq!(t.stats().reused_without_syn, 1);
+        // A FIN (or data) as far ahead as the ISN clock (1 per 64 ns) went since the
+        // SYN is the next connection's.
+        t.on_segment(seg(6, C2S, 1000, TCP_SYN, b"", 1_000), &mut r);
+        t.on_segment(seg(6, C2S, 1001, TCP_ACK, b"GET / HTTP/1.1\r\n\r\n", 2_000), &mut r);
+        t.on_segment(seg(6, C2S, 1001 + 3_000_000, TCP_FIN | TCP_ACK, b"", 1_000 + 64 * 3_000_000), &mut r);
+        assert_eq!(t.stats().reused_without_syn, 2);
+        // Not a connection that carried far more than the jump: a real loss.
+        t.on_segment(seg(7, C2S, 1000, TCP_SYN, b"", 1_000), &mut r);
+        let mut big = seg(7, C2S, 1001, TCP_ACK, b"", 2_000);
+        big.data = Bytes::from(vec![b'x'; 2_000_000]);
+        big.segment_len = 2_000_000;
+        t.on_segment(big, &mut r);
+        t.on_segment(seg(7, C2S, 1001 + 3_000_000, TCP_ACK, b"more", 1_000 + 64 * 3_000_000), &mut r);
         assert_eq!(t.stats().reused_without_syn, 2);
         // A server SYN with another ISN is a new connection too (its client SYN was lost).
         t.on_segment(seg(4, C2S, 1000, TCP_SYN, b"", 6), &mut r);
@@ -604,7 +630,7 @@ mod tests {
         t.on_segment(seg(4, S2C, 9_000_000, TCP_SYN | TCP_ACK, b"", 8), &mut r);
         assert_eq!(t.stats().reused_without_syn, 3);
         t.close_all(9, &mut r);
-        assert_eq!(t.stats().streams.gap_bytes, 0);
+        assert_eq!(t.stats().streams.gap_bytes, 499 + 1_000_000, "only the real losses: port 5's tail, port 7's jump");
         // Data before the SYN is another connection's too.
         let mut t = ConnectionTable::new(TableLimits::default());
         t.on_segment(seg(2, C2S, 3_000_000_000, TCP_SYN, b"", 1), &mut r);

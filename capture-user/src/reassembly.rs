@@ -230,6 +230,11 @@ impl StreamReassembler {
         !self.anchored_by_syn || self.base_seq == Some(isn.wrapping_add(1))
     }
 
+    /// Offset 0 is the stream's true start (a SYN was seen), not its first seen byte.
+    pub fn anchored_by_syn(&self) -> bool {
+        self.anchored_by_syn
+    }
+
     /// A FIN was seen: the stream's length is known.
     pub fn saw_fin(&self) -> bool {
         self.fin_off.is_some()
