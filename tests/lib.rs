@@ -328,6 +328,14 @@ fn json_field(line: &str, key: &str) -> String {
     }
 }
 
+/// `dir/stem.ext`, or `dir/stem-N.ext` for the first N that does not exist yet.
+fn unused(dir: &TempDir, stem: &str, ext: &str) -> PathBuf {
+    (0..)
+        .map(|n| if n == 0 { dir.path(&format!("{stem}.{ext}")) } else { dir.path(&format!("{stem}-{n}.{ext}")) })
+        .find(|p| !p.exists())
+        .expect("a free name")
+}
+
 /// `capture agent` running in a namespace until stopped.
 pub struct Agent {
     child: Option<Child>,
@@ -340,17 +348,22 @@ impl Agent {
     /// Starts the agent in `ns` on `iface` for `ports`, writing records to a file in
     /// `dir` and stream digests to another; waits until it is attached.
     pub fn start(ns: &str, iface: &str, ports: &[u16], dir: &TempDir, extra: &[&str]) -> Agent {
-        Self::start_with(ns, iface, ports, dir, extra, false)
+        Self::start_with(ns, iface, ports, dir, extra, false, unused(dir, "records", "gor"))
     }
 
     /// Like `start`, but with `--output stdout`; stdout is collected into `output`.
     pub fn start_stdout(ns: &str, iface: &str, ports: &[u16], dir: &TempDir, extra: &[&str]) -> Agent {
-        Self::start_with(ns, iface, ports, dir, extra, true)
+        Self::start_with(ns, iface, ports, dir, extra, true, unused(dir, "stdout", "gor"))
     }
 
-    fn start_with(ns: &str, iface: &str, ports: &[u16], dir: &TempDir, extra: &[&str], stdout: bool) -> Agent {
-        let stream_log = dir.path("streams.log");
-        let output = dir.path(if stdout { "stdout.gor" } else { "records.gor" });
+    /// Like `start`, writing records to the file `output`.
+    pub fn start_to(ns: &str, iface: &str, ports: &[u16], dir: &TempDir, output: &Path, extra: &[&str]) -> Agent {
+        Self::start_with(ns, iface, ports, dir, extra, false, output.to_path_buf())
+    }
+
+    fn start_with(ns: &str, iface: &str, ports: &[u16], dir: &TempDir, extra: &[&str], stdout: bool, output: PathBuf) -> Agent {
+        // The agent never overwrites a file: each start in a directory gets new names.
+        let stream_log = unused(dir, "streams", "log");
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", ns]).arg(capture_bin()).args(["agent", "--iface", iface]);
         for p in ports {
@@ -668,6 +681,11 @@ pub struct Nginx {
 
 impl Nginx {
     pub fn start(ns: &str, port: u16, dir: &TempDir) -> Nginx {
+        Self::start_with(ns, port, dir, "")
+    }
+
+    /// Like `start`, with more directives inside the `server` block (e.g. locations).
+    pub fn start_with(ns: &str, port: u16, dir: &TempDir, server_extra: &str) -> Nginx {
         let www = dir.path("www");
         std::fs::create_dir_all(&www).unwrap();
         std::fs::write(www.join("index.html"), "hello from nginx\n").unwrap();
@@ -681,7 +699,7 @@ impl Nginx {
                 "daemon off;\nuser root;\nworker_processes 1;\npid {pid};\nerror_log {err} warn;\n\
                  events {{ worker_connections 1024; }}\n\
                  http {{\n  access_log {log};\n  keepalive_requests 100000;\n  if_modified_since before;\n  client_body_temp_path {tmp};\n\
-                   server {{ listen {port}; listen [::]:{port}; root {www}; location /__probe {{ return 204; }} }}\n}}\n",
+                   server {{ listen {port}; listen [::]:{port}; root {www}; location /__probe {{ return 204; }} {server_extra} }}\n}}\n",
                 pid = dir.path("nginx.pid").display(),
                 err = dir.path("error.log").display(),
                 log = access_log.display(),

@@ -18,6 +18,7 @@ use capture_common::{Counter, TlsCounter};
 use log::{info, warn};
 
 use crate::connections::TableLimits;
+use crate::files::{self, FileOptions};
 use crate::http::HttpConfig;
 use crate::iface_watch::{InterfacePattern, InterfaceStats, LinkEvent, LinkStats};
 use crate::kernel::links::{self, LinkMonitor};
@@ -45,6 +46,8 @@ pub struct AgentConfig {
     pub http: HttpConfig,
     pub node: String,
     pub stream_log: Option<PathBuf>,
+    /// How the stream log is created (outputs are created by the caller's opener).
+    pub file_options: FileOptions,
     pub duration: Option<Duration>,
     /// Stats snapshots, readiness and progress for `/metrics`, `/healthz`, `/readyz`.
     pub metrics: Arc<AgentMetrics>,
@@ -159,14 +162,21 @@ impl TlsCapture {
     }
 }
 
-pub fn run(config: AgentConfig, sinks: Vec<Box<dyn RecordSink>>) -> anyhow::Result<AgentSummary> {
+/// Runs the agent. `open_outputs` is called once the kernel programs are loaded and
+/// attached: a start that cannot capture (not root, no BPF) creates no file.
+pub fn run(
+    config: AgentConfig,
+    open_outputs: impl FnOnce() -> anyhow::Result<Vec<Box<dyn RecordSink>>>,
+) -> anyhow::Result<AgentSummary> {
+    let mut kernel = KernelCapture::load(&config.ports, config.ring_bytes, config.owner_entries, config.attach)?;
+
     let ctx = RecordContext::new(config.node.clone());
-    let mut pipeline = Pipeline::new(config.limits, config.http, ctx, sinks);
+    let mut pipeline = Pipeline::new(config.limits, config.http, ctx, open_outputs()?);
     if !config.tls_libs.is_empty() {
         pipeline = pipeline.with_tls(config.limits);
     }
     if let Some(path) = &config.stream_log {
-        let file = std::fs::File::create(path).with_context(|| format!("creating stream log {}", path.display()))?;
+        let file = files::create_new(path, &config.file_options).context("creating the stream log")?;
         pipeline = pipeline.with_stream_digest(Box::new(file));
     }
     if let Some(histograms) = config.metrics.histograms() {
@@ -178,7 +188,6 @@ pub fn run(config: AgentConfig, sinks: Vec<Box<dyn RecordSink>>) -> anyhow::Resu
         eprintln!("capture: writing records to {out}");
     }
 
-    let mut kernel = KernelCapture::load(&config.ports, config.ring_bytes, config.owner_entries, config.attach)?;
     let ring = kernel.take_ring()?;
     let counter_map = Arc::new(kernel.take_counters()?);
     let scraped_map = counter_map.clone();

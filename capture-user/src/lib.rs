@@ -8,6 +8,7 @@ pub mod agent;
 pub mod btf;
 pub mod compare;
 pub mod connections;
+pub mod files;
 pub mod flow;
 pub mod iface_watch;
 pub mod kernel;

@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 use capture::agent::{self, AgentConfig};
 use capture::connections::TableLimits;
+use capture::files::{self, FileOptions};
 use capture::http::HttpConfig;
 use capture::metrics::agent::AgentMetrics;
 use capture::compare::{CompareConfig, Report};
@@ -370,13 +371,14 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             }
         }
     };
-    // Reports first: they are written even if stdout is a closed pipe.
+    // Reports first: they are written even if stdout is a closed pipe. They hold
+    // production bodies: private, and never written through a link.
     if let Some(path) = &args.report_json {
-        std::fs::write(path, report.to_json()).with_context(|| format!("writing {}", path.display()))?;
+        files::replace(path, report.to_json().as_bytes(), &FileOptions::default()).context("writing the JSON report")?;
         note(format_args!("JSON report written to {}", path.display()));
     }
     if let Some(path) = &args.report_html {
-        std::fs::write(path, report.to_html()).with_context(|| format!("writing {}", path.display()))?;
+        files::replace(path, report.to_html().as_bytes(), &FileOptions::default()).context("writing the HTML report")?;
         note(format_args!("HTML report written to {}", path.display()));
     }
     {
@@ -502,6 +504,17 @@ struct AgentArgs {
     /// recorded. Go's crypto/tls and statically linked TLS libraries are not supported.
     #[arg(long = "tls-lib", env = "CAPTURE_TLS_LIB", value_delimiter = ',')]
     tls_libs: Vec<capture::tls_libs::TlsLibSpec>,
+
+    /// Permission bits of the `.gor` files and the stream log, in octal (they hold
+    /// production traffic). Files are always created new: an existing file, or a
+    /// symbolic link, at an output path is refused.
+    #[arg(long, default_value = "600", env = "CAPTURE_FILE_MODE", value_parser = files::parse_mode)]
+    file_mode: u32,
+
+    /// Write output files into a directory other users may write to without the
+    /// sticky bit (refused by default: they could swap the files).
+    #[arg(long, env = "CAPTURE_ALLOW_UNSAFE_DIR", value_parser = clap::builder::BoolishValueParser::new())]
+    allow_unsafe_dir: bool,
 }
 
 fn parse_metrics_addr(s: &str) -> Result<SocketAddr, String> {
@@ -564,16 +577,20 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         outputs.push(OutputSpec::File(PathBuf::from(format!("capture-{secs}.gor"))));
     }
-    let mut sinks: Vec<Box<dyn RecordSink>> = Vec::new();
+    let file_options = FileOptions { mode: args.file_mode, allow_unsafe_dir: args.allow_unsafe_dir };
+    // Files are checked now (clear errors early) but created only once the kernel
+    // programs are attached: a start that cannot capture leaves nothing behind.
+    let mut planned: Vec<Result<Box<dyn RecordSink>, PathBuf>> = Vec::new();
     for spec in outputs {
         match spec {
-            OutputSpec::Stdout => sinks.push(Box::new(StdoutSink::new())),
+            OutputSpec::Stdout => planned.push(Ok(Box::new(StdoutSink::new()))),
             OutputSpec::File(path) => {
                 let path = std::path::absolute(&path).unwrap_or(path);
-                sinks.push(Box::new(FileSink::create(&path, args.file_rotate_size)?));
+                files::check_new(&path, &file_options).context("--output")?;
+                planned.push(Err(path));
             }
             OutputSpec::Kafka { brokers, topic } => {
-                sinks.push(Box::new(KafkaSink::create(KafkaConfig {
+                planned.push(Ok(Box::new(KafkaSink::create(KafkaConfig {
                     brokers,
                     topic,
                     options: args.kafka_opts.clone(),
@@ -581,10 +598,24 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
                     flush_timeout: Duration::from_secs_f64(args.kafka_flush_timeout.max(0.0)),
                     client_id: format!("capture-{node}"),
                     part_size: args.kafka_part_size as usize,
-                })?));
+                })?)));
             }
         }
     }
+    if let Some(path) = &args.stream_log {
+        files::check_new(path, &file_options).context("--stream-log")?;
+    }
+    let rotate_bytes = args.file_rotate_size;
+    let open_outputs = move || -> anyhow::Result<Vec<Box<dyn RecordSink>>> {
+        let mut sinks: Vec<Box<dyn RecordSink>> = Vec::new();
+        for planned in planned {
+            sinks.push(match planned {
+                Ok(sink) => sink,
+                Err(path) => Box::new(FileSink::create(&path, rotate_bytes, file_options)?),
+            });
+        }
+        Ok(sinks)
+    };
     let config = AgentConfig {
         interfaces: args.ifaces,
         ports: args.ports,
@@ -603,11 +634,12 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         },
         node,
         stream_log: args.stream_log,
+        file_options,
         duration: args.duration.map(Duration::from_secs_f64),
         metrics,
         tls_libs: args.tls_libs,
     };
-    let summary = agent::run(config, sinks).context("capture agent")?;
+    let summary = agent::run(config, open_outputs).context("capture agent")?;
     eprintln!("capture: summary {}", summary.line());
     for (name, value) in summary.kernel_losses() {
         eprintln!("capture: warning: kernel lost data: {name}={value}");

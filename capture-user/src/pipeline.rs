@@ -69,6 +69,7 @@ impl StreamSink for HttpLayer {
         match chunk {
             StreamChunk::Data { bytes, ts_ns } => http.on_data(dir, &bytes, ts_ns, &mut self.stats, &mut self.scratch),
             StreamChunk::Gap { len } => http.on_gap(dir, len, &mut self.stats, &mut self.scratch),
+            StreamChunk::UnknownStart => http.on_unknown_start(dir, &mut self.stats),
         }
         let mut after = http.buffered_bytes();
         let total = self.buffered + after - before;
@@ -140,6 +141,7 @@ impl StreamSink for StreamDigest {
                 state.bytes[dir.index()] += bytes.len() as u64;
             }
             StreamChunk::Gap { len } => state.gap_bytes[dir.index()] += len,
+            StreamChunk::UnknownStart => {}
         }
     }
 

@@ -191,7 +191,7 @@ impl Record {
                 target: msg.target,
                 status: msg.status,
                 paired: msg.paired,
-                ambiguous: None,
+                ambiguous: msg.ambiguous,
                 redacted: false,
                 tls,
                 part: None,
@@ -222,7 +222,8 @@ impl Record {
         out.push(b' ');
         push_decimal(out, self.ts_ns);
         out.push(b' ');
-        push_decimal(out, self.latency_ns);
+        // Readers (ours, GoReplay's) take the latency as a signed number.
+        push_decimal(out, self.latency_ns.min(i64::MAX as u64));
         out.extend_from_slice(b" len=");
         push_decimal(out, self.payload.len() as u64);
         // Writing to a Vec cannot fail.
@@ -461,6 +462,7 @@ mod tests {
             bytes: Bytes::from_static(bytes),
             original_len: bytes.len() as u64,
             truncated: false,
+            ambiguous: None,
             start_ns: 1_000,
             end_ns: 1_500,
             request_start_ns: (kind == MessageKind::Response).then_some(100),

@@ -213,6 +213,7 @@ mod tests {
             match chunk {
                 StreamChunk::Data { bytes, .. } => self.data.entry((conn.id, dir.index())).or_default().extend_from_slice(&bytes),
                 StreamChunk::Gap { len } => *self.gaps.entry((conn.id, dir.index())).or_default() += len,
+                StreamChunk::UnknownStart => {}
             }
         }
         fn on_close(&mut self, conn: &ConnectionInfo, reason: CloseReason, _ts: u64) {

@@ -31,6 +31,10 @@ pub enum BodyFraming {
     Chunked,
     /// Until the connection closes (responses only).
     UntilClose,
+    /// A request whose body framing a server may read differently (RFC 9112 6.3: both
+    /// Content-Length and Transfer-Encoding, conflicting lengths, ...): the reason token.
+    /// Its body is taken as the bytes captured, never re-framed.
+    Ambiguous(&'static str),
 }
 
 /// A parsed head: start line fields are in [`Request`] / [`Response`].
@@ -146,7 +150,11 @@ pub fn parse_request(raw: &[u8]) -> Result<Request<'_>, MessageError> {
         }
     })
     .map_err(head_error)?;
-    Ok(Request { raw, method, target, head: Head { version, headers, start, end: len, framing: framing(parsed.framing) } })
+    let framing = match parsed.framing {
+        Ok(f) => framing(f),
+        Err(ambiguity) => BodyFraming::Ambiguous(ambiguity.token()),
+    };
+    Ok(Request { raw, method, target, head: Head { version, headers, start, end: len, framing } })
 }
 
 /// Parses a response whose request had `request_method` (None if unknown): interim
@@ -199,7 +207,7 @@ impl Head {
         let rest = &raw[self.end..];
         match self.framing {
             BodyFraming::None => Ok(Body { bytes: Vec::new(), complete: true }),
-            BodyFraming::UntilClose => Ok(Body { bytes: rest.to_vec(), complete: true }),
+            BodyFraming::UntilClose | BodyFraming::Ambiguous(_) => Ok(Body { bytes: rest.to_vec(), complete: true }),
             BodyFraming::Length(n) => {
                 let n = usize::try_from(n).unwrap_or(usize::MAX);
                 Ok(Body { bytes: rest[..rest.len().min(n)].to_vec(), complete: rest.len() >= n })
@@ -289,10 +297,11 @@ mod tests {
     fn broken_requests_are_errors() {
         assert_eq!(parse_request(b"GET / HTTP/1.1\r\nHost").unwrap_err(), MessageError::IncompleteHead);
         assert_eq!(parse_request(b"\x16\x03\x01 nonsense\r\n\r\n").unwrap_err(), MessageError::InvalidHead);
-        assert_eq!(
-            parse_request(b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n").unwrap_err(),
-            MessageError::BadFraming
-        );
+        // Ambiguous framing is not an error: the reason is carried and the body is the
+        // bytes as captured (the replayer refuses it unless asked).
+        let r = parse_request(b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello").unwrap();
+        assert_eq!(r.head.framing, BodyFraming::Ambiguous("conflicting_content_length"));
+        assert_eq!(r.body().unwrap(), Body { bytes: b"hello".to_vec(), complete: true });
     }
 
     #[test]

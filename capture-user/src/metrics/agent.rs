@@ -157,6 +157,7 @@ pub struct Sample {
 /// Counter families: name (without `_total`) and help. Documented in README
 /// ("Metrics"); the summary key each one comes from is in [`EXPORTS`].
 const FAMILIES: &[(&str, &str)] = &[
+    ("capture_http_ambiguous_requests", "Requests whose body framing a server may read differently (RFC 9112 6.3), recorded flagged ambiguous=REASON, by reason"),
     ("capture_kernel_segments_seen", "TCP segments of watched ports (with payload, or SYN/FIN/RST) seen by the TC programs"),
     ("capture_kernel_seen_bytes", "Payload bytes of the segments seen by the TC programs"),
     ("capture_kernel_events_emitted", "Events the TC programs wrote to the ring buffer"),
@@ -250,6 +251,7 @@ const EXPORTS: &[(&str, &str, Option<(&str, &str)>)] = &[
     ("connections_closed_reused", "capture_connections_closed", Some(("reason", "reused"))),
     ("connections_closed_evicted", "capture_connections_closed", Some(("reason", "evicted"))),
     ("connections_closed_shutdown", "capture_connections_closed", Some(("reason", "shutdown"))),
+    ("connections_closed_tls", "capture_connections_closed", Some(("reason", "tls"))),
     ("orphan_segments", "capture_orphan_segments", None),
     ("hole_timeouts", "capture_stream_hole_timeouts", None),
     ("memory_pressure_flushes", "capture_stream_memory_pressure_flushes", None),
@@ -278,6 +280,13 @@ const EXPORTS: &[(&str, &str, Option<(&str, &str)>)] = &[
     ("http_parse_errors_head_too_large", "capture_http_parse_errors", Some(("reason", "head_too_large"))),
     ("http_parse_errors_bad_content_length", "capture_http_parse_errors", Some(("reason", "bad_content_length"))),
     ("http_parse_errors_bad_chunk", "capture_http_parse_errors", Some(("reason", "bad_chunk"))),
+    ("http_ambiguous_content_length_and_transfer_encoding", "capture_http_ambiguous_requests", Some(("reason", "content_length_and_transfer_encoding"))),
+    ("http_ambiguous_conflicting_content_length", "capture_http_ambiguous_requests", Some(("reason", "conflicting_content_length"))),
+    ("http_ambiguous_repeated_content_length", "capture_http_ambiguous_requests", Some(("reason", "repeated_content_length"))),
+    ("http_ambiguous_invalid_content_length", "capture_http_ambiguous_requests", Some(("reason", "invalid_content_length"))),
+    ("http_ambiguous_unsupported_transfer_encoding", "capture_http_ambiguous_requests", Some(("reason", "unsupported_transfer_encoding"))),
+    ("http_ambiguous_invalid_chunk_size", "capture_http_ambiguous_requests", Some(("reason", "invalid_chunk_size"))),
+    ("http_ambiguous_invalid_chunk", "capture_http_ambiguous_requests", Some(("reason", "invalid_chunk"))),
 ];
 
 fn counter(name: &'static str, labels: Vec<(&'static str, String)>, value: u64) -> Sample {
@@ -466,7 +475,8 @@ mod tests {
             &mut t.closed_reset, &mut t.closed_idle, &mut t.closed_reused, &mut t.closed_evicted,
             &mut t.closed_shutdown, &mut t.orphan_segments, &mut t.hole_timeouts, &mut t.memory_pressure_flushes,
             &mut t.streams.bytes_delivered, &mut t.streams.out_of_order_segments, &mut t.streams.duplicate_bytes,
-            &mut t.streams.gaps, &mut t.streams.gap_bytes,
+            &mut t.streams.gaps, &mut t.streams.gap_bytes, &mut t.closed_tls, &mut t.reused_without_syn,
+            &mut t.unknown_ends, &mut t.streams.unknown_starts,
         ]
         .into_iter()
         .enumerate()
@@ -494,7 +504,18 @@ mod tests {
             parse_errors_head_too_large: 3017,
             parse_errors_bad_content_length: 3018,
             parse_errors_bad_chunk: 3019,
-            ..HttpStats::default()
+            pairing_losses: 3020,
+            pairing_resumed: 3021,
+            unmatched_requests: 3022,
+            framing_error_stops: 3023,
+            framing_error_ignored_bytes: 3024,
+            ambiguous_content_length_and_transfer_encoding: 3025,
+            ambiguous_conflicting_content_length: 3026,
+            ambiguous_repeated_content_length: 3027,
+            ambiguous_invalid_content_length: 3028,
+            ambiguous_unsupported_transfer_encoding: 3029,
+            ambiguous_invalid_chunk_size: 3030,
+            ambiguous_invalid_chunk: 3031,
         };
         for (i, (_, s)) in stats.sinks.iter_mut().enumerate() {
             let base = 4000 + 100 * i as u64;

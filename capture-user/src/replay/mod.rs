@@ -154,7 +154,12 @@ fn skip_reason(ex: &Exchange, config: &ReplayConfig) -> Option<String> {
     if !req.body().is_ok_and(|b| b.complete) {
         return Some("request body incomplete (shorter than its Content-Length or chunked framing): not sent".into());
     }
-    if let Some(reason) = ex.request_ambiguous.as_deref().filter(|_| !config.replay_ambiguous) {
+    // The capture's flag, or the same rule applied here (files from other tools).
+    let found = match req.head.framing {
+        message::BodyFraming::Ambiguous(token) => Some(token),
+        _ => None,
+    };
+    if let Some(reason) = ex.request_ambiguous.as_deref().or(found).filter(|_| !config.replay_ambiguous) {
         return Some(format!("request framing ambiguous at capture ({reason}): not sent (--replay-ambiguous sends it)"));
     }
     if !config.allow_methods.iter().any(|m| m == req.method) {

@@ -48,6 +48,13 @@ pub enum SinkError {
     },
     #[error("{sink}: {message}")]
     Kafka { sink: String, message: String },
+    /// An output file could not be created safely.
+    #[error("{sink}: {source}")]
+    File {
+        sink: String,
+        #[source]
+        source: crate::files::FileError,
+    },
 }
 
 pub trait RecordSink: Send {
