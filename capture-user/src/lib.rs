@@ -7,6 +7,8 @@
 pub mod agent;
 pub mod compare;
 pub mod connections;
+pub mod export;
+pub mod content_encoding;
 pub mod flow;
 pub mod iface_watch;
 pub mod kernel;
