@@ -262,7 +262,8 @@ fn response(captured: &crate::replay::input::CapturedResponse, method: &str) -> 
         match content_encoding::decode(header(&list, "content-encoding"), &body.bytes, DECODED_LIMIT) {
             Ok(decoded) => {
                 let (text, encoding) = text(&decoded);
-                let compression = (decoded.len() != body.bytes.len()).then(|| decoded.len() as i64 - body.bytes.len() as i64);
+                // Bytes saved by the coding (none when it grew the body).
+                let compression = (decoded.len() > body.bytes.len()).then(|| decoded.len() as i64 - body.bytes.len() as i64);
                 Content { size: decoded.len() as i64, compression, mime_type: mime_type.clone(), text: Some(text), encoding, comment: None }
             }
             Err(e) => {
