@@ -1126,7 +1126,7 @@ pub fn http_response(status: u16, headers: &[(&str, &str)], body: &[u8]) -> Vec<
 
 /// One `.gor` record as the agent writes it (with `len=` and a server address).
 pub fn gor_record(out: &mut impl std::io::Write, ty: u8, id: &str, ts_ns: u64, latency_ns: i64, payload: &[u8]) {
-    write!(out, "{} {id} {ts_ns} {latency_ns} len={} client=10.0.0.2:40000 server=10.0.0.1:80\n", ty as char, payload.len()).unwrap();
+    writeln!(out, "{} {id} {ts_ns} {latency_ns} len={} client=10.0.0.2:40000 server=10.0.0.1:80", ty as char, payload.len()).unwrap();
     out.write_all(payload).unwrap();
     out.write_all(SEPARATOR).unwrap();
 }
