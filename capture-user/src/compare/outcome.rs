@@ -13,6 +13,8 @@ use super::risk::Risk;
 pub enum ErrorKind {
     /// No connection (refused, unreachable): nothing was sent.
     Connect,
+    /// The TLS handshake with an `https://` target failed: nothing was sent.
+    Tls,
     /// The target did not take the whole request in time.
     WriteTimeout,
     /// Writing the request failed (reset, broken pipe).
@@ -33,6 +35,7 @@ impl ErrorKind {
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorKind::Connect => "connect",
+            ErrorKind::Tls => "tls",
             ErrorKind::WriteTimeout => "write_timeout",
             ErrorKind::Write => "write",
             ErrorKind::ReadTimeout => "read_timeout",
