@@ -1301,3 +1301,154 @@ impl Drop for SimNode {
         }
     }
 }
+
+/// Whether the Python modules a test reads its output back with are importable. Without
+/// them the test skips with a reason, unless CAPTURE_REQUIRE_KERNEL_TESTS is set (CI),
+/// where a skip is a failure (`cargo xtask test` installs them).
+pub fn python_modules_enabled(test: &str, modules: &[&str]) -> bool {
+    let imports = modules.iter().map(|m| format!("import {m}")).collect::<Vec<_>>().join("; ");
+    let ok = Command::new("python3").args(["-c", &imports]).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false);
+    if ok && capture_bin().exists() {
+        return true;
+    }
+    let reason = if ok { format!("{} not built", capture_bin().display()) } else { format!("python3 cannot import {}", modules.join(", ")) };
+    if std::env::var_os("CAPTURE_REQUIRE_KERNEL_TESTS").is_some() {
+        panic!("{test}: cannot run: {reason} (cargo xtask test installs them)");
+    }
+    eprintln!("SKIP {test}: {reason}");
+    false
+}
+
+#[repr(C)]
+struct Rusage {
+    utime: [i64; 2],
+    stime: [i64; 2],
+    maxrss_kib: i64,
+    rest: [i64; 13],
+}
+
+extern "C" {
+    fn wait4(pid: i32, status: *mut i32, options: i32, rusage: *mut Rusage) -> i32;
+}
+
+/// Waits for `child` and returns its exit code (None when killed by a signal) and its
+/// peak resident set size in KiB (the kernel's `ru_maxrss` of exactly that process).
+pub fn wait_with_peak_rss(child: Child) -> (Option<i32>, u64) {
+    let mut status = 0;
+    let mut usage = Rusage { utime: [0; 2], stime: [0; 2], maxrss_kib: 0, rest: [0; 13] };
+    // SAFETY: a child of this process, valid pointers to a status word and a struct
+    // rusage (x86_64/aarch64 Linux layout).
+    let pid = unsafe { wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as i32, "wait4 failed");
+    let code = (status & 0x7f == 0).then_some((status >> 8) & 0xff);
+    (code, usage.maxrss_kib as u64)
+}
+
+/// A request an [`HttpServer`] received.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub method: String,
+    pub target: String,
+    /// Header names lowercased.
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+type Handler = dyn Fn(&Received) -> Vec<u8> + Send + Sync;
+
+/// An HTTP/1.1 server on 127.0.0.1 in this process (keep-alive, Content-Length bodies),
+/// answering with what `handler` returns (whole response bytes) and logging requests.
+pub struct HttpServer {
+    pub url: String,
+    pub received: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+    pub count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl HttpServer {
+    /// `log`: keep every request (not for a million of them; they are counted anyway).
+    pub fn start(log: bool, handler: impl Fn(&Received) -> Vec<u8> + Send + Sync + 'static) -> HttpServer {
+        use std::sync::{Arc, Mutex};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let handler: Arc<Handler> = Arc::new(handler);
+        let (r, c) = (received.clone(), count.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (r, c, h) = (r.clone(), c.clone(), handler.clone());
+                std::thread::spawn(move || serve_http(stream, log, &r, &c, &*h));
+            }
+        });
+        HttpServer { url, received, count }
+    }
+
+    pub fn requests(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+fn serve_http(stream: std::net::TcpStream, log: bool, received: &std::sync::Mutex<Vec<Received>>, count: &std::sync::atomic::AtomicUsize, handler: &Handler) {
+    use std::io::Write;
+    let _ = stream.set_nodelay(true);
+    let mut writer = match stream.try_clone() {
+        Ok(w) => w,
+        Err(_) => return,
+    };
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let (method, target) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
+        let mut headers = HashMap::new();
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((n, v)) = h.split_once(':') {
+                headers.insert(n.trim().to_ascii_lowercase(), v.trim().to_string());
+            }
+        }
+        let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let mut body = vec![0u8; len];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let request = Received { method, target, headers, body };
+        count.fetch_add(1, Ordering::SeqCst);
+        let response = handler(&request);
+        if log {
+            received.lock().unwrap().push(request);
+        }
+        if writer.write_all(&response).is_err() {
+            return;
+        }
+    }
+}
+
+/// A whole HTTP/1.1 response with a Content-Length body.
+pub fn http_response(status: u16, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut out = format!("HTTP/1.1 {status} {}\r\n", if status < 400 { "OK" } else { "Error" });
+    for (n, v) in headers {
+        out.push_str(&format!("{n}: {v}\r\n"));
+    }
+    out.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+/// One `.gor` record as the agent writes it (with `len=` and a server address).
+pub fn gor_record(out: &mut impl std::io::Write, ty: u8, id: &str, ts_ns: u64, latency_ns: i64, payload: &[u8]) {
+    writeln!(out, "{} {id} {ts_ns} {latency_ns} len={} client=10.0.0.2:40000 server=10.0.0.1:80", ty as char, payload.len()).unwrap();
+    out.write_all(payload).unwrap();
+    out.write_all(SEPARATOR).unwrap();
+}

@@ -41,6 +41,9 @@ pub enum FileError {
     /// The path is a symbolic link; files are not written through links.
     #[error("{0}: is a symbolic link; output files are never written through a link")]
     Symlink(PathBuf),
+    /// The file at the path has other hard links: it may be another user's file.
+    #[error("{0}: has other hard links; output files are never written into a linked file")]
+    HardLinked(PathBuf),
     /// The path is a directory (or another non-file) where a file was expected.
     #[error("{0}: is not a regular file")]
     NotAFile(PathBuf),
@@ -127,6 +130,38 @@ pub fn create_new(path: &Path, options: &FileOptions) -> Result<File, FileError>
     Ok(file)
 }
 
+/// Opens a file that a rerun rewrites and that is written as it goes (a JSON-lines log,
+/// an export): created with `options.mode` or truncated, never through a symbolic
+/// link, never a file with other hard links (it could be someone else's file), and
+/// left with exactly `options.mode`.
+pub fn create_or_truncate(path: &Path, options: &FileOptions) -> Result<File, FileError> {
+    use std::os::unix::fs::MetadataExt;
+    check_dir(path, options)?;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .mode(options.mode)
+        // O_NONBLOCK: a FIFO planted at the path must not block the open (it is then
+        // refused as not a file); regular files ignore the flag.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_symlink() => FileError::Symlink(path.to_path_buf()),
+            _ => io_error(path)(e),
+        })?;
+    // Checked on the open file, so nothing can be swapped in between.
+    let meta = file.metadata().map_err(io_error(path))?;
+    if !meta.is_file() {
+        return Err(FileError::NotAFile(path.to_path_buf()));
+    }
+    if meta.nlink() > 1 {
+        return Err(FileError::HardLinked(path.to_path_buf()));
+    }
+    file.set_len(0).map_err(io_error(path))?;
+    file.set_permissions(std::fs::Permissions::from_mode(options.mode)).map_err(io_error(path))?;
+    Ok(file)
+}
+
 /// Writes `contents` as the file at `path`, replacing what is there atomically: a new
 /// file next to it, renamed over the path (a link at the path is replaced, not
 /// followed). For reports, which a rerun rewrites.
@@ -171,6 +206,29 @@ mod tests {
 
     /// Issue 10, finding 5: a symlink planted at the output path made the agent
     /// overwrite the file it pointed to.
+    /// A report path that is a symbolic link, or a hard link to another file, is never
+    /// written through; an existing report is truncated and made private.
+    #[test]
+    fn reports_rewritten_in_place_never_follow_links() {
+        use std::io::Write;
+        let dir = temp_dir("rewrite");
+        let victim = dir.join("victim");
+        std::fs::write(&victim, b"secret").unwrap();
+        let link = dir.join("report.jsonl");
+        symlink(&victim, &link).unwrap();
+        assert!(matches!(create_or_truncate(&link, &FileOptions::default()), Err(FileError::Symlink(_))));
+        std::fs::remove_file(&link).unwrap();
+        std::fs::hard_link(&victim, &link).unwrap();
+        assert!(matches!(create_or_truncate(&link, &FileOptions::default()), Err(FileError::HardLinked(_))));
+        assert_eq!(std::fs::read(&victim).unwrap(), b"secret");
+        std::fs::remove_file(&link).unwrap();
+        std::fs::write(&link, b"an older, longer report").unwrap();
+        std::fs::set_permissions(&link, std::fs::Permissions::from_mode(0o644)).unwrap();
+        create_or_truncate(&link, &FileOptions::default()).unwrap().write_all(b"new").unwrap();
+        assert_eq!((std::fs::read(&link).unwrap(), mode(&link)), (b"new".to_vec(), 0o600));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn unsafe_output_files_symlink_is_refused_and_its_target_untouched() {
         let dir = temp_dir("link");

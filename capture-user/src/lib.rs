@@ -9,6 +9,8 @@ pub mod btf;
 pub mod compare;
 pub mod connections;
 pub mod files;
+pub mod export;
+pub mod content_encoding;
 pub mod flow;
 pub mod iface_watch;
 pub mod kernel;

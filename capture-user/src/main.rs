@@ -14,14 +14,15 @@ use capture::connections::TableLimits;
 use capture::files::{self, FileOptions};
 use capture::http::HttpConfig;
 use capture::metrics::agent::AgentMetrics;
-use capture::compare::{CompareConfig, Report};
+use capture::compare::{html, junit, terminal, CompareSettings, JunitRun, OutcomeLog, PathPattern, Report, ReportView, Risk};
+use capture::export::write_har;
 use capture::output::{parse_size, OutputSpec};
-use capture::replay::input::{read_gor_files, InputStats};
-use capture::replay::kafka_input::{consume_group, parse_time, read_window, KafkaInput};
+use capture::replay::input::{GorInput, InputStats, PairingWindow};
+use capture::replay::kafka_input::{consume_group, parse_time, read_window, GroupEvent, KafkaInput};
 use capture::replay::request::{RewriteOptions, TargetUrl};
 use capture::replay::safety::{LocalAddresses, ProductionCheck};
 use capture::replay::target::Target;
-use capture::replay::{self, Pacing, ReplayConfig, SAFE_METHODS};
+use capture::replay::{self, Pacing, ReplayConfig, Results, SAFE_METHODS};
 use capture::sink::kafka::{self, KafkaConfig, KafkaSink};
 use capture::sink::{file::FileSink, stdout::StdoutSink, RecordSink};
 
@@ -29,8 +30,9 @@ use capture::sink::{file::FileSink, stdout::StdoutSink, RecordSink};
 /// so it can be replayed against a candidate release.
 ///
 /// Exit codes: 0 success, 1 runtime error (message on stderr), 2 bad usage (a bad
-/// value or combination of flags), 3 `replay --fail-on-diff` failed (differences,
-/// requests a candidate did not answer, or a baseline that answered none).
+/// value or combination of flags), 3 the `--fail-on` gate of `replay` or `report merge`
+/// failed (differences at that risk or higher, requests a candidate did not answer, or
+/// a baseline that answered none).
 #[derive(Parser)]
 #[command(name = "capture", version, propagate_version = true)]
 struct Cli {
@@ -65,16 +67,35 @@ enum Command {
     /// request that fails (connect, write, read; each bounded by --timeout) is an error.
     ///
     /// With --compare, each candidate response is compared with the captured production
-    /// response (status, headers, JSON fields / text lines / binary hash, latency).
-    /// "Equal" means compared in full and equal; a body cut at capture is compared as
-    /// far as it goes ("partly compared"); a request without a usable production
-    /// response is "not compared". --baseline names a second production copy whose
-    /// differences are reported as noise; its errors are counted. Latency on both sides:
-    /// request's last byte to response's first byte (see README).
+    /// response (status, headers, JSON fields / text lines / binary hash after undoing
+    /// Content-Encoding, latency). Each difference is graded by risk: high (status class
+    /// change, removed field or header, changed type), medium (changed value), low
+    /// (added field or header). "Equal" means compared in full and equal; a body cut at
+    /// capture is compared as far as it goes ("partly compared"); a request without a
+    /// usable production response is "not compared". --baseline names a second
+    /// production copy whose differences are reported as noise; its errors are counted.
+    /// Latency on both sides: request's last byte to response's first byte (see README).
     ///
-    /// Exit codes: 0 done, 1 runtime error, 2 bad usage, 3 --fail-on-diff failed
-    /// (differences, requests a candidate did not answer, or a baseline that answered none).
+    /// Reports: a terminal summary, and --report-json (mergeable: `capture report
+    /// merge`), --report-html, --report-junit (one test case per endpoint),
+    /// --report-jsonl (one line per request, written as it happens).
+    ///
+    /// Exit codes: 0 done, 1 runtime error, 2 bad usage, 3 the --fail-on gate failed
+    /// (differences at that risk or higher, requests a candidate did not answer, or a
+    /// baseline that answered none).
     Replay(Box<ReplayArgs>),
+    /// Export captured exchanges, from `.gor` files or a Kafka time window, as a HAR 1.2
+    /// log (browser devtools, Insomnia, k6 and other importers read it).
+    ///
+    /// Each entry has the request, production's response (Content-Encoding undone in
+    /// `content`), the request's start time and the captured latency (`timings.wait`).
+    /// Written entry by entry: any size of input is exported with bounded memory.
+    Export(Box<ExportArgs>),
+    /// Work with the JSON reports `capture replay --report-json` writes.
+    Report {
+        #[command(subcommand)]
+        command: ReportCommand,
+    },
     /// List this agent's classifiers attached (TCX) to interfaces: a check that nothing
     /// is left behind after an agent stopped or was killed. Needs root.
     Attachments {
@@ -82,6 +103,116 @@ enum Command {
         #[arg(long = "iface", required = true, value_delimiter = ',')]
         ifaces: Vec<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum ReportCommand {
+    /// Merge the JSON reports of several replayers (e.g. of one consumer group) into
+    /// one report: counts, risk levels, fields and latency histograms sum; Kafka
+    /// records consumed by more than one replayer are counted as duplicates. Prints the
+    /// summary and writes the reports asked for.
+    ///
+    /// Exit codes: 0 done, 1 a report cannot be read, 2 bad usage, 3 the --fail-on gate failed.
+    Merge(Box<MergeArgs>),
+}
+
+#[derive(Args)]
+struct MergeArgs {
+    /// JSON reports to merge (format 2, as `capture replay --report-json` writes).
+    #[arg(required = true, num_args = 1..)]
+    reports: Vec<PathBuf>,
+
+    #[command(flatten)]
+    outputs: ReportOutputs,
+
+    #[command(flatten)]
+    gate: Gate,
+}
+
+/// Report files (replay and report merge).
+#[derive(Args)]
+struct ReportOutputs {
+    /// Write the report as JSON to this file (mergeable with `capture report merge`).
+    #[arg(long, env = "CAPTURE_REPORT_JSON")]
+    report_json: Option<PathBuf>,
+
+    /// Write the report as a self-contained HTML page to this file.
+    #[arg(long, env = "CAPTURE_REPORT_HTML")]
+    report_html: Option<PathBuf>,
+
+    /// Write a JUnit XML report to this file: one test case per endpoint, failing when
+    /// it has differences at the --fail-on risk or higher (any difference without
+    /// --fail-on), in error when a candidate did not answer.
+    #[arg(long, env = "CAPTURE_REPORT_JUNIT")]
+    report_junit: Option<PathBuf>,
+}
+
+/// The exit-code gate.
+#[derive(Args)]
+struct Gate {
+    /// Exit with code 3 when a request differs at this risk or higher (`high`,
+    /// `medium` or `low`), a candidate did not answer a request, or the baseline
+    /// answered none. High: status class change, removed field or header, changed
+    /// type; medium: changed value; low: added field or header.
+    #[arg(long, env = "CAPTURE_FAIL_ON", value_parser = parse_risk)]
+    fail_on: Option<Risk>,
+
+    /// The same as `--fail-on low`: any difference fails (kept for existing scripts).
+    #[arg(long, env = "CAPTURE_FAIL_ON_DIFF", conflicts_with = "fail_on")]
+    fail_on_diff: bool,
+}
+
+impl Gate {
+    /// The risk level that fails the run, and the flag that set it (for messages).
+    fn level(&self) -> Option<(Risk, String)> {
+        match (self.fail_on, self.fail_on_diff) {
+            (Some(r), _) => Some((r, format!("--fail-on {r}"))),
+            (None, true) => Some((Risk::Low, "--fail-on-diff".to_string())),
+            (None, false) => None,
+        }
+    }
+}
+
+fn parse_risk(s: &str) -> Result<Risk, String> {
+    s.parse()
+}
+
+fn parse_pattern(s: &str) -> Result<PathPattern, String> {
+    s.parse().map_err(|e: capture::compare::PathError| e.to_string())
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// Output format. `har`: HAR 1.2 JSON.
+    #[arg(long, value_enum, env = "CAPTURE_EXPORT_FORMAT")]
+    format: ExportFormat,
+
+    /// Captured records: `.gor` file(s), or `kafka://host:port[,host:port]/topic` with
+    /// --from (a time window, read without a consumer group).
+    #[arg(long = "input", required = true, env = "CAPTURE_INPUT", value_delimiter = ',')]
+    inputs: Vec<String>,
+
+    /// Kafka input: start of the time window, RFC 3339 or relative (`-15m`).
+    #[arg(long, env = "CAPTURE_FROM", allow_hyphen_values = true)]
+    from: Option<String>,
+
+    /// Kafka input: end of the time window (RFC 3339, `-5m`, `now`). Default: now.
+    #[arg(long, env = "CAPTURE_TO", allow_hyphen_values = true)]
+    to: Option<String>,
+
+    /// librdkafka setting for the Kafka input (`key=value`, repeatable), e.g. TLS/SASL.
+    #[arg(long = "kafka-opt", env = "CAPTURE_KAFKA_OPT", value_delimiter = ';', value_parser = parse_kafka_opt)]
+    kafka_opts: Vec<(String, String)>,
+
+    /// Write to this file instead of stdout.
+    #[arg(long, short = 'o', env = "CAPTURE_EXPORT_OUTPUT")]
+    output: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ExportFormat {
+    /// HAR 1.2 (HTTP Archive).
+    Har,
 }
 
 #[derive(Args)]
@@ -187,17 +318,25 @@ struct ReplayArgs {
     #[arg(long = "ignore-header", env = "CAPTURE_IGNORE_HEADER", value_delimiter = ',')]
     ignore_headers: Vec<String>,
 
-    /// JSON field never compared, e.g. `$.meta.generated_at` or `$.items[*].id`. Repeatable.
-    #[arg(long = "ignore-field", env = "CAPTURE_IGNORE_FIELD", value_delimiter = ',')]
-    ignore_fields: Vec<String>,
+    /// JSON field never compared (nor anything below it), e.g. `$.meta.generated_at` or
+    /// `$.items[*].id` (`[*]` any index, `.*` any key). Repeatable. A pattern that does
+    /// not parse is a usage error.
+    #[arg(long = "ignore-field", env = "CAPTURE_IGNORE_FIELD", value_delimiter = ',', value_parser = parse_pattern)]
+    ignore_fields: Vec<PathPattern>,
 
-    /// Write the report as JSON to this file.
-    #[arg(long, env = "CAPTURE_REPORT_JSON")]
-    report_json: Option<PathBuf>,
+    /// JSON array compared without regard to order (as a multiset), e.g. `$.items` or
+    /// `$.groups[*].tags`. Repeatable.
+    #[arg(long = "unordered", env = "CAPTURE_UNORDERED", value_delimiter = ',', value_parser = parse_pattern)]
+    unordered: Vec<PathPattern>,
 
-    /// Write the report as a self-contained HTML page to this file.
-    #[arg(long, env = "CAPTURE_REPORT_HTML")]
-    report_html: Option<PathBuf>,
+    #[command(flatten)]
+    outputs: ReportOutputs,
+
+    /// Write each request's outcome as a JSON line to this file, as it happens (for a
+    /// log pipeline): equal, different (with risk and differences), partial,
+    /// not_compared, error or skipped.
+    #[arg(long, env = "CAPTURE_REPORT_JSONL")]
+    report_jsonl: Option<PathBuf>,
 
     /// Captured connections replayed at once (each keeps its order).
     #[arg(long, default_value_t = 32, env = "CAPTURE_CONCURRENCY", value_parser = clap::value_parser!(u32).range(1..=4096))]
@@ -208,10 +347,8 @@ struct ReplayArgs {
     #[arg(long, default_value = "10", env = "CAPTURE_TIMEOUT", value_parser = positive_seconds)]
     timeout: Duration,
 
-    /// Exit with code 3 when any request differs, a candidate did not answer a
-    /// request, or the baseline answered none.
-    #[arg(long, env = "CAPTURE_FAIL_ON_DIFF")]
-    fail_on_diff: bool,
+    #[command(flatten)]
+    gate: Gate,
 }
 
 fn parse_header(s: &str) -> Result<(String, String), String> {
@@ -256,23 +393,118 @@ fn note(line: std::fmt::Arguments<'_>) {
     let _ = writeln!(std::io::stderr(), "capture: {line}");
 }
 
-fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
-    let kafka: Vec<&String> = args.inputs.iter().filter(|i| i.starts_with("kafka://")).collect();
-    if !kafka.is_empty() && (kafka.len() > 1 || args.inputs.len() > 1) {
+/// Where captured records come from.
+enum Input {
+    /// `.gor` files, read as a stream.
+    Files(Vec<PathBuf>),
+    /// A Kafka time window (read whole, then in capture order).
+    KafkaWindow(KafkaInput),
+    /// A Kafka consumer group (live, in batches).
+    KafkaGroup(KafkaInput, String),
+}
+
+/// Checks the input flags (usage errors exit 2) and says where records come from.
+fn input_of(inputs: &[String], group: Option<&String>, from: Option<&String>, to: Option<&String>, kafka_opts: &[(String, String)], idle: Duration) -> Input {
+    let kafka: Vec<&String> = inputs.iter().filter(|i| i.starts_with("kafka://")).collect();
+    if !kafka.is_empty() && (kafka.len() > 1 || inputs.len() > 1) {
         usage_error("--input: give one kafka:// input, or any number of .gor files".into());
     }
-    if let Some(url) = kafka.first() {
-        if args.group.is_none() && args.from.is_none() {
-            usage_error(format!("--input {url}: give --group (live) or --from (time window)"));
+    let Some(url) = kafka.first() else {
+        if group.is_some() || from.is_some() || to.is_some() {
+            usage_error("--group, --from and --to apply to a kafka:// input".into());
         }
-    } else if args.group.is_some() || args.from.is_some() || args.to.is_some() {
-        usage_error("--group, --from and --to apply to a kafka:// input".into());
+        return Input::Files(inputs.iter().map(PathBuf::from).collect());
+    };
+    if group.is_none() && from.is_none() {
+        usage_error(format!("--input {url}: give --group (live) or --from (time window)"));
     }
+    let (brokers, topic) = match url.parse::<OutputSpec>() {
+        Ok(OutputSpec::Kafka { brokers, topic }) => (brokers, topic),
+        _ => usage_error(format!("--input {url:?}: expected kafka://host:port[,host:port]/topic")),
+    };
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    let parse = |flag: &str, t: Option<&String>| t.map(|t| parse_time(t, now_ms)).transpose().unwrap_or_else(|e| usage_error(format!("--{flag} {e}")));
+    let input = KafkaInput {
+        brokers,
+        topic,
+        group: group.cloned(),
+        from_ms: parse("from", from),
+        to_ms: parse("to", to).or(Some(now_ms)),
+        options: kafka_opts.to_vec(),
+        idle,
+    };
+    match group {
+        Some(group) => Input::KafkaGroup(input, group.clone()),
+        None => Input::KafkaWindow(input),
+    }
+}
+
+/// Opens a file written as it goes (JSON lines, exports). Like reports, it holds
+/// production traffic: private, never through a link (see `files`).
+fn create_file(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    Ok(files::create_or_truncate(path, &FileOptions::default())?)
+}
+
+/// Writes a whole report: a new private file renamed over the path.
+fn write_file(path: &std::path::Path, text: &str, what: &str) -> anyhow::Result<()> {
+    files::replace(path, text.as_bytes(), &FileOptions::default()).with_context(|| format!("writing the {what}"))?;
+    note(format_args!("{what} written to {}", path.display()));
+    Ok(())
+}
+
+/// Writes the report files asked for, then the summary to stdout (a closed stdout
+/// ends it quietly), then the run errors to stderr; returns the exit code of the gate.
+fn finish_report(view: &ReportView, outputs: &ReportOutputs, gate: &Gate) -> anyhow::Result<ExitCode> {
+    let level = gate.level();
+    if let Some(path) = &outputs.report_json {
+        write_file(path, &view.to_json(), "JSON report")?;
+    }
+    if let Some(path) = &outputs.report_html {
+        write_file(path, &html::render(view), "HTML report")?;
+    }
+    if let Some(path) = &outputs.report_junit {
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let run = JunitRun { hostname: hostname(), timestamp: now.trim_end_matches('Z').to_string(), fail_on: level.as_ref().map_or(Risk::Low, |l| l.0) };
+        write_file(path, &junit::render(view, &run), "JUnit report")?;
+    }
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(terminal::render(view).as_bytes()).and_then(|()| out.flush());
+    }
+    for error in &view.run_errors {
+        note(format_args!("error: {error}"));
+    }
+    if let Some((risk, flag)) = level {
+        let failures = view.gate_failures(risk);
+        if !failures.is_empty() {
+            note(format_args!("{flag}: failing ({})", failures.join("; ")));
+            return Ok(ExitCode::from(3));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn describe(stats: &InputStats, requests: u64, targets: &str) {
+    note(format_args!(
+        "replaying {requests} request(s) from {} record(s) ({} unparseable, {} null, {} continuation records joined, {} incomplete, \
+         {} responses without request, {} ignored, {} handed over in a rebalance) to {targets}",
+        stats.records,
+        stats.bad_records,
+        stats.null_values,
+        stats.parts_joined,
+        stats.parts_incomplete,
+        stats.responses_without_request,
+        stats.ignored_records,
+        stats.handed_over,
+    ))
+}
+
+fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let input = input_of(&args.inputs, args.group.as_ref(), args.from.as_ref(), args.to.as_ref(), &args.kafka_opts, args.idle_exit);
     let mut allow: Vec<String> = SAFE_METHODS.iter().map(|m| m.to_string()).collect();
     allow.extend(args.allow_methods.iter().map(|m| m.trim().to_ascii_uppercase()));
-    let mut compare_cfg = CompareConfig::default();
-    compare_cfg.ignore_headers.extend(args.ignore_headers.iter().map(|h| h.to_ascii_lowercase()));
-    compare_cfg.ignore_fields.extend(args.ignore_fields.iter().cloned());
+    let settings = CompareSettings::with_patterns(&args.ignore_headers, args.ignore_fields.clone(), args.unordered.clone());
     let any_https = args.targets.iter().chain(&args.baseline).any(|t| t.tls);
     let tls = if any_https {
         let options = capture::replay::tls::TlsOptions { insecure: args.insecure, ca_file: args.ca_file.clone() };
@@ -300,7 +532,7 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         rewrite: RewriteOptions { keep_host: args.keep_host, mark: args.mark_header, set: args.set_headers, drop: args.drop_headers },
         concurrency: args.concurrency as usize,
         timeout: args.timeout,
-        compare: args.compare.then_some(compare_cfg),
+        compare: args.compare.then_some(settings),
         production: ProductionCheck { local: LocalAddresses::of_this_node(), allow: args.allow_production },
     };
     if args.allow_production {
@@ -308,96 +540,115 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             "WARNING: --allow-production: requests may be sent to the captured production servers; their side effects happen twice"
         ));
     }
+    // Opened before anything is sent: a path that cannot be written fails first.
+    let log = match &args.report_jsonl {
+        Some(path) => Some(OutcomeLog::new(Box::new(std::io::BufWriter::new(create_file(path)?)))),
+        None => None,
+    };
     let title = format!("capture replay of {}", args.inputs.join(", "));
     let targets = args.targets.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ");
-    let describe = |stats: &InputStats, n: usize| {
-        note(format_args!(
-            "replaying {n} request(s) from {} record(s) ({} unparseable, {} null, {} continuation records joined, {} incomplete, \
-             {} responses without request, {} ignored) to {targets}",
-            stats.records,
-            stats.bad_records,
-            stats.null_values,
-            stats.parts_joined,
-            stats.parts_incomplete,
-            stats.responses_without_request,
-            stats.ignored_records
-        ))
-    };
-    let with_input = |mut report: Report, stats: &InputStats| {
+    let with_input = |mut results: Results, stats: &InputStats| {
         for (name, n) in stats.fields() {
-            report.add_counter(&format!("input_{name}"), n);
+            results.report.add_counter(&format!("input_{name}"), n);
         }
-        report
+        results
     };
-    let report = match kafka.first() {
-        None => {
-            let paths: Vec<&std::path::Path> = args.inputs.iter().map(std::path::Path::new).collect();
-            let (exchanges, stats) = read_gor_files(&paths).with_context(|| format!("reading {:?}", args.inputs))?;
-            describe(&stats, exchanges.len());
-            replay::run(exchanges, &config, with_input(Report::new(title), &stats))
+    let results = Results { report: Report::new(title), log };
+    let mut input_error = None;
+    let results = match input {
+        Input::Files(paths) => {
+            let paths: Vec<&std::path::Path> = paths.iter().map(PathBuf::as_path).collect();
+            let mut input = GorInput::open(&paths, PairingWindow::default()).context("opening the input")?;
+            let mut requests = 0u64;
+            let results = replay::run(input.by_ref().inspect(|_| requests += 1), &config, results);
+            describe(&input.stats(), requests, &targets);
+            input_error = input.error().map(|e| anyhow::anyhow!("{e}"));
+            with_input(results, &input.stats())
         }
-        Some(url) => {
-            let (brokers, topic) = match url.parse::<OutputSpec>() {
-                Ok(OutputSpec::Kafka { brokers, topic }) => (brokers, topic),
-                _ => usage_error(format!("--input {url:?}: expected kafka://host:port[,host:port]/topic")),
-            };
-            let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
-            let parse = |flag: &str, t: &Option<String>| t.as_deref().map(|t| parse_time(t, now_ms)).transpose().unwrap_or_else(|e| usage_error(format!("--{flag} {e}")));
-            let input = KafkaInput {
-                brokers,
-                topic,
-                group: args.group.clone(),
-                from_ms: parse("from", &args.from),
-                to_ms: parse("to", &args.to).or(Some(now_ms)),
-                options: args.kafka_opts.clone(),
-                idle: args.idle_exit,
-            };
-            match &args.group {
-                Some(group) => {
-                    let mut report = Some(Report::new(title));
-                    let stats = consume_group(&input, group, |batch| {
-                        note(format_args!("replaying a batch of {} request(s)", batch.len()));
-                        report = Some(replay::run(batch, &config, report.take().expect("report")));
-                    })?;
-                    let report = report.expect("report");
-                    describe(&stats, report.total());
-                    with_input(report, &stats)
+        Input::KafkaWindow(kafka) => {
+            let (exchanges, stats) = read_window(&kafka)?;
+            describe(&stats, exchanges.len() as u64, &targets);
+            with_input(replay::run(exchanges, &config, results), &stats)
+        }
+        Input::KafkaGroup(kafka, group) => {
+            let mut results = Some(results);
+            let mut requests = 0u64;
+            let stats = consume_group(&kafka, &group, |event| match event {
+                GroupEvent::Batch(batch) => {
+                    note(format_args!("replaying a batch of {} request(s)", batch.len()));
+                    requests += batch.len() as u64;
+                    results = Some(replay::run(batch, &config, results.take().expect("results")));
                 }
-                None => {
-                    let (exchanges, stats) = read_window(&input)?;
-                    describe(&stats, exchanges.len());
-                    replay::run(exchanges, &config, with_input(Report::new(title), &stats))
+                GroupEvent::Replayed { partition, from, to } => {
+                    results.as_mut().expect("results").report.add_kafka_records(&kafka.topic, partition, from, to);
                 }
+            })?;
+            describe(&stats, requests, &targets);
+            with_input(results.expect("results"), &stats)
+        }
+    };
+    let Results { report, log } = results;
+    let code = finish_report(&report.view(), &args.outputs, &args.gate)?;
+    if let (Some(log), Some(path)) = (log, &args.report_jsonl) {
+        let lines = log.finish().with_context(|| format!("writing {}", path.display()))?;
+        note(format_args!("{lines} JSON line(s) written to {}", path.display()));
+    }
+    if let Some(e) = input_error {
+        return Err(e.context("the input ended early: the report covers what was read"));
+    }
+    Ok(code)
+}
+
+fn run_export(args: ExportArgs) -> anyhow::Result<ExitCode> {
+    let ExportFormat::Har = args.format;
+    let input = input_of(&args.inputs, None, args.from.as_ref(), args.to.as_ref(), &args.kafka_opts, Duration::from_secs(10));
+    let mut out: Box<dyn std::io::Write> = match &args.output {
+        Some(path) => Box::new(std::io::BufWriter::new(create_file(path)?)),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let (written, stats) = match input {
+        Input::Files(paths) => {
+            let paths: Vec<&std::path::Path> = paths.iter().map(PathBuf::as_path).collect();
+            let mut input = GorInput::open(&paths, PairingWindow::default()).context("opening the input")?;
+            let written = write_har(input.by_ref(), &mut out);
+            if let Some(e) = input.error() {
+                anyhow::bail!("{e}");
             }
+            (written, input.stats())
         }
+        Input::KafkaWindow(kafka) => {
+            let (exchanges, stats) = read_window(&kafka)?;
+            (write_har(exchanges, &mut out), stats)
+        }
+        Input::KafkaGroup(..) => unreachable!("export has no --group"),
     };
-    // Reports first: they are written even if stdout is a closed pipe. They hold
-    // production bodies: private, and never written through a link.
-    if let Some(path) = &args.report_json {
-        files::replace(path, report.to_json().as_bytes(), &FileOptions::default()).context("writing the JSON report")?;
-        note(format_args!("JSON report written to {}", path.display()));
-    }
-    if let Some(path) = &args.report_html {
-        files::replace(path, report.to_html().as_bytes(), &FileOptions::default()).context("writing the HTML report")?;
-        note(format_args!("HTML report written to {}", path.display()));
-    }
-    {
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        // A closed stdout (`| head -1`) ends the summary quietly; the reports are written.
-        let _ = out.write_all(report.terminal_summary().as_bytes()).and_then(|()| out.flush());
-    }
-    for error in report.run_errors() {
-        note(format_args!("error: {error}"));
-    }
-    if args.fail_on_diff {
-        let failures = report.gate_failures();
-        if !failures.is_empty() {
-            note(format_args!("--fail-on-diff: failing ({})", failures.join("; ")));
-            return Ok(ExitCode::from(3));
+    let written = written.context("writing the HAR log")?;
+    drop(out);
+    note(format_args!(
+        "exported {} exchange(s) ({} without a response; {} unparseable request(s) left out) from {} record(s) ({} unparseable){}",
+        written.entries,
+        written.without_response,
+        written.unparseable_requests,
+        stats.records,
+        stats.bad_records,
+        args.output.as_ref().map(|p| format!(" to {}", p.display())).unwrap_or_default()
+    ));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_merge(args: MergeArgs) -> anyhow::Result<ExitCode> {
+    let mut merged: Option<Report> = None;
+    for path in &args.reports {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let report = Report::from_json(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        match &mut merged {
+            None => merged = Some(report),
+            Some(m) => m.merge(report),
         }
     }
-    Ok(ExitCode::SUCCESS)
+    let mut report = merged.expect("at least one report (clap requires it)");
+    report.set_title(format!("merged report of {} replays", args.reports.len()));
+    finish_report(&report.view(), &args.outputs, &args.gate)
 }
 
 #[derive(Args)]
@@ -675,6 +926,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Agent(args) => run_agent(*args).map(|()| ExitCode::SUCCESS),
         Command::Replay(args) => run_replay(*args),
+        Command::Export(args) => run_export(*args),
+        Command::Report { command: ReportCommand::Merge(args) } => run_merge(*args),
         Command::Attachments { ifaces } => list_attachments(&ifaces),
     };
     match result {

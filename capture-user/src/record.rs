@@ -388,48 +388,65 @@ pub fn split_file(data: &[u8]) -> Vec<Result<&[u8], ParseError>> {
     let mut out = Vec::new();
     let mut pos = 0;
     while pos < data.len() {
-        let rest = &data[pos..];
-        let Some(nl) = memchr::memchr(b'\n', rest) else {
-            out.push(Err(ParseError::Torn));
-            break;
-        };
-        let header = parse_header_line(&rest[..nl]);
-        if let Some(len) = header.as_ref().ok().and_then(|h| h.4.len) {
-            if let Some(end) = whole_record_end(rest, nl, len) {
-                out.push(Ok(&rest[..end]));
-                pos += end + FILE_SEPARATOR.len();
-                continue;
+        match split_next(&data[pos..], true) {
+            Split::Record(value, used) => {
+                out.push(Ok(value));
+                pos += used;
             }
-            let id = header.map(|h| h.1).unwrap_or_default();
-            // Candidates: every line start after the header line.
-            let next = std::iter::once(nl + 1)
-                .chain(memchr::memchr_iter(b'\n', &rest[nl + 1..]).map(|i| nl + 1 + i + 1))
-                .find(|&p| p < rest.len() && record_at(&rest[p..]).is_some());
-            match next {
-                Some(p) => {
-                    out.push(Err(ParseError::LengthMismatch { id, expected: len, actual: p - nl - 1 }));
-                    pos += p;
-                }
-                None => {
-                    out.push(Err(ParseError::Torn));
-                    break;
-                }
+            Split::Bad(e, used) => {
+                out.push(Err(e));
+                pos += used;
             }
-            continue;
-        }
-        match find(rest, FILE_SEPARATOR) {
-            Some(i) => {
-                out.push(Ok(&rest[..i]));
-                pos += i + FILE_SEPARATOR.len();
-            }
-            None => {
-                // A GoReplay file without a final separator: GoReplay accepts the last record.
-                out.push(Ok(rest));
-                break;
-            }
+            Split::NeedMore => unreachable!("at the end of the data nothing more is needed"),
         }
     }
     out
+}
+
+/// What starts the remaining bytes of a `.gor` file (see [`split_file`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Split<'a> {
+    /// A record value, and the bytes it takes with its separator.
+    Record(&'a [u8], usize),
+    /// Bytes that are no whole record (torn or forged), and how many to skip.
+    Bad(ParseError, usize),
+    /// The bytes end before this can be told; only when `at_end` is false.
+    NeedMore,
+}
+
+/// The record (or bad bytes) at the start of `rest`. `at_end`: no bytes follow
+/// `rest` in the file; otherwise [`Split::NeedMore`] asks for more when `rest` ends
+/// too early to tell, so a reader can go through a file in pieces.
+pub fn split_next(rest: &[u8], at_end: bool) -> Split<'_> {
+    let Some(nl) = memchr::memchr(b'\n', rest) else {
+        return if at_end { Split::Bad(ParseError::Torn, rest.len()) } else { Split::NeedMore };
+    };
+    let header = parse_header_line(&rest[..nl]);
+    if let Some(len) = header.as_ref().ok().and_then(|h| h.4.len) {
+        if let Some(end) = whole_record_end(rest, nl, len) {
+            return Split::Record(&rest[..end], end + FILE_SEPARATOR.len());
+        }
+        let wanted = nl.saturating_add(1).saturating_add(len).saturating_add(FILE_SEPARATOR.len());
+        if !at_end && rest.len() < wanted {
+            return Split::NeedMore;
+        }
+        let id = header.map(|h| h.1).unwrap_or_default();
+        // Candidates: every line start after the header line.
+        let next = std::iter::once(nl + 1)
+            .chain(memchr::memchr_iter(b'\n', &rest[nl + 1..]).map(|i| nl + 1 + i + 1))
+            .find(|&p| p < rest.len() && record_at(&rest[p..]).is_some());
+        return match next {
+            Some(p) => Split::Bad(ParseError::LengthMismatch { id, expected: len, actual: p - nl - 1 }, p),
+            None if at_end => Split::Bad(ParseError::Torn, rest.len()),
+            None => Split::NeedMore,
+        };
+    }
+    match find(rest, FILE_SEPARATOR) {
+        Some(i) => Split::Record(&rest[..i], i + FILE_SEPARATOR.len()),
+        // A GoReplay file without a final separator: GoReplay accepts the last record.
+        None if at_end => Split::Record(rest, rest.len()),
+        None => Split::NeedMore,
+    }
 }
 
 /// End of the value (before the separator) of a record whose header line ends at

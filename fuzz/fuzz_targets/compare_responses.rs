@@ -6,11 +6,12 @@
 //!
 //! Input: a flags byte (bits 0-1: request method GET/HEAD/POST/OPTIONS; bit 2:
 //! production cut at capture; bit 3: candidate cut; bit 4: a baseline equal to the
-//! candidate; bit 5: ignore some JSON fields), two bytes giving where the production
-//! bytes end, then production bytes followed by candidate bytes.
+//! candidate; bit 5: ignore some JSON fields and compare some arrays unordered), two
+//! bytes giving where the production bytes end, then production bytes followed by
+//! candidate bytes. The report is also read back from its JSON and merged.
 #![no_main]
 
-use capture::compare::{self, CompareConfig, Outcome, Report};
+use capture::compare::{self, CompareSettings, Failure, ErrorKind, Outcome, Report};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: &[u8]| {
@@ -18,9 +19,11 @@ fuzz_target!(|input: &[u8]| {
     let split = (usize::from(*a) << 8 | usize::from(*b)).min(rest.len());
     let (production, candidate) = rest.split_at(split);
     let method = ["GET", "HEAD", "POST", "OPTIONS"][usize::from(flags & 3)];
-    let mut config = CompareConfig::default();
+    let mut config = CompareSettings::default();
     if flags & 32 != 0 {
-        config.ignore_fields = vec!["$.a".into(), "$.items[*].id".into(), "$.*.ts".into(), "$[".into()];
+        let s = |v: &[&str]| v.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+        config = CompareSettings::new(&[], &s(&["$.a", "$.items[*].id", "$.*.ts"]), &s(&["$.items", "$", "$.*"])).expect("valid patterns");
+        assert!(CompareSettings::new(&[], &s(&["$["]), &[]).is_err(), "a bad pattern is an error");
     }
     let parse = |raw: &[u8], cut: bool| {
         compare::parse_response(raw, Some(method)).map(|mut r| {
@@ -41,7 +44,9 @@ fuzz_target!(|input: &[u8]| {
         assert!(p.body_complete && c.body_complete);
     }
     for d in &differences {
-        let _ = (d.key(), d.values());
+        let key = d.key();
+        assert_eq!(key.to_string().parse::<compare::DiffKey>().as_ref(), Ok(&key), "a key reads back");
+        let _ = d.label();
     }
 
     let mut outcome = Outcome::new("0000000000000001000000020000000a", method, "/fuzz/1", "http://127.0.0.1:1");
@@ -57,9 +62,18 @@ fuzz_target!(|input: &[u8]| {
     }
     let mut report = Report::new("fuzz".into());
     report.add(outcome);
-    report.add_baseline("http://127.0.0.1:2", (flags & 16 == 0).then_some("connect: refused"));
-    let _ = report.terminal_summary();
-    let _ = report.to_html();
-    let json: serde_json::Value = serde_json::from_str(&report.to_json()).expect("the JSON report parses");
-    assert_eq!(json["totals"]["replayed"], 1);
+    let refused = Failure::new(ErrorKind::Connect, "connect: refused");
+    report.add_baseline("http://127.0.0.1:2", (flags & 16 == 0).then_some(&refused));
+    let view = report.view();
+    let _ = compare::terminal::render(&view);
+    let _ = compare::html::render(&view);
+    let run = compare::JunitRun { hostname: "fuzz".into(), timestamp: "2026-01-01T00:00:00".into(), fail_on: compare::Risk::Low };
+    let _ = compare::junit::render(&view, &run);
+    let json = view.to_json();
+    let parsed: serde_json::Value = serde_json::from_str(&json).expect("the JSON report parses");
+    assert_eq!(parsed["totals"]["replayed"], 1);
+    let mut back = Report::from_json(&json).expect("the JSON report reads back");
+    assert_eq!(back.view(), view, "the JSON report reads back into the same report");
+    back.merge(Report::from_json(&json).expect("reads back"));
+    assert_eq!(back.view().totals.replayed, 2);
 });

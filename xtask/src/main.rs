@@ -94,6 +94,8 @@ const BUILD_PACKAGES: &[(&str, &str)] = &[("pkg-config", "pkg-config"), ("make",
 const TANSU_VERSION: &str = "0.6.0";
 /// The independent Kafka consumer the tests read records back with.
 const CONFLUENT_KAFKA_VERSION: &str = "2.16.1";
+/// The independent HAR reader the tests read `capture export --format har` back with.
+const HARALYZER_VERSION: &str = "2.4.0";
 
 /// bpf-linker release we build against nightly's LLVM.
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -290,22 +292,29 @@ fn bpf_linker_ok(nightly_lib: &Path) -> bool {
     output(Command::new("bpf-linker").arg("--version").env("LD_LIBRARY_PATH", nightly_lib)).is_some()
 }
 
-/// tansu (test broker) and Python's confluent-kafka (independent consumer).
+/// Python packages the tests read outputs back with: confluent-kafka (Kafka records)
+/// and haralyzer (HAR exports).
+fn ensure_python_test_packages() -> Result<()> {
+    for (module, package) in [("confluent_kafka", format!("confluent-kafka=={CONFLUENT_KAFKA_VERSION}")), ("haralyzer", format!("haralyzer=={HARALYZER_VERSION}"))] {
+        let present = Command::new("python3").args(["-c", &format!("import {module}")]).output().map(|o| o.status.success()).unwrap_or(false);
+        if present {
+            continue;
+        }
+        eprintln!("xtask: installing python {package}");
+        run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--root-user-action=ignore"]).arg(&package))
+            .with_context(|| format!("installing {package} with pip (needs PyPI)"))?;
+    }
+    Ok(())
+}
+
+/// tansu (test broker) and the Python packages the tests read outputs back with.
 fn ensure_kafka_test_tools() -> Result<()> {
     if !have("tansu") {
         eprintln!("xtask: installing the tansu {TANSU_VERSION} test broker (about 20 minutes on 2 cores, once per machine)");
         run(cargo().args(["install", "tansu", "--locked", "--features", "dynostore", "--version", TANSU_VERSION]))
             .context("installing tansu (needs crates.io)")?;
     }
-    let has_client = Command::new("python3").args(["-c", "import confluent_kafka"]).output().map(|o| o.status.success()).unwrap_or(false);
-    if !has_client {
-        eprintln!("xtask: installing python confluent-kafka {CONFLUENT_KAFKA_VERSION}");
-        run(Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--root-user-action=ignore"])
-            .arg(format!("confluent-kafka=={CONFLUENT_KAFKA_VERSION}")))
-        .context("installing confluent-kafka with pip (needs PyPI)")?;
-    }
-    Ok(())
+    ensure_python_test_packages()
 }
 
 /// kubernetes-validate (schemas of Kubernetes 1.25-1.37) for the manifest test.

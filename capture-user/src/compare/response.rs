@@ -9,7 +9,7 @@ pub struct Response {
     pub status: u16,
     /// Header names lowercased, values trimmed, in wire order (repeats kept).
     pub headers: Vec<(String, String)>,
-    /// Body after de-chunking; Content-Encoding is left as is.
+    /// Body after de-chunking; Content-Encoding is undone when compared ([`super::compare`]).
     pub body: Vec<u8>,
     /// False when the bytes end before the body does (the message was cut at capture,
     /// or was larger than the replayer keeps): `body` is then only its beginning.

@@ -19,7 +19,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::input::{Exchange, InputStats, Pairer, PendingParts};
+use super::input::{Exchange, InputStats, Pairer, PairingWindow};
 
 #[derive(Clone, Debug)]
 pub struct KafkaInput {
@@ -59,6 +59,10 @@ impl KafkaInput {
     }
 
     fn consumer(&self, group: &str) -> Result<BaseConsumer, KafkaInputError> {
+        self.config(group).create().map_err(self.err("creating the consumer"))
+    }
+
+    fn config(&self, group: &str) -> ClientConfig {
         let mut cfg = ClientConfig::new();
         cfg.set("bootstrap.servers", &self.brokers)
             .set("group.id", group)
@@ -68,7 +72,7 @@ impl KafkaInput {
         for (k, v) in &self.options {
             cfg.set(k, v);
         }
-        cfg.create().map_err(self.err("creating the consumer"))
+        cfg
     }
 }
 
@@ -122,7 +126,7 @@ pub fn read_window(input: &KafkaInput) -> Result<(Vec<Exchange>, InputStats), Ka
         }
     }
     consumer.assign(&tpl).map_err(input.err("assigning partitions"))?;
-    let mut pairer = Pairer::default();
+    let mut pairer = Pairer::new(PairingWindow::default());
     let mut done: HashMap<i32, bool> = ends.keys().map(|&p| (p, false)).collect();
     let deadline = Instant::now() + Duration::from_secs(600);
     // Past every partition's reported end, keep reading until a quiet second: some
@@ -158,59 +162,124 @@ pub fn read_window(input: &KafkaInput) -> Result<(Vec<Exchange>, InputStats), Ka
     Ok(pairer.finish())
 }
 
-/// Group mode: calls `replay` with each batch of exchanges, then commits the batch.
-pub fn consume_group(
-    input: &KafkaInput,
-    group: &str,
-    mut replay: impl FnMut(Vec<Exchange>),
-) -> Result<InputStats, KafkaInputError> {
-    let consumer = input.consumer(group)?;
+/// What group mode hands its caller.
+pub enum GroupEvent {
+    /// A batch of exchanges to replay.
+    Batch(Vec<Exchange>),
+    /// Records `[from, to)` of a partition were replayed (all but those handed to
+    /// another replayer in a rebalance) and their offsets committed.
+    Replayed { partition: i32, from: i64, to: i64 },
+}
+
+/// Group mode: remembers the partitions a rebalance takes away, so records of theirs
+/// that were read but not yet replayed are left to their new owner.
+#[derive(Default)]
+struct GroupContext {
+    revoked: std::sync::Mutex<Vec<i32>>,
+}
+
+impl rdkafka::ClientContext for GroupContext {}
+
+impl rdkafka::consumer::ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &rdkafka::consumer::Rebalance<'_>) {
+        match rebalance {
+            rdkafka::consumer::Rebalance::Revoke(tpl) => {
+                let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                info!("kafka: partitions {partitions:?} revoked");
+                self.revoked.lock().unwrap_or_else(|e| e.into_inner()).extend(partitions);
+            }
+            rdkafka::consumer::Rebalance::Assign(tpl) => {
+                let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                info!("kafka: partitions {partitions:?} assigned");
+            }
+            rdkafka::consumer::Rebalance::Error(e) => warn!("kafka: rebalance error: {e}"),
+        }
+    }
+}
+
+/// Group mode: calls `replay` with each batch of exchanges and the records it was read
+/// from, then commits the batch. A request waiting for its response at the end of a
+/// batch waits one more batch; the commit goes no further than the records still held.
+pub fn consume_group(input: &KafkaInput, group: &str, mut on: impl FnMut(GroupEvent)) -> Result<InputStats, KafkaInputError> {
+    let context = GroupContext::default();
+    let consumer: BaseConsumer<GroupContext> = input.config(group).create_with_context(context).map_err(input.err("creating the consumer"))?;
     consumer.subscribe(&[&input.topic]).map_err(input.err("subscribing"))?;
-    let mut total = InputStats::default();
     let mut last_record = Instant::now();
-    // Continuation records whose other parts come in a later batch.
-    let mut parts = PendingParts::default();
+    let mut pairer = Pairer::new(PairingWindow::default());
+    let mut handed_over = 0;
+    // Per partition, the first offset read and not yet reported replayed.
+    let mut unreported: HashMap<i32, i64> = HashMap::new();
     loop {
-        let mut pairer = Pairer::with_parts(std::mem::take(&mut parts));
         let batch_start = Instant::now();
         let mut n = 0;
-        // A batch: up to 1 s or 10,000 records; a response is usually close behind its request.
+        // A batch: up to 1 s or 10,000 records.
         while batch_start.elapsed() < Duration::from_secs(1) && n < 10_000 {
-            let Some(result) = consumer.poll(Duration::from_millis(200)) else { continue };
+            let polled = consumer.poll(Duration::from_millis(200));
+            let revoked = std::mem::take(&mut *consumer.context().revoked.lock().unwrap_or_else(|e| e.into_inner()));
+            if !revoked.is_empty() {
+                // Read, not replayed, not committed: the new owner replays them.
+                handed_over += pairer.drop_partitions(&revoked);
+                unreported.retain(|p, _| !revoked.contains(p));
+            }
+            let Some(result) = polled else { continue };
             let msg = result.map_err(input.err("consuming"))?;
             add(&mut pairer, &msg);
+            unreported.entry(msg.partition()).or_insert(msg.offset());
             n += 1;
             last_record = Instant::now();
         }
-        let (exchanges, stats, waiting) = pairer.finish_batch();
-        parts = waiting;
-        total.add(&stats);
+        let exchanges = pairer.take_batch();
         if !exchanges.is_empty() {
-            replay(exchanges);
+            on(GroupEvent::Batch(exchanges));
         }
         if n > 0 {
-            // Everything polled so far was replayed (at-least-once), except messages
-            // whose continuation records are still coming: commit no further than them.
-            let waiting = parts.earliest_offsets();
-            let committed = consumer.position().and_then(|position| {
-                let mut tpl = TopicPartitionList::new();
-                for e in position.elements() {
-                    if let Offset::Offset(next) = e.offset() {
-                        let next = waiting.get(&e.partition()).map_or(next, |&w| w.min(next));
-                        tpl.add_partition_offset(e.topic(), e.partition(), Offset::Offset(next))?;
-                    }
-                }
-                consumer.commit(&tpl, CommitMode::Sync)
-            });
-            if let Err(e) = committed {
-                warn!("kafka://{}/{}: commit failed ({e}); these records may be replayed again", input.brokers, input.topic);
-            }
+            commit(input, &consumer, &pairer, &mut unreported, &mut on);
         }
         if last_record.elapsed() >= input.idle {
             info!("kafka://{}/{}: no new record for {:?}, stopping", input.brokers, input.topic, input.idle);
-            total.parts_incomplete += parts.waiting_records();
-            return Ok(total);
+            let exchanges = pairer.take_held();
+            if !exchanges.is_empty() {
+                on(GroupEvent::Batch(exchanges));
+                commit(input, &consumer, &pairer, &mut unreported, &mut on);
+            }
+            let mut stats = pairer.finish_live();
+            stats.handed_over += handed_over;
+            return Ok(stats);
         }
+    }
+}
+
+/// Commits what was replayed: everything polled so far (at-least-once), except records
+/// still held (requests waiting for a response, parts of a message), and reports the
+/// records replayed since the last commit.
+fn commit(
+    input: &KafkaInput,
+    consumer: &BaseConsumer<GroupContext>,
+    pairer: &Pairer,
+    unreported: &mut HashMap<i32, i64>,
+    on: &mut impl FnMut(GroupEvent),
+) {
+    let held = pairer.earliest_offsets();
+    let committed = consumer.position().and_then(|position| {
+        let mut tpl = TopicPartitionList::new();
+        for e in position.elements() {
+            if let Offset::Offset(next) = e.offset() {
+                let bound = held.get(&e.partition()).map_or(next, |&w| w.min(next));
+                tpl.add_partition_offset(e.topic(), e.partition(), Offset::Offset(bound))?;
+                if let Some(from) = unreported.get(&e.partition()).copied().filter(|&from| from < bound) {
+                    on(GroupEvent::Replayed { partition: e.partition(), from, to: bound });
+                    if bound < next {
+                        unreported.insert(e.partition(), bound);
+                    } else {
+                        unreported.remove(&e.partition());
+                    }
+                }
+            }
+        }
+        consumer.commit(&tpl, CommitMode::Sync)
+    });
+    if let Err(e) = committed {
+        warn!("kafka://{}/{}: commit failed ({e}); these records may be replayed again", input.brokers, input.topic);
     }
 }
 

@@ -21,14 +21,14 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::compare::{self, CompareConfig, Outcome, Report, Response};
+use crate::compare::{self, CompareSettings, ErrorKind, Failure, Outcome, OutcomeLog, Report, Response};
 use crate::http::message;
 use input::Exchange;
 use request::RewriteOptions;
 use safety::ProductionCheck;
 pub use schedule::Pacing;
 use schedule::Schedule;
-use target::{Connections, Target};
+use target::{Connections, SendError, Target};
 
 #[derive(Clone, Debug)]
 pub struct ReplayConfig {
@@ -47,7 +47,7 @@ pub struct ReplayConfig {
     /// Bound on connecting, and on each exchange (writing the request, reading the response).
     pub timeout: Duration,
     /// Compare candidate responses with production's (None: replay only).
-    pub compare: Option<CompareConfig>,
+    pub compare: Option<CompareSettings>,
     pub production: ProductionCheck,
 }
 
@@ -65,15 +65,43 @@ struct Job {
 /// What the workers tell the collector.
 enum Event {
     Outcome(Box<Outcome>),
-    /// A request not sent, by reason.
-    Skipped(String),
-    /// One request sent to the baseline, and its error if it failed.
-    Baseline { target: String, error: Option<String> },
+    /// A request not sent: its record id, method and path (when readable), and why.
+    Skipped { id: String, request_line: Option<(String, String)>, reason: String },
+    /// One request sent to the baseline, and its failure if it failed.
+    Baseline { target: String, error: Option<Failure> },
     Counter(&'static str, u64),
 }
 
-/// Replays `exchanges` (in capture order), adding every outcome to `report`.
-pub fn run(exchanges: impl IntoIterator<Item = Exchange>, config: &ReplayConfig, mut report: Report) -> Report {
+/// Where outcomes go: the report, and the per-request JSON lines if asked for.
+pub struct Results {
+    pub report: Report,
+    pub log: Option<OutcomeLog>,
+}
+
+impl Results {
+    fn take(&mut self, event: Event) {
+        match event {
+            Event::Outcome(outcome) => {
+                if let Some(log) = &mut self.log {
+                    log.outcome(&outcome);
+                }
+                self.report.add(*outcome);
+            }
+            Event::Skipped { id, request_line, reason } => {
+                if let Some(log) = &mut self.log {
+                    log.skipped(&id, request_line.as_ref().map(|(m, p)| (m.as_str(), p.as_str())), &reason);
+                }
+                self.report.count_skipped(&reason);
+            }
+            Event::Baseline { target, error } => self.report.add_baseline(&target, error.as_ref()),
+            Event::Counter(name, n) => self.report.add_counter(name, n),
+        }
+    }
+}
+
+/// Replays `exchanges` (in capture order, read as they come), adding every outcome to
+/// `results`.
+pub fn run(exchanges: impl IntoIterator<Item = Exchange>, config: &ReplayConfig, mut results: Results) -> Results {
     let workers = config.concurrency.max(1);
     let config = Arc::new(config.clone());
     let (out_tx, out_rx) = sync_channel::<Event>(1024);
@@ -89,14 +117,9 @@ pub fn run(exchanges: impl IntoIterator<Item = Exchange>, config: &ReplayConfig,
     drop(out_tx);
     let collector = std::thread::spawn(move || {
         for event in out_rx {
-            match event {
-                Event::Outcome(outcome) => report.add(*outcome),
-                Event::Skipped(reason) => report.count_skipped(&reason),
-                Event::Baseline { target, error } => report.add_baseline(&target, error.as_deref()),
-                Event::Counter(name, n) => report.add_counter(name, n),
-            }
+            results.take(event);
         }
-        report
+        results
     });
     let start = Instant::now() + Duration::from_millis(50);
     let mut schedule = Schedule::new(config.pacing, config.max_wait);
@@ -130,7 +153,7 @@ pub fn run(exchanges: impl IntoIterator<Item = Exchange>, config: &ReplayConfig,
     for h in handles {
         let _ = h.join();
     }
-    collector.join().unwrap_or_else(|_| Report::new("replay (report lost: collector panicked)".into()))
+    collector.join().unwrap_or_else(|_| Results { report: Report::new("replay (report lost: collector panicked)".into()), log: None })
 }
 
 fn worker_for(connection: &str, workers: usize) -> usize {
@@ -194,7 +217,8 @@ fn worker(rx: Receiver<Job>, config: &ReplayConfig, out: SyncSender<Event>) {
     for job in rx {
         let ex = &job.exchange;
         if let Some(reason) = skip_reason(ex, config) {
-            let _ = out.send(Event::Skipped(reason));
+            let request_line = message::parse_request(&ex.request).ok().map(|r| (r.method.to_string(), r.target.split('?').next().unwrap_or("").to_string()));
+            let _ = out.send(Event::Skipped { id: ex.id.clone(), request_line, reason });
             continue;
         }
         let req = message::parse_request(&ex.request).expect("checked by skip_reason");
@@ -211,7 +235,7 @@ fn worker(rx: Receiver<Job>, config: &ReplayConfig, out: SyncSender<Event>) {
                 sent_to_production += 1;
                 return None;
             }
-            Some(format!("{}: refused: it is the captured production server {server} (--allow-production overrides)", target.url))
+            Some(Failure::new(ErrorKind::RefusedProduction, format!("refused: it is the captured production server {server} (--allow-production overrides)")))
         };
         let baseline = match (&config.baseline, &production) {
             (Some(b), Ok(prod)) => {
@@ -219,7 +243,7 @@ fn worker(rx: Receiver<Job>, config: &ReplayConfig, out: SyncSender<Event>) {
                     Some(reason) => Err(reason),
                     None => {
                         let bytes = request::rewrite(&req, &b.url, &config.rewrite);
-                        conns.send(0, b, &ex.connection, &bytes, config.timeout).map_err(|e| format!("{}: {e}", b.url))
+                        conns.send(0, b, &ex.connection, &bytes, config.timeout).map_err(|e| failure(&e))
                     }
                 };
                 let response = answer.and_then(|a| candidate_response(&a, req.method));
@@ -237,14 +261,14 @@ fn worker(rx: Receiver<Job>, config: &ReplayConfig, out: SyncSender<Event>) {
                 Some(reason) => Err(reason),
                 None => {
                     let bytes = request::rewrite(&req, &target.url, &config.rewrite);
-                    conns.send(i + 1, target, &ex.connection, &bytes, config.timeout).map_err(|e| format!("{}: {e}", target.url))
+                    conns.send(i + 1, target, &ex.connection, &bytes, config.timeout).map_err(|e| failure(&e))
                 }
             };
             match answer {
                 Ok(answer) => {
                     o.candidate_latency_ms = Some(answer.latency.as_secs_f64() * 1e3);
                     match (candidate_response(&answer, req.method), &production) {
-                        (Err(e), _) => o.error = Some(format!("{}: {e}", target.url)),
+                        (Err(e), _) => o.error = Some(e),
                         (Ok(cand), Err(reason)) => {
                             o.candidate_status = Some(cand.status);
                             o.not_compared = Some(reason.clone());
@@ -276,9 +300,23 @@ fn worker(rx: Receiver<Job>, config: &ReplayConfig, out: SyncSender<Event>) {
     let _ = out.send(Event::Counter("replay_sent_to_production", sent_to_production));
 }
 
+/// The report's kind of a failed exchange.
+fn failure(e: &SendError) -> Failure {
+    let kind = match e {
+        SendError::Connect(_) => ErrorKind::Connect,
+        SendError::WriteTimeout(_) => ErrorKind::WriteTimeout,
+        SendError::Write(_) => ErrorKind::Write,
+        SendError::ReadTimeout(_) => ErrorKind::ReadTimeout,
+        SendError::Read(_) => ErrorKind::Read,
+        SendError::Closed => ErrorKind::Closed,
+        SendError::Handshake(_) => ErrorKind::Tls,
+    };
+    Failure::new(kind, e.to_string())
+}
+
 /// A target's answer as a response to compare.
-fn candidate_response(answer: &target::Answer, method: &str) -> Result<Response, String> {
-    let mut response = compare::parse_response(&answer.bytes, Some(method)).map_err(|e| format!("response unparseable: {e}"))?;
+fn candidate_response(answer: &target::Answer, method: &str) -> Result<Response, Failure> {
+    let mut response = compare::parse_response(&answer.bytes, Some(method)).map_err(|e| Failure::new(ErrorKind::BadResponse, format!("response unparseable: {e}")))?;
     response.body_complete &= !answer.truncated;
     Ok(response)
 }
@@ -299,7 +337,7 @@ mod tests {
             rewrite: RewriteOptions { keep_host: false, mark: ("X-Capture-Replay".into(), "1".into()), set: vec![], drop: vec![] },
             concurrency: 1,
             timeout: Duration::from_secs(1),
-            compare: Some(CompareConfig::default()),
+            compare: Some(CompareSettings::default()),
             production: ProductionCheck { local: safety::LocalAddresses::new(vec![]), allow: false },
         }
     }
