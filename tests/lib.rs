@@ -290,6 +290,15 @@ impl Agent {
     }
 
     fn start_with(ns: &str, iface: &str, ports: &[u16], dir: &TempDir, extra: &[&str], stdout: bool) -> Agent {
+        Self::start_with_env(ns, iface, ports, dir, extra, stdout, "info")
+    }
+
+    /// Like `start`, with `RUST_LOG` set to `log` (e.g. to see one module's debug lines).
+    pub fn start_logging(ns: &str, iface: &str, ports: &[u16], dir: &TempDir, extra: &[&str], log: &str) -> Agent {
+        Self::start_with_env(ns, iface, ports, dir, extra, false, log)
+    }
+
+    fn start_with_env(ns: &str, iface: &str, ports: &[u16], dir: &TempDir, extra: &[&str], stdout: bool, log: &str) -> Agent {
         let stream_log = dir.path("streams.log");
         let output = dir.path(if stdout { "stdout.gor" } else { "records.gor" });
         let mut cmd = Command::new("ip");
@@ -309,7 +318,7 @@ impl Agent {
             cmd.stdout(Stdio::null());
         }
         cmd.args(extra.iter().filter(|a| **a != "--no-stream-log"));
-        cmd.stderr(Stdio::piped()).env("RUST_LOG", "info");
+        cmd.stderr(Stdio::piped()).env("RUST_LOG", log);
         let mut child = cmd.spawn().expect("starting capture agent");
         let stderr = child.stderr.take().unwrap();
         let buf = std::sync::Arc::new(std::sync::Mutex::new(String::new()));

@@ -5,6 +5,12 @@
 //! breaking change of the kernel/user contract; bump [`EVENT_VERSION`].
 #![cfg_attr(not(test), no_std)]
 
+mod control;
+pub use control::{
+    connection_hash, copy_window, is_sampled, siphash24_40, SampleConfig, SkipRange, DEFAULT_SKIP_ENTRIES,
+    MAX_SKIP_LEN, SAMPLE_ALL,
+};
+
 /// Layout version written in every [`EventHeader`]; userspace refuses other versions.
 /// 2: `direction` is client->server / server->client (from the watched port), `hook` added.
 pub const EVENT_VERSION: u8 = 2;
@@ -143,9 +149,20 @@ pub enum Counter {
     /// Times a hook took over a flow direction another hook owned (a new SYN on the
     /// 4-tuple, or the owner saw nothing for [`OWNER_STALE_NS`]).
     OwnerChanges = 12,
+    /// Connections left out by `--sample` (client SYNs of unsampled connections).
+    SampledOutConnections = 13,
+    /// Segments of unsampled connections (not emitted; not a loss).
+    SampledOutSegments = 14,
+    /// Payload bytes of those segments.
+    SampledOutBytes = 15,
+    /// Segments whose payload was skipped in part or whole (userspace said it keeps
+    /// none of those bytes; not a loss).
+    SkippedSegments = 16,
+    /// Payload bytes not copied because of a skip.
+    SkippedBytes = 17,
 }
 
-pub const COUNTER_COUNT: u32 = 13;
+pub const COUNTER_COUNT: u32 = 18;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -162,6 +179,11 @@ impl Counter {
         Counter::DuplicateSegments,
         Counter::DuplicateBytes,
         Counter::OwnerChanges,
+        Counter::SampledOutConnections,
+        Counter::SampledOutSegments,
+        Counter::SampledOutBytes,
+        Counter::SkippedSegments,
+        Counter::SkippedBytes,
     ];
 
     /// Stable snake_case name used in logs and metrics.
@@ -180,6 +202,11 @@ impl Counter {
             Counter::DuplicateSegments => "kernel_duplicate_segments",
             Counter::DuplicateBytes => "kernel_duplicate_bytes",
             Counter::OwnerChanges => "kernel_flow_owner_changes",
+            Counter::SampledOutConnections => "kernel_sampled_out_connections",
+            Counter::SampledOutSegments => "kernel_sampled_out_segments",
+            Counter::SampledOutBytes => "kernel_sampled_out_bytes",
+            Counter::SkippedSegments => "kernel_skipped_segments",
+            Counter::SkippedBytes => "kernel_skipped_bytes",
         }
     }
 
@@ -206,6 +233,9 @@ pub const MAP_PORTS: &str = "PORTS";
 pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_OWNERS: &str = "OWNERS";
 pub const MAP_IFACE_COUNTERS: &str = "IFACE_COUNTERS";
+pub const MAP_SKIPS: &str = "FLOW_SKIPS";
+/// Global of the kernel program holding the [`SampleConfig`].
+pub const GLOBAL_SAMPLING: &str = "SAMPLING";
 
 /// Default entries of the flow-owner map (one per flow direction); userspace sizes it
 /// from `--max-connections` at load time. An LRU: a live flow evicted under pressure is
@@ -316,10 +346,16 @@ mod pod {
     unsafe impl aya::Pod for super::FlowOwner {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::IfaceCounters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SampleConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SkipRange {}
 }
 
 const _: () = assert!(core::mem::size_of::<FlowTuple>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowOwner>() == 24);
+const _: () = assert!(core::mem::size_of::<SampleConfig>() == 24);
+const _: () = assert!(core::mem::size_of::<SkipRange>() == 8);
 
 #[cfg(test)]
 mod tests {

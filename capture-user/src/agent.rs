@@ -13,7 +13,7 @@ use std::sync::mpsc::{sync_channel, Receiver};
 use std::time::Duration;
 
 use anyhow::Context;
-use capture_common::Counter;
+use capture_common::{Counter, SampleConfig};
 use log::{info, warn};
 
 use crate::connections::TableLimits;
@@ -25,9 +25,12 @@ use crate::kernel::watched::WatchedInterfaces;
 use crate::kernel::ring::RingReader;
 use crate::kernel::{counters, KernelCapture, KernelError};
 use crate::pipeline::{Pipeline, PipelineStats};
+use crate::policy::ExchangePolicy;
 use crate::record::{clock_ns, RecordContext};
+use crate::redact::{RedactConfig, Redactor};
 use crate::segment::Segment;
 use crate::sink::RecordSink;
+use crate::skip::Skipper;
 
 pub struct AgentConfig {
     /// `--iface` names and globs; globs stay live (interfaces that appear later).
@@ -42,6 +45,12 @@ pub struct AgentConfig {
     pub node: String,
     pub stream_log: Option<PathBuf>,
     pub duration: Option<Duration>,
+    /// `--sample`: which connections the kernel copies.
+    pub sampling: SampleConfig,
+    /// Filters and rate limits.
+    pub policy: ExchangePolicy,
+    /// What is redacted, with which key.
+    pub redaction: RedactConfig,
 }
 
 enum Msg {
@@ -90,7 +99,9 @@ fn own_usage() -> (u64, u64, u64) {
 
 pub fn run(config: AgentConfig, sinks: Vec<Box<dyn RecordSink>>) -> anyhow::Result<AgentSummary> {
     let ctx = RecordContext::new(config.node.clone());
-    let mut pipeline = Pipeline::new(config.limits, config.http, ctx, sinks);
+    let mut pipeline = Pipeline::new(config.limits, config.http, ctx, sinks)
+        .with_policy(config.policy)
+        .with_redactor(Redactor::new(config.redaction));
     if let Some(path) = &config.stream_log {
         let file = std::fs::File::create(path).with_context(|| format!("creating stream log {}", path.display()))?;
         pipeline = pipeline.with_stream_digest(Box::new(file));
@@ -99,7 +110,12 @@ pub fn run(config: AgentConfig, sinks: Vec<Box<dyn RecordSink>>) -> anyhow::Resu
         eprintln!("capture: writing records to {out}");
     }
 
-    let mut kernel = KernelCapture::load(&config.ports, config.ring_bytes, config.owner_entries, config.attach)?;
+    let mut kernel =
+        KernelCapture::load(&config.ports, config.ring_bytes, config.owner_entries, config.sampling, config.attach)?;
+    // The stream log hashes every byte, so nothing is skipped when it is written.
+    if config.stream_log.is_none() {
+        pipeline = pipeline.with_skipper(Skipper::new(Box::new(kernel.take_skips()?)));
+    }
     let ring = kernel.take_ring()?;
     let counter_map = kernel.take_counters()?;
     // Subscribe before listing the links: nothing that happens in between is missed.

@@ -10,7 +10,8 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 
 use super::head::{self, Framing, ParseError, Prefix};
-use super::{HttpConfig, HttpMessage, HttpStats, MessageKind};
+use super::view::RequestHead;
+use super::{ExchangeJudge, HttpConfig, HttpMessage, HttpStats, MessageKind};
 
 /// A request whose head was parsed, waiting for its response (FIFO).
 #[derive(Clone, Debug)]
@@ -24,6 +25,8 @@ pub(crate) struct Pending {
     pub end_ns: Option<u64>,
     /// The request record was emitted (complete and undamaged).
     pub emitted: bool,
+    /// The judge dropped this exchange: its response is not kept either.
+    pub dropped: bool,
 }
 
 /// Connection-wide state both directions need.
@@ -95,13 +98,15 @@ struct Msg {
     keep: usize,
     /// Kept bytes up to the end of the final head (set when the body starts).
     head_len: usize,
+    /// Its exchange was dropped by the judge: framed, but neither kept nor emitted.
+    discard: bool,
 }
 
 impl Msg {
     fn push(&mut self, data: &[u8], ts: u64) {
         self.original_len += data.len() as u64;
         self.end_ns = ts;
-        if !self.damaged {
+        if !self.damaged && !self.discard {
             let room = self.keep.saturating_sub(self.bytes.len());
             self.bytes.extend_from_slice(&data[..data.len().min(room)]);
         }
@@ -182,6 +187,7 @@ impl Framer {
         &mut self,
         data: &[u8],
         ts: u64,
+        judge: &mut dyn ExchangeJudge,
         sh: &mut Shared,
         stats: &mut HttpStats,
         out: &mut Vec<HttpMessage>,
@@ -197,7 +203,7 @@ impl Framer {
             owned.extend_from_slice(data);
         }
         let input: &[u8] = if old_len > 0 { &owned } else { data };
-        let consumed = self.run(input, old_len, ts, sh, stats, out);
+        let consumed = self.run(input, old_len, ts, judge, sh, stats, out);
         if self.state == State::Stopped {
             return;
         }
@@ -228,11 +234,13 @@ impl Framer {
     }
 
     /// Frames as much of `input` as possible; returns the bytes consumed.
+    #[allow(clippy::too_many_arguments)]
     fn run(
         &mut self,
         input: &[u8],
         old_len: usize,
         ts: u64,
+        judge: &mut dyn ExchangeJudge,
         sh: &mut Shared,
         stats: &mut HttpStats,
         out: &mut Vec<HttpMessage>,
@@ -263,6 +271,7 @@ impl Framer {
                             upgrade: false,
                             keep: max_msg,
                             head_len: 0,
+                            discard: false,
                         });
                     }
                     // Empty lines before a message are allowed; they ride along with it.
@@ -315,8 +324,8 @@ impl Framer {
                         continue;
                     }
                     let result = match self.kind {
-                        MessageKind::Request => self.request_head(&avail[..end], ts, sh),
-                        MessageKind::Response => self.response_head(&avail[..end], ts, sh, stats),
+                        MessageKind::Request => self.request_head(&avail[..end], ts, judge, sh),
+                        MessageKind::Response => self.response_head(&avail[..end], ts, judge, sh, stats),
                     };
                     match result {
                         Ok((len, framing)) => {
@@ -475,11 +484,13 @@ impl Framer {
         }
     }
 
-    /// Parses a request head: registers it for pairing. Returns (head length, framing).
+    /// Parses a request head: registers it for pairing and asks the judge whether its
+    /// exchange is kept. Returns (head length, framing).
     fn request_head(
         &mut self,
         s: &[u8],
         ts: u64,
+        judge: &mut dyn ExchangeJudge,
         sh: &mut Shared,
     ) -> Result<(usize, Framing), ParseError> {
         let (len, h) = head::parse_request(s)?;
@@ -491,6 +502,12 @@ impl Framer {
         msg.method = Some(h.method.clone());
         msg.target = Some(h.target.clone());
         let start_ns = msg.start_ns;
+        let view = RequestHead { method: &h.method, target: &h.target, head: &s[..len] };
+        let dropped = !judge.keep_request(&view, start_ns);
+        if dropped {
+            msg.discard = true;
+            msg.bytes = Vec::new();
+        }
         sh.pending.push_back(Pending {
             exchange,
             method: h.method,
@@ -498,6 +515,7 @@ impl Framer {
             start_ns,
             end_ns: None,
             emitted: false,
+            dropped,
         });
         Ok((len, h.framing))
     }
@@ -508,6 +526,7 @@ impl Framer {
         &mut self,
         s: &[u8],
         ts: u64,
+        judge: &mut dyn ExchangeJudge,
         sh: &mut Shared,
         stats: &mut HttpStats,
     ) -> Result<(usize, Framing), ParseError> {
@@ -521,6 +540,8 @@ impl Framer {
         msg.status = Some(h.status);
         match sh.pending.pop_front() {
             Some(mut req) => {
+                // A response follows its request's fate.
+                msg.discard = req.dropped;
                 msg.exchange = req.exchange;
                 // The request's strings move to its response; `answering` keeps the times.
                 msg.method = Some(std::mem::take(&mut req.method));
@@ -528,10 +549,14 @@ impl Framer {
                 sh.answering = Some(req);
             }
             None => {
+                msg.discard = !judge.keep_unpaired_response();
                 msg.exchange = sh.next_exchange;
                 sh.next_exchange += 1;
                 sh.answering = None;
             }
+        }
+        if msg.discard {
+            msg.bytes = Vec::new();
         }
         let method = msg.method.as_deref();
         let upgrade = h.status == 101 || (method == Some("CONNECT") && (200..300).contains(&h.status));
@@ -569,7 +594,7 @@ impl Framer {
         self.state = State::Head;
         self.scan = 0;
         let Some(msg) = self.msg.take() else { return };
-        let emitted = !msg.damaged;
+        let emitted = !msg.damaged && !msg.discard;
         let paired_req = match self.kind {
             MessageKind::Request => {
                 sh.request_done(msg.exchange, msg.end_ns, emitted);
@@ -578,6 +603,17 @@ impl Framer {
             MessageKind::Response => sh.answering.take(),
         };
         if !emitted {
+            if msg.discard && !msg.damaged {
+                match self.kind {
+                    MessageKind::Request => stats.dropped_requests += 1,
+                    MessageKind::Response => stats.dropped_responses += 1,
+                }
+                if msg.upgrade {
+                    stats.upgraded_connections += 1;
+                    sh.upgraded = true;
+                    self.stop();
+                }
+            }
             return;
         }
         let truncated = msg.original_len > msg.bytes.len() as u64;
@@ -719,6 +755,30 @@ impl Framer {
                 self.scan = 0;
                 self.line_start = true;
             }
+        }
+    }
+
+    /// Bytes that may be skipped after what was fed: the rest of a length-delimited body
+    /// or chunk of a message that keeps no more bytes (dropped, damaged, or full).
+    pub(crate) fn skippable(&self) -> Option<u64> {
+        let m = self.msg.as_ref()?;
+        let keeps_nothing = m.discard || m.damaged || m.bytes.len() >= m.keep;
+        match self.state {
+            State::Body { remaining } | State::ChunkData { remaining } if keeps_nothing && remaining > 0 => Some(remaining),
+            _ => None,
+        }
+    }
+
+    /// `len` bytes (at most [`Framer::skippable`]) were skipped on purpose: unlike a gap,
+    /// the message is not damaged (it keeps what it has) and framing stays exact.
+    pub(crate) fn skip(&mut self, len: u64, sh: &mut Shared, stats: &mut HttpStats, out: &mut Vec<HttpMessage>) {
+        match self.state {
+            State::Body { remaining } | State::ChunkData { remaining } if len <= remaining && self.msg.is_some() => {
+                self.msg_mut().original_len += len;
+                self.body_advance(remaining - len, sh, stats, out);
+            }
+            // Not what skippable() allowed: treat as loss.
+            _ => self.gap(len, sh, stats, out),
         }
     }
 

@@ -39,6 +39,7 @@ pub const HEADERS: &[(&str, &str)] = &[
     ("capture-iface", "interface the segment was seen on"),
     ("capture-truncated", "`1` if the message was cut at --max-message-size, else `0`"),
     ("capture-original-length", "message length on the wire, bytes"),
+    ("capture-redacted", "`1` if secrets in it were replaced by tokens, else `0`"),
     ("capture-start-ns", "wall-clock ns of the first byte"),
     ("capture-end-ns", "wall-clock ns of the last byte"),
     ("capture-request-start-ns", "responses: the request's first byte"),
@@ -258,7 +259,7 @@ impl KafkaSink {
 }
 
 /// Most headers a record carries.
-const MAX_HEADERS: usize = 15;
+const MAX_HEADERS: usize = 16;
 
 /// Builds the metadata headers of a record. Values are formatted into `scratch`
 /// (reused across records; librdkafka copies them), not into one String each.
@@ -286,6 +287,7 @@ pub fn headers(record: &Record, iface: &str, scratch: &mut String) -> OwnedHeade
     add("capture-iface", format_args!("{iface}"));
     add("capture-truncated", format_args!("{}", if m.truncated { "1" } else { "0" }));
     add("capture-original-length", format_args!("{}", m.original_len));
+    add("capture-redacted", format_args!("{}", if m.redacted { "1" } else { "0" }));
     add("capture-start-ns", format_args!("{}", m.start_ns));
     add("capture-end-ns", format_args!("{}", m.end_ns));
     if let Some(v) = m.request_start_ns {
@@ -445,6 +447,7 @@ mod tests {
                 ("capture-iface", iface),
                 ("capture-truncated", "1"),
                 ("capture-original-length", "1000001"),
+                ("capture-redacted", "0"),
                 ("capture-start-ns", "1000"),
                 ("capture-end-ns", "2000"),
             ]
