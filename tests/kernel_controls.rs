@@ -369,7 +369,7 @@ fn redaction_leaves_no_secret_in_the_file_or_kafka_and_replay_still_sets_headers
     assert_eq!(v["profile"]["password"], t("PW-SECRET-4"));
     assert_eq!(v["profile"]["ssn"], t("SSN-SECRET-5"));
     assert_eq!(v["user"], "ada");
-    assert!(head.contains(&format!("Content-Length: {}\r\n", body.len())), "{head}");
+    assert!(format!("{head}\r\n").contains(&format!("\r\nContent-Length: {}\r\n", body.len())), "{head}");
     let (_, echoed) = text[3].split_once("\r\n\r\n").unwrap();
     assert_eq!(serde_json::from_str::<serde_json::Value>(echoed).unwrap()["password"], t("PW-SECRET-4"));
     assert!(text[4].ends_with(&format!("user=ada&password={}", t("PW-SECRET-4"))));
