@@ -65,20 +65,21 @@ impl std::fmt::Debug for RedactKey {
 }
 
 impl RedactKey {
+    /// A key of at least 16 bytes.
+    pub fn new(bytes: Vec<u8>) -> Result<RedactKey, String> {
+        if bytes.len() < 16 {
+            return Err(format!("the key has {} bytes, at least 16 are needed (e.g. `head -c 32 /dev/urandom > key`)", bytes.len()));
+        }
+        Ok(RedactKey(bytes))
+    }
+
     /// The bytes of `path` (one trailing newline removed); at least 16 bytes.
     pub fn from_file(path: &Path) -> Result<RedactKey, String> {
         let mut bytes = std::fs::read(path).map_err(|e| format!("{}: cannot read the key file: {e}", path.display()))?;
         if bytes.last() == Some(&b'\n') {
             bytes.pop();
         }
-        if bytes.len() < 16 {
-            return Err(format!(
-                "{}: the key has {} bytes, at least 16 are needed (e.g. `head -c 32 /dev/urandom > key`)",
-                path.display(),
-                bytes.len()
-            ));
-        }
-        Ok(RedactKey(bytes))
+        RedactKey::new(bytes).map_err(|e| format!("{}: {e}", path.display()))
     }
 
     /// 32 random bytes from the kernel.
@@ -88,11 +89,6 @@ impl RedactKey {
         let n = unsafe { libc::getrandom(bytes.as_mut_ptr() as *mut libc::c_void, bytes.len(), 0) };
         assert_eq!(n, 32, "getrandom failed");
         RedactKey(bytes)
-    }
-
-    #[cfg(test)]
-    pub(crate) fn from_bytes(bytes: &[u8]) -> RedactKey {
-        RedactKey(bytes.to_vec())
     }
 }
 
@@ -827,7 +823,7 @@ mod tests {
     fn config(headers: &[&str], keep: &[&str], query: &[&str], json: &[&str], keep_fields: &[&str]) -> RedactConfig {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         let json: Vec<JsonField> = json.iter().map(|j| JsonField::parse(j).unwrap()).collect();
-        RedactConfig::new(&s(headers), &s(keep), &s(query), &[], &json, &s(keep_fields), RedactKey::from_bytes(b"0123456789abcdef0123456789abcdef"))
+        RedactConfig::new(&s(headers), &s(keep), &s(query), &[], &json, &s(keep_fields), RedactKey::new(b"0123456789abcdef0123456789abcdef".to_vec()).unwrap())
     }
 
     fn tok(r: &Redactor, v: &str) -> String {
@@ -853,7 +849,7 @@ mod tests {
         let want: String = mac.finalize().into_bytes()[..16].iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(tok(&r, "s3cret"), format!("redacted-{want}"));
         assert_ne!(tok(&r, "s3cret"), tok(&r, "s3cret2"));
-        let other = Redactor::new(RedactConfig { key: RedactKey::from_bytes(b"another key of 16+ bytes"), ..config(&[], &[], &[], &[], &[]) });
+        let other = Redactor::new(RedactConfig { key: RedactKey::new(b"another key of 16+ bytes".to_vec()).unwrap(), ..config(&[], &[], &[], &[], &[]) });
         assert_ne!(tok(&r, "s3cret"), tok(&other, "s3cret"), "the key decides the token");
     }
 

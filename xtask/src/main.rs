@@ -137,7 +137,7 @@ fn main() -> Result<()> {
 
 /// cargo-fuzz release used for the fuzz targets.
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
-const FUZZ_TARGETS: &[&str] = &["http_segments", "reassembly_segments"];
+const FUZZ_TARGETS: &[&str] = &["http_segments", "reassembly_segments", "controls"];
 
 /// Runs every fuzz target for CAPTURE_FUZZ_SECONDS (default 20; 0 skips) with
 /// libFuzzer; a crash, a panic or a memory blow-up fails the run.
