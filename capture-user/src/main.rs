@@ -355,83 +355,87 @@ struct AgentArgs {
     /// kernel decides once per connection with a keyed hash of its addresses and ports
     /// (random key per start, so the choice cannot be predicted from outside); a kept
     /// connection is kept whole, the others never reach the ring buffer.
-    #[arg(long, default_value_t = 100.0, env = "CAPTURE_SAMPLE", value_parser = parse_percent, help_heading = "Controlling what is captured")]
+    #[arg(long, default_value_t = 100.0, env = "CAPTURE_SAMPLE", value_parser = parse_percent, help_heading = "Controlling what is captured", value_name = "PERCENT")]
     sample: f64,
 
     /// Keep only exchanges whose request has this method (repeatable; comma-separated in
     /// the env var). Filters decide on the request head; the response follows.
-    #[arg(long = "allow-method", env = "CAPTURE_ALLOW_METHOD", value_delimiter = ',', value_parser = filter::parse_method, help_heading = "Controlling what is captured")]
+    #[arg(long = "allow-method", env = "CAPTURE_ALLOW_METHOD", value_delimiter = ',', value_parser = filter::parse_method, help_heading = "Controlling what is captured", value_name = "METHOD")]
     allow_methods: Vec<String>,
 
     /// Keep only exchanges whose request-target (path and query, as sent) matches this
     /// regex; repeatable, any may match (newline-separated in the env var). Unanchored:
     /// use `^/api/` to anchor.
-    #[arg(long = "allow-path", env = "CAPTURE_ALLOW_PATH", value_delimiter = '\n', value_parser = filter::parse_regex, help_heading = "Controlling what is captured")]
+    #[arg(long = "allow-path", env = "CAPTURE_ALLOW_PATH", value_delimiter = '\n', value_parser = filter::parse_regex, help_heading = "Controlling what is captured", value_name = "REGEX")]
     allow_paths: Vec<regex::bytes::Regex>,
 
-    /// Drop exchanges whose request-target matches this regex, e.g. `^/health` (repeatable).
-    #[arg(long = "deny-path", env = "CAPTURE_DENY_PATH", value_delimiter = '\n', value_parser = filter::parse_regex, help_heading = "Controlling what is captured")]
+    /// Drop exchanges whose request-target matches this regex, e.g. `^/health` (repeatable;
+    /// newline-separated in the env var).
+    #[arg(long = "deny-path", env = "CAPTURE_DENY_PATH", value_delimiter = '\n', value_parser = filter::parse_regex, help_heading = "Controlling what is captured", value_name = "REGEX")]
     deny_paths: Vec<regex::bytes::Regex>,
 
-    /// Keep only exchanges whose Host header matches this regex (repeatable, any may match).
-    #[arg(long = "allow-host", env = "CAPTURE_ALLOW_HOST", value_delimiter = '\n', value_parser = filter::parse_regex, help_heading = "Controlling what is captured")]
+    /// Keep only exchanges whose Host header matches this regex (repeatable, any may match;
+    /// newline-separated in the env var).
+    #[arg(long = "allow-host", env = "CAPTURE_ALLOW_HOST", value_delimiter = '\n', value_parser = filter::parse_regex, help_heading = "Controlling what is captured", value_name = "REGEX")]
     allow_hosts: Vec<regex::bytes::Regex>,
 
     /// `Name: regex`: keep only exchanges with a header of that name whose value matches
-    /// (repeatable: every rule must hold; a missing header fails the rule).
-    #[arg(long = "allow-header", env = "CAPTURE_ALLOW_HEADER", value_delimiter = '\n', value_parser = HeaderRule::parse, help_heading = "Controlling what is captured")]
+    /// (repeatable: every rule must hold; a missing header fails the rule; newline-separated
+    /// in the env var).
+    #[arg(long = "allow-header", env = "CAPTURE_ALLOW_HEADER", value_delimiter = '\n', value_parser = HeaderRule::parse, help_heading = "Controlling what is captured", value_name = "NAME: REGEX")]
     allow_headers: Vec<HeaderRule>,
 
-    /// `Name: regex`: drop exchanges with a header of that name whose value matches (repeatable).
-    #[arg(long = "deny-header", env = "CAPTURE_DENY_HEADER", value_delimiter = '\n', value_parser = HeaderRule::parse, help_heading = "Controlling what is captured")]
+    /// `Name: regex`: drop exchanges with a header of that name whose value matches
+    /// (repeatable; newline-separated in the env var).
+    #[arg(long = "deny-header", env = "CAPTURE_DENY_HEADER", value_delimiter = '\n', value_parser = HeaderRule::parse, help_heading = "Controlling what is captured", value_name = "NAME: REGEX")]
     deny_headers: Vec<HeaderRule>,
 
     /// Keep at most this many exchanges per second (token bucket, bursts up to one second);
     /// the others are dropped whole, at their request head, and counted.
-    #[arg(long, env = "CAPTURE_RATE", value_parser = parse_rate, help_heading = "Controlling what is captured")]
+    #[arg(long, env = "CAPTURE_RATE", value_parser = parse_rate, help_heading = "Controlling what is captured", value_name = "EXCHANGES_PER_S")]
     rate: Option<f64>,
 
     /// Keep at most this many record bytes per second (header lines and HTTP bytes, as
     /// written to each output), e.g. `20MB`: protects Kafka. An exchange starts only while
     /// the budget is not in debt and is then kept whole.
-    #[arg(long, env = "CAPTURE_MAX_BYTES_PER_SEC", value_parser = parse_size, help_heading = "Controlling what is captured")]
+    #[arg(long, env = "CAPTURE_MAX_BYTES_PER_SEC", value_parser = parse_size, help_heading = "Controlling what is captured", value_name = "BYTES")]
     max_bytes_per_sec: Option<u64>,
 
     /// Also redact this header's value (repeatable). Always redacted unless kept:
     /// Authorization, Proxy-Authorization, Cookie, Set-Cookie, X-Api-Key, X-Auth-Token,
     /// X-Access-Token, X-Amz-Security-Token, X-CSRF-Token, X-XSRF-Token.
-    #[arg(long = "redact-header", env = "CAPTURE_REDACT_HEADER", value_delimiter = ',', help_heading = "Controlling what is captured")]
+    #[arg(long = "redact-header", env = "CAPTURE_REDACT_HEADER", value_delimiter = ',', help_heading = "Controlling what is captured", value_name = "HEADER")]
     redact_headers: Vec<String>,
 
     /// Do not redact this header (one of the defaults), e.g. `Cookie` (repeatable).
-    #[arg(long = "keep-header", env = "CAPTURE_KEEP_HEADER", value_delimiter = ',', help_heading = "Controlling what is captured")]
+    #[arg(long = "keep-header", env = "CAPTURE_KEEP_HEADER", value_delimiter = ',', help_heading = "Controlling what is captured", value_name = "HEADER")]
     keep_headers: Vec<String>,
 
     /// Also redact this query parameter (request-target, Referer and Location URLs;
     /// repeatable). Always redacted unless kept: password, passwd, client_secret,
     /// access_token, refresh_token, id_token, api_key, apikey.
-    #[arg(long = "redact-query", env = "CAPTURE_REDACT_QUERY", value_delimiter = ',', help_heading = "Controlling what is captured")]
+    #[arg(long = "redact-query", env = "CAPTURE_REDACT_QUERY", value_delimiter = ',', help_heading = "Controlling what is captured", value_name = "PARAM")]
     redact_query: Vec<String>,
 
     /// Also redact this field of urlencoded form bodies (repeatable; same defaults).
-    #[arg(long = "redact-form-field", env = "CAPTURE_REDACT_FORM_FIELD", value_delimiter = ',', help_heading = "Controlling what is captured")]
+    #[arg(long = "redact-form-field", env = "CAPTURE_REDACT_FORM_FIELD", value_delimiter = ',', help_heading = "Controlling what is captured", value_name = "FIELD")]
     redact_form_fields: Vec<String>,
 
     /// Also redact this JSON body field: a key name at any depth (`password`) or a path
     /// (`$.user.password`, `$.items[*].token`); repeatable, newline-separated in the env
     /// var. The same default names are redacted at any depth.
-    #[arg(long = "redact-json-field", env = "CAPTURE_REDACT_JSON_FIELD", value_delimiter = '\n', value_parser = JsonField::parse, help_heading = "Controlling what is captured")]
+    #[arg(long = "redact-json-field", env = "CAPTURE_REDACT_JSON_FIELD", value_delimiter = '\n', value_parser = JsonField::parse, help_heading = "Controlling what is captured", value_name = "NAME|PATH")]
     redact_json_fields: Vec<JsonField>,
 
     /// Do not redact this default parameter or field name (repeatable).
-    #[arg(long = "keep-field", env = "CAPTURE_KEEP_FIELD", value_delimiter = ',', help_heading = "Controlling what is captured")]
+    #[arg(long = "keep-field", env = "CAPTURE_KEEP_FIELD", value_delimiter = ',', help_heading = "Controlling what is captured", value_name = "NAME")]
     keep_fields: Vec<String>,
 
     /// File holding the redaction key (at least 16 bytes; one trailing newline is
     /// ignored). Tokens are HMAC-SHA256 of the value under this key: give every agent the
     /// same file and equal secrets get equal tokens across nodes and restarts. Default: a
     /// random key per start (tokens match only within one run).
-    #[arg(long = "redact-key-file", env = "CAPTURE_REDACT_KEY_FILE", value_parser = parse_key_file, help_heading = "Controlling what is captured")]
+    #[arg(long = "redact-key-file", env = "CAPTURE_REDACT_KEY_FILE", value_parser = parse_key_file, help_heading = "Controlling what is captured", value_name = "FILE")]
     redact_key: Option<RedactKey>,
 }
 
