@@ -35,8 +35,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Benchmark (root): nginx + wrk with no capture (A), with the agent (B: file, and
-    /// Kafka unless --no-kafka) and with tcpdump (C), interleaved; prints one table.
+    /// Benchmark (root): nginx + wrk with no capture (A), with the agent (B: file, file
+    /// with --sample 10, file with every exchange filtered out, and Kafka unless
+    /// --no-kafka) and with tcpdump (C), interleaved; prints one table.
     Bench {
         /// Seconds of wrk load per run.
         #[arg(long, default_value_t = 5)]
