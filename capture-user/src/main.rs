@@ -395,9 +395,9 @@ struct AgentArgs {
     #[arg(long, env = "CAPTURE_RATE", value_parser = parse_rate, help_heading = "Controlling what is captured", value_name = "EXCHANGES_PER_S")]
     rate: Option<f64>,
 
-    /// Keep at most this many record bytes per second (header lines and HTTP bytes, as
-    /// written to each output), e.g. `20MB`: protects Kafka. An exchange starts only while
-    /// the budget is not in debt and is then kept whole.
+    /// Keep at most this many record bytes per second (each record's header line and HTTP
+    /// bytes, counted once whatever the number of outputs), e.g. `20MB`: protects Kafka.
+    /// An exchange starts only while the budget is not in debt and is then kept whole.
     #[arg(long, env = "CAPTURE_MAX_BYTES_PER_SEC", value_parser = parse_size, help_heading = "Controlling what is captured", value_name = "BYTES")]
     max_bytes_per_sec: Option<u64>,
 

@@ -200,6 +200,10 @@ impl KernelCapture {
         for (name, _, _) in HOOKS {
             let prog = program_mut(&mut ebpf, name);
             prog.load().map_err(|source| KernelError::Verify { program: name, source: Box::new(source) })?;
+            // How close the program is to the verifier's limit (1M instructions processed).
+            if let Some(n) = prog.info().ok().and_then(|i| i.verified_instruction_count()) {
+                debug!("{name}: verified, {n} instructions processed");
+            }
         }
         let mode = match mode {
             AttachMode::Auto => {
