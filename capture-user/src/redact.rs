@@ -26,7 +26,7 @@ use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::http::view::{head_spans, HeadSpans};
+use crate::http::view::{head_spans, head_spans_into, HeadSpans};
 use crate::record::Record;
 
 /// Header fields redacted unless `--keep-header` names them.
@@ -154,14 +154,14 @@ impl JsonField {
         Ok(JsonField::Path(segs))
     }
 
-    fn matches(&self, path: &[Step]) -> bool {
+    fn matches(&self, path: &[Step<'_>]) -> bool {
         match self {
-            JsonField::Name(n) => matches!(path.last(), Some(Step::Key(k)) if k.eq_ignore_ascii_case(n)),
+            JsonField::Name(n) => matches!(path.last(), Some(Step::Key(k)) if k.eq_ignore_ascii_case(n.as_bytes())),
             JsonField::Path(segs) => {
                 segs.len() == path.len()
                     && segs.iter().zip(path).all(|(seg, step)| match (seg, step) {
                         (PathSeg::AnyKey, Step::Key(_)) | (PathSeg::AnyIndex, Step::Index(_)) => true,
-                        (PathSeg::Key(a), Step::Key(b)) => a == b,
+                        (PathSeg::Key(a), Step::Key(b)) => a.as_bytes() == &b[..],
                         (PathSeg::Index(a), Step::Index(b)) => a == b,
                         _ => false,
                     })
@@ -264,16 +264,38 @@ fn apply(bytes: &[u8], mut edits: Vec<Edit>) -> Vec<u8> {
     out
 }
 
+/// Header names to redact, with a quick length test first (most fields of a head
+/// have a length no sensitive name has).
+struct HeaderNames {
+    names: Vec<String>,
+    /// Bit `n` set: some name has length `n` (names of 64 bytes or more set bit 63).
+    lengths: u64,
+}
+
+impl HeaderNames {
+    fn new(names: &[String]) -> Self {
+        let lengths = names.iter().fold(0u64, |bits, n| bits | 1 << n.len().min(63));
+        HeaderNames { names: names.to_vec(), lengths }
+    }
+
+    fn contains(&self, name: &[u8]) -> bool {
+        self.lengths & (1 << name.len().min(63)) != 0 && self.names.iter().any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+    }
+}
+
 pub struct Redactor {
     config: RedactConfig,
+    headers: HeaderNames,
     mac: Hmac<Sha256>,
+    /// Reused for every head.
+    spans: HeadSpans,
     pub stats: RedactStats,
 }
 
 impl Redactor {
     pub fn new(config: RedactConfig) -> Redactor {
         let mac = Hmac::<Sha256>::new_from_slice(&config.key.0).expect("HMAC takes keys of any length");
-        Redactor { config, mac, stats: RedactStats::default() }
+        Redactor { headers: HeaderNames::new(&config.headers), config, mac, spans: HeadSpans::default(), stats: RedactStats::default() }
     }
 
     /// `redacted-` and the first 128 bits of HMAC-SHA256(key, value) in hex.
@@ -319,16 +341,24 @@ impl Redactor {
 
     /// The payload with its secrets replaced, or `None` if nothing was replaced.
     pub fn redact_payload(&mut self, payload: &[u8]) -> Option<Vec<u8>> {
+        let mut spans = std::mem::take(&mut self.spans);
+        let out = self.redact_with(payload, &mut spans);
+        self.spans = spans;
+        out
+    }
+
+    fn redact_with(&mut self, payload: &[u8], spans: &mut HeadSpans) -> Option<Vec<u8>> {
         let mut edits = Vec::new();
         let mut pos = 0;
         loop {
-            let Some(spans) = head_spans(&payload[pos..]) else {
+            if !head_spans_into(&payload[pos..], spans) {
                 return self.redact_cut_head(payload, pos, edits);
-            };
+            }
+            let spans = &*spans;
             let head = &payload[pos..pos + spans.len];
             let response = head.starts_with(b"HTTP/");
             if !response {
-                self.target_edits(head, &spans, pos, &mut edits);
+                self.target_edits(head, spans, pos, &mut edits);
             }
             for field in &spans.headers {
                 self.field_edits(head, field.name.clone(), field.value.clone(), pos, &mut edits);
@@ -337,7 +367,7 @@ impl Redactor {
             let head_start = pos;
             pos += spans.len;
             if !interim {
-                self.body_edits(payload, head_start, &spans, &mut edits);
+                self.body_edits(payload, head_start, spans, &mut edits);
                 break;
             }
         }
@@ -402,7 +432,7 @@ impl Redactor {
     fn field_edits(&mut self, head: &[u8], name: Range<usize>, value: Range<usize>, base: usize, edits: &mut Vec<Edit>) {
         let name = &head[name];
         let mut local: Vec<Edit> = Vec::new();
-        if self.config.headers.iter().any(|h| name.eq_ignore_ascii_case(h.as_bytes())) {
+        if self.headers.contains(name) {
             let v = &head[value.clone()];
             if name.eq_ignore_ascii_case(b"cookie") {
                 // `a=1; b=2`: every cookie value, names kept.
@@ -483,8 +513,11 @@ impl Redactor {
         let head = &payload[head_start..body_start];
         let field = |name: &str| spans.named(head, name).next().map(|f| f.value.clone());
         let content_type = field("content-type").map(|r| media_type(&head[r])).unwrap_or_default();
-        let json = content_type == "application/json" || content_type == "text/json" || content_type.ends_with("+json");
-        let form = content_type == "application/x-www-form-urlencoded";
+        let is = |t: &str| content_type.eq_ignore_ascii_case(t.as_bytes());
+        let json = is("application/json")
+            || is("text/json")
+            || content_type.len() >= 5 && content_type[content_type.len() - 5..].eq_ignore_ascii_case(b"+json");
+        let form = is("application/x-www-form-urlencoded");
         if !(json && !self.config.json_fields.is_empty() || form && !self.config.form_fields.is_empty()) {
             return;
         }
@@ -569,10 +602,10 @@ fn trim_end(mut s: &[u8]) -> &[u8] {
     s
 }
 
-/// `type/subtype` of a Content-Type value, lower case.
-fn media_type(v: &[u8]) -> String {
+/// `type/subtype` of a Content-Type value (compare it case-insensitively).
+fn media_type(v: &[u8]) -> &[u8] {
     let end = v.iter().position(|&b| b == b';').unwrap_or(v.len());
-    String::from_utf8_lossy(trim(&v[..end])).to_ascii_lowercase()
+    trim(&v[..end])
 }
 
 /// Percent-decodes a query or form component (`+` is a space in forms).
@@ -617,10 +650,10 @@ fn dechunk(body: &[u8]) -> (Vec<u8>, Option<&[u8]>) {
     }
 }
 
-/// One step of the path to a JSON value.
+/// One step of the path to a JSON value; keys borrow the document unless escaped.
 #[derive(Clone, Debug)]
-enum Step {
-    Key(String),
+enum Step<'a> {
+    Key(Cow<'a, [u8]>),
     Index(usize),
 }
 
@@ -638,14 +671,14 @@ struct JsonWalk<'a> {
     b: &'a [u8],
     i: usize,
     fields: &'a [JsonField],
-    path: Vec<Step>,
+    path: Vec<Step<'a>>,
     found: Vec<(Range<usize>, bool)>,
 }
 
 /// The walk stopped: the document is cut, invalid or too deep.
 struct Stop;
 
-impl JsonWalk<'_> {
+impl<'a> JsonWalk<'a> {
     fn ws(&mut self) {
         while self.i < self.b.len() && matches!(self.b[self.i], b' ' | b'\t' | b'\r' | b'\n') {
             self.i += 1;
@@ -802,14 +835,14 @@ impl JsonWalk<'_> {
     }
 }
 
-/// A key's text from its quoted bytes (escapes decoded when there are any).
-fn decode_key(quoted: &[u8]) -> String {
+/// A key from its quoted bytes: borrowed, or decoded when it has escapes.
+fn decode_key(quoted: &[u8]) -> Cow<'_, [u8]> {
     if quoted.contains(&b'\\') {
         if let Ok(s) = serde_json::from_slice::<String>(quoted) {
-            return s;
+            return Cow::Owned(s.into_bytes());
         }
     }
-    String::from_utf8_lossy(&quoted[1..quoted.len().saturating_sub(1).max(1)]).into_owned()
+    Cow::Borrowed(&quoted[1..quoted.len().saturating_sub(1).max(1)])
 }
 
 #[cfg(test)]

@@ -42,7 +42,7 @@ pub struct FieldSpan {
 }
 
 /// Where the parts of a head are.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HeadSpans {
     /// The start line without its line ending.
     pub start_line: Range<usize>,
@@ -61,41 +61,53 @@ impl HeadSpans {
 /// Spans of the complete head at the start of `bytes` (a request or a response), or
 /// `None` if there is no complete, well-formed head there.
 pub fn head_spans(bytes: &[u8]) -> Option<HeadSpans> {
-    let line_end = memchr::memchr(b'\n', bytes)?;
-    let start_line = 0..if line_end > 0 && bytes[line_end - 1] == b'\r' { line_end - 1 } else { line_end };
+    let mut spans = HeadSpans::default();
+    head_spans_into(bytes, &mut spans).then_some(spans)
+}
+
+/// Like [`head_spans`], into `out` (its field list is reused: no allocation per head
+/// on a hot path). Returns false, with `out` unspecified, if there is no complete head.
+pub fn head_spans_into(bytes: &[u8], out: &mut HeadSpans) -> bool {
+    out.headers.clear();
+    let Some(line_end) = memchr::memchr(b'\n', bytes) else { return false };
+    out.start_line = 0..if line_end > 0 && bytes[line_end - 1] == b'\r' { line_end - 1 } else { line_end };
     let fields = &bytes[line_end + 1..];
     let base = bytes.as_ptr() as usize;
     // Most heads fit the array on the stack; a few need a bigger one.
     let mut small = [httparse::EMPTY_HEADER; HEADER_COUNTS[0]];
-    match parse_fields(fields, &mut small, base) {
-        Err(httparse::Error::TooManyHeaders) => {}
-        other => return other.ok().flatten().map(|(used, headers)| HeadSpans { start_line, headers, len: line_end + 1 + used }),
-    }
+    let mut result = parse_fields(fields, &mut small, base, &mut out.headers);
     for &n in &HEADER_COUNTS[1..] {
-        let mut headers = vec![httparse::EMPTY_HEADER; n];
-        match parse_fields(fields, &mut headers, base) {
-            Err(httparse::Error::TooManyHeaders) => continue,
-            other => return other.ok().flatten().map(|(used, headers)| HeadSpans { start_line, headers, len: line_end + 1 + used }),
+        if !matches!(result, Err(httparse::Error::TooManyHeaders)) {
+            break;
         }
+        let mut headers = vec![httparse::EMPTY_HEADER; n];
+        result = parse_fields(fields, &mut headers, base, &mut out.headers);
     }
-    None
+    match result {
+        Ok(Some(used)) => {
+            out.len = line_end + 1 + used;
+            true
+        }
+        _ => false,
+    }
 }
 
 /// Header fields of `fields` (bytes after the start line) with spans relative to
-/// `base`; `Ok(None)` if the head is not complete.
+/// `base`, appended to `out`; `Ok(None)` if the head is not complete.
 fn parse_fields<'b>(
     fields: &'b [u8],
     headers: &mut [httparse::Header<'b>],
     base: usize,
-) -> Result<Option<(usize, Vec<FieldSpan>)>, httparse::Error> {
+    out: &mut Vec<FieldSpan>,
+) -> Result<Option<usize>, httparse::Error> {
     match httparse::parse_headers(fields, headers)? {
         httparse::Status::Complete((used, parsed)) => {
             let span = |s: &[u8]| {
                 let start = s.as_ptr() as usize - base;
                 start..start + s.len()
             };
-            let spans = parsed.iter().map(|h| FieldSpan { name: span(h.name.as_bytes()), value: span(h.value) }).collect();
-            Ok(Some((used, spans)))
+            out.extend(parsed.iter().map(|h| FieldSpan { name: span(h.name.as_bytes()), value: span(h.value) }));
+            Ok(Some(used))
         }
         httparse::Status::Partial => Ok(None),
     }
