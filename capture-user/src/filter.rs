@@ -132,7 +132,7 @@ impl Filters {
 fn absolute_authority(target: &str) -> &[u8] {
     let Some((_, rest)) = target.split_once("://") else { return b"" };
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    rest[..end].as_bytes()
+    &rest.as_bytes()[..end]
 }
 
 #[cfg(test)]

@@ -518,7 +518,9 @@ impl Redactor {
             || is("text/json")
             || content_type.len() >= 5 && content_type[content_type.len() - 5..].eq_ignore_ascii_case(b"+json");
         let form = is("application/x-www-form-urlencoded");
-        if !(json && !self.config.json_fields.is_empty() || form && !self.config.form_fields.is_empty()) {
+        let inspect_json = json && !self.config.json_fields.is_empty();
+        let inspect_form = form && !self.config.form_fields.is_empty();
+        if !inspect_json && !inspect_form {
             return;
         }
         if field("content-encoding").is_some_and(|r| !head[r].eq_ignore_ascii_case(b"identity")) {

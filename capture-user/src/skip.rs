@@ -126,9 +126,12 @@ pub(crate) mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
+    /// A range written (`Some`) or a direction forgotten (`None`).
+    pub(crate) type SkipCall = (FlowTuple, Option<SkipRange>);
+
     /// Records what would go to the kernel.
     #[derive(Clone, Default)]
-    pub(crate) struct RecordingSink(pub Arc<Mutex<Vec<(FlowTuple, Option<SkipRange>)>>>);
+    pub(crate) struct RecordingSink(pub Arc<Mutex<Vec<SkipCall>>>);
 
     impl SkipSink for RecordingSink {
         fn skip(&mut self, tuple: &FlowTuple, range: SkipRange) -> Result<(), String> {
