@@ -116,7 +116,10 @@ impl Msg {
         if !self.damaged {
             self.damaged = true;
             self.bytes = Vec::new();
-            stats.lost_to_gap += 1;
+            // A dropped exchange loses nothing anyone keeps.
+            if !self.discard {
+                stats.lost_to_gap += 1;
+            }
         }
     }
 }
@@ -165,7 +168,7 @@ impl Framer {
     pub(crate) fn stop_keeping(&mut self, excess: usize) -> Option<usize> {
         let in_body = !matches!(self.state, State::Head | State::Resync | State::Stopped);
         match self.msg.as_mut() {
-            Some(m) if in_body && !m.damaged && m.keep > m.head_len => {
+            Some(m) if in_body && !m.damaged && !m.discard && m.keep > m.head_len => {
                 let len = m.bytes.len();
                 m.keep = len.saturating_sub(excess).max(m.head_len);
                 m.bytes.truncate(m.keep);
@@ -603,7 +606,7 @@ impl Framer {
             MessageKind::Response => sh.answering.take(),
         };
         if !emitted {
-            if msg.discard && !msg.damaged {
+            if msg.discard {
                 match self.kind {
                     MessageKind::Request => stats.dropped_requests += 1,
                     MessageKind::Response => stats.dropped_responses += 1,
@@ -740,7 +743,7 @@ impl Framer {
             _ => {
                 let in_progress = self.msg.as_ref().is_some_and(|m| m.original_len > 0)
                     || self.buf.iter().any(|&b| b != b'\r' && b != b'\n');
-                if in_progress && !self.msg.as_ref().is_some_and(|m| m.damaged) {
+                if in_progress && !self.msg.as_ref().is_some_and(|m| m.damaged || m.discard) {
                     stats.lost_to_gap += 1;
                 }
                 if self.kind == MessageKind::Response
@@ -797,12 +800,12 @@ impl Framer {
             State::Head => {
                 let partial = self.msg.as_ref().is_some_and(|m| m.original_len > 0)
                     || self.buf.iter().any(|&b| b != b'\r' && b != b'\n');
-                if partial && !self.msg.as_ref().is_some_and(|m| m.damaged) {
+                if partial && !self.msg.as_ref().is_some_and(|m| m.damaged || m.discard) {
                     stats.incomplete_at_close += 1;
                 }
             }
             _ => {
-                if !self.msg.as_ref().is_some_and(|m| m.damaged) {
+                if !self.msg.as_ref().is_some_and(|m| m.damaged || m.discard) {
                     stats.incomplete_at_close += 1;
                 }
             }
