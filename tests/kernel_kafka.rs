@@ -187,7 +187,8 @@ fn unreachable_broker_and_oversized_records_are_reported_and_counted() {
     assert_eq!(s["output1_message_timed_out"], 4);
     assert!(stderr.contains("4 record(s) failed"), "{stderr}");
 
-    // Oversized: a 2 MB response kept whole by --max-message-size exceeds message.max.bytes.
+    // Oversized: a 2 MB response kept whole by --max-message-size, not split into
+    // continuation records (--kafka-part-size above it), exceeds message.max.bytes.
     let dir2 = TempDir::new("kafka_oversize");
     let broker = Broker::start(&net.server_ns, KAFKA_PORT, &dir2);
     broker.create_topic(TOPIC, 1);
@@ -197,7 +198,7 @@ fn unreachable_broker_and_oversized_records_are_reported_and_counted() {
         &net.server_if,
         &[HTTP_PORT],
         &dir2,
-        &["--no-stream-log", "--output", &kafka, "--max-message-size", "3MB"],
+        &["--no-stream-log", "--output", &kafka, "--max-message-size", "3MB", "--kafka-part-size", "3MB"],
     );
     sh(&format!("ip netns exec {} curl -sf {url}/bytes/2000000 {url}/small -o /dev/null -o /dev/null", net.client_ns));
     let stderr = agent.stop();

@@ -147,6 +147,53 @@ impl Drop for NetPair {
     }
 }
 
+/// A "pod" on this machine as a node has them: a namespace holding one end of a
+/// veth pair (`eth0`, `addr`), the other end (`host_if`, `host_addr`) in the host
+/// namespace. Deleting the namespace on drop deletes both ends.
+pub struct HostPod {
+    pub ns: String,
+    pub host_if: String,
+    pub host_addr: String,
+    pub addr: String,
+}
+
+impl HostPod {
+    /// Names and addresses only; [`HostPod::create`] makes it. Names have a fixed
+    /// width, so `host_if*` matches this pod's interface and no other.
+    pub fn plan() -> HostPod {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let id = format!("{:04}x{:02}", std::process::id() % 10000, n % 100);
+        let subnet = (std::process::id() * 7 + n) % 250 + 1;
+        HostPod {
+            ns: format!("capp{id}"),
+            host_if: format!("cvh{id}"),
+            host_addr: format!("10.215.{subnet}.1"),
+            addr: format!("10.215.{subnet}.2"),
+        }
+    }
+
+    #[allow(clippy::new_without_default)] // creates kernel state; not a default value
+    pub fn new() -> HostPod {
+        let pod = Self::plan();
+        pod.create();
+        pod
+    }
+
+    pub fn create(&self) {
+        sh(&format!("ip netns add {}", self.ns));
+        sh(&format!("ip link add {} type veth peer name eth0 netns {}", self.host_if, self.ns));
+        sh(&format!("ip addr add {}/24 dev {}", self.host_addr, self.host_if));
+        sh(&format!("ip link set {} up", self.host_if));
+        sh(&format!("ip -n {ns} link set lo up && ip -n {ns} addr add {}/24 dev eth0 && ip -n {ns} link set eth0 up", self.addr, ns = self.ns));
+    }
+}
+
+impl Drop for HostPod {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).stderr(Stdio::null()).status();
+    }
+}
+
 /// A child process killed on drop.
 pub struct Proc {
     pub child: Child,
@@ -156,8 +203,20 @@ pub struct Proc {
 impl Proc {
     /// Starts `cmd` (a shell command) in namespace `ns` and waits for `ready` on its stdout.
     pub fn start_in(ns: &str, name: &str, cmd: &str, ready: &str) -> Proc {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns, "sh", "-c", &format!("exec {cmd}")])
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", ns, "sh", "-c", &format!("exec {cmd}")]);
+        Self::start(command, name, ready)
+    }
+
+    /// Starts `cmd` (a shell command) in this (the host's) namespace; waits for `ready`.
+    pub fn start_in_host(name: &str, cmd: &str, ready: &str) -> Proc {
+        let mut command = Command::new("sh");
+        command.args(["-c", &format!("exec {cmd}")]);
+        Self::start(command, name, ready)
+    }
+
+    fn start(mut command: Command, name: &str, ready: &str) -> Proc {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -269,6 +328,14 @@ fn json_field(line: &str, key: &str) -> String {
     }
 }
 
+/// `dir/stem.ext`, or `dir/stem-N.ext` for the first N that does not exist yet.
+fn unused(dir: &TempDir, stem: &str, ext: &str) -> PathBuf {
+    (0..)
+        .map(|n| if n == 0 { dir.path(&format!("{stem}.{ext}")) } else { dir.path(&format!("{stem}-{n}.{ext}")) })
+        .find(|p| !p.exists())
+        .expect("a free name")
+}
+
 /// `capture agent` running in a namespace until stopped.
 pub struct Agent {
     child: Option<Child>,
@@ -281,26 +348,41 @@ impl Agent {
     /// Starts the agent in `ns` on `iface` for `ports`, writing records to a file in
     /// `dir` and stream digests to another; waits until it is attached.
     pub fn start(ns: &str, iface: &str, ports: &[u16], dir: &TempDir, extra: &[&str]) -> Agent {
-        Self::start_with(ns, iface, ports, dir, extra, false)
+        Self::start_with(ns, iface, ports, dir, extra, false, unused(dir, "records", "gor"))
     }
 
     /// Like `start`, but with `--output stdout`; stdout is collected into `output`.
     pub fn start_stdout(ns: &str, iface: &str, ports: &[u16], dir: &TempDir, extra: &[&str]) -> Agent {
-        Self::start_with(ns, iface, ports, dir, extra, true)
+        Self::start_with(ns, iface, ports, dir, extra, true, unused(dir, "stdout", "gor"))
     }
 
-    fn start_with(ns: &str, iface: &str, ports: &[u16], dir: &TempDir, extra: &[&str], stdout: bool) -> Agent {
-        Self::start_with_env(ns, iface, ports, dir, extra, stdout, "info")
+    /// Like `start`, writing records to the file `output`.
+    pub fn start_to(ns: &str, iface: &str, ports: &[u16], dir: &TempDir, output: &Path, extra: &[&str]) -> Agent {
+        Self::start_with(ns, iface, ports, dir, extra, false, output.to_path_buf())
     }
 
     /// Like `start`, with `RUST_LOG` set to `log` (e.g. to see one module's debug lines).
     pub fn start_logging(ns: &str, iface: &str, ports: &[u16], dir: &TempDir, extra: &[&str], log: &str) -> Agent {
-        Self::start_with_env(ns, iface, ports, dir, extra, false, log)
+        Self::start_with_env(ns, iface, ports, dir, extra, false, unused(dir, "records", "gor"), log)
     }
 
-    fn start_with_env(ns: &str, iface: &str, ports: &[u16], dir: &TempDir, extra: &[&str], stdout: bool, log: &str) -> Agent {
-        let stream_log = dir.path("streams.log");
-        let output = dir.path(if stdout { "stdout.gor" } else { "records.gor" });
+    fn start_with(ns: &str, iface: &str, ports: &[u16], dir: &TempDir, extra: &[&str], stdout: bool, output: PathBuf) -> Agent {
+        Self::start_with_env(ns, iface, ports, dir, extra, stdout, output, "info")
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_with_env(
+        ns: &str,
+        iface: &str,
+        ports: &[u16],
+        dir: &TempDir,
+        extra: &[&str],
+        stdout: bool,
+        output: PathBuf,
+        log: &str,
+    ) -> Agent {
+        // The agent never overwrites a file: each start in a directory gets new names.
+        let stream_log = unused(dir, "streams", "log");
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", ns]).arg(capture_bin()).args(["agent", "--iface", iface]);
         for p in ports {
@@ -576,7 +658,10 @@ pub fn curl_trace(path: &Path) -> (Vec<u8>, Vec<u8>) {
     let (mut sent, mut received) = (Vec::new(), Vec::new());
     let mut target: Option<bool> = None;
     for line in text.lines() {
-        if line.starts_with("=> Send") {
+        if line.starts_with("=> Send SSL data") || line.starts_with("<= Recv SSL data") {
+            // HTTPS: TLS records, not the plaintext the other lines carry.
+            target = None;
+        } else if line.starts_with("=> Send") {
             target = Some(true);
         } else if line.starts_with("<= Recv") {
             target = Some(false);
@@ -615,6 +700,11 @@ pub struct Nginx {
 
 impl Nginx {
     pub fn start(ns: &str, port: u16, dir: &TempDir) -> Nginx {
+        Self::start_with(ns, port, dir, "")
+    }
+
+    /// Like `start`, with more directives inside the `server` block (e.g. locations).
+    pub fn start_with(ns: &str, port: u16, dir: &TempDir, server_extra: &str) -> Nginx {
         let www = dir.path("www");
         std::fs::create_dir_all(&www).unwrap();
         std::fs::write(www.join("index.html"), "hello from nginx\n").unwrap();
@@ -628,7 +718,7 @@ impl Nginx {
                 "daemon off;\nuser root;\nworker_processes 1;\npid {pid};\nerror_log {err} warn;\n\
                  events {{ worker_connections 1024; }}\n\
                  http {{\n  access_log {log};\n  keepalive_requests 100000;\n  if_modified_since before;\n  client_body_temp_path {tmp};\n\
-                   server {{ listen {port}; listen [::]:{port}; root {www}; location /__probe {{ return 204; }} }}\n}}\n",
+                   server {{ listen {port}; listen [::]:{port}; root {www}; location /__probe {{ return 204; }} {server_extra} }}\n}}\n",
                 pid = dir.path("nginx.pid").display(),
                 err = dir.path("error.log").display(),
                 log = access_log.display(),
@@ -858,6 +948,248 @@ pub fn netlink_filters(ns: &str, iface: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// The address in `capture: metrics on http://ADDR/metrics`, from an agent's stderr.
+pub fn metrics_addr(log: &str) -> String {
+    let line = log.lines().find(|l| l.contains("capture: metrics on http://")).unwrap_or_else(|| panic!("no metrics line in:\n{log}"));
+    line.split("http://").nth(1).unwrap().split('/').next().unwrap().to_string()
+}
+
+/// GET `http://addr/path` with curl (in namespace `ns`, or this one when None):
+/// (status, body).
+pub fn http_get(ns: Option<&str>, addr: &str, path: &str) -> (u16, String) {
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "curl"]);
+            c
+        }
+        None => Command::new("curl"),
+    };
+    let out = cmd.args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"]).arg(format!("http://{addr}{path}")).output().unwrap();
+    assert!(out.status.success(), "GET {addr}{path}: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    (status.parse().unwrap(), body.to_string())
+}
+
+/// Series of a Prometheus text exposition (`name{labels}` -> value), without comments.
+pub fn parse_metrics(text: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').unwrap_or_else(|| panic!("bad exposition line {l:?}"));
+            (series.to_string(), value.parse().unwrap_or_else(|_| panic!("bad value in {l:?}")))
+        })
+        .collect()
+}
+
+/// The repository's root directory.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// The YAML documents of a file as JSON values (PyYAML, which kernel-validate brings).
+pub fn yaml_documents(path: &Path) -> Vec<serde_json::Value> {
+    let out = Command::new("python3")
+        .args(["-c", "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "reading {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// What deploy/agent-daemonset.yaml and deploy/agent-configmap.yaml give the agent
+/// container; the container test runs the image with exactly these settings.
+#[derive(Clone, Debug)]
+pub struct AgentPodSpec {
+    pub image: String,
+    pub host_network: bool,
+    pub read_only_root: bool,
+    pub no_new_privileges: bool,
+    pub caps_drop: Vec<String>,
+    pub caps_add: Vec<String>,
+    /// The Localhost seccomp profile, as shipped in deploy/seccomp/.
+    pub seccomp_profile: PathBuf,
+    pub args: Vec<String>,
+    /// CAPTURE_* settings of the ConfigMap.
+    pub config: Vec<(String, String)>,
+    pub termination_grace_seconds: u64,
+    pub metrics_port: u16,
+    pub annotations: serde_json::Value,
+    pub container: serde_json::Value,
+}
+
+pub fn agent_pod_spec() -> AgentPodSpec {
+    let deploy = repo_root().join("deploy");
+    let ds = yaml_documents(&deploy.join("agent-daemonset.yaml")).remove(0);
+    let cm = yaml_documents(&deploy.join("agent-configmap.yaml")).remove(0);
+    let pod = &ds["spec"]["template"]["spec"];
+    let container = pod["containers"][0].clone();
+    let sc = &container["securityContext"];
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array().map(|a| a.iter().map(|x| x.as_str().unwrap().to_string()).collect()).unwrap_or_default()
+    };
+    assert_eq!(sc["seccompProfile"]["type"], "Localhost", "the agent runs with the shipped seccomp profile");
+    let profile = sc["seccompProfile"]["localhostProfile"].as_str().unwrap();
+    AgentPodSpec {
+        image: container["image"].as_str().unwrap().to_string(),
+        host_network: pod["hostNetwork"] == true,
+        read_only_root: sc["readOnlyRootFilesystem"] == true,
+        no_new_privileges: sc["allowPrivilegeEscalation"] == false,
+        caps_drop: strings(&sc["capabilities"]["drop"]),
+        caps_add: strings(&sc["capabilities"]["add"]),
+        seccomp_profile: deploy.join("seccomp").join(profile),
+        args: strings(&container["args"]),
+        config: cm["data"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string())).collect(),
+        termination_grace_seconds: pod["terminationGracePeriodSeconds"].as_u64().unwrap(),
+        metrics_port: container["ports"].as_array().unwrap().iter().find(|p| p["name"] == "metrics").unwrap()["containerPort"].as_u64().unwrap() as u16,
+        annotations: ds["spec"]["template"]["metadata"]["annotations"].clone(),
+        container,
+    }
+}
+
+/// podman with the containers.conf CI machines need (xtask/containers.conf).
+pub fn podman() -> Command {
+    let mut cmd = Command::new("podman");
+    cmd.env("CONTAINERS_CONF", repo_root().join("xtask/containers.conf"));
+    cmd
+}
+
+/// The image under test: CAPTURE_IMAGE (set by `cargo xtask test`), else the manifests'.
+pub fn capture_image() -> String {
+    std::env::var("CAPTURE_IMAGE").unwrap_or_else(|_| agent_pod_spec().image)
+}
+
+/// Container tests need the image built by `cargo xtask test` (or `cargo xtask image`).
+pub fn container_tests_enabled(test: &str) -> bool {
+    if !kernel_tests_enabled(test) {
+        return false;
+    }
+    let image = capture_image();
+    let present = have("podman") && podman().args(["image", "exists", &image]).status().map(|s| s.success()).unwrap_or(false);
+    if present {
+        return true;
+    }
+    let reason = format!("image {image} not built (run `cargo xtask image`)");
+    if std::env::var_os("CAPTURE_REQUIRE_KERNEL_TESTS").is_some() {
+        panic!("{test}: {reason}");
+    }
+    eprintln!("SKIP {test}: {reason}");
+    false
+}
+
+/// The agent image run by podman like the DaemonSet runs it; removed on drop.
+pub struct Container {
+    pub name: String,
+    child: Option<Child>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Container {
+    /// `podman run` of `image` with the pod spec's security settings (capabilities
+    /// `caps`, which tests may narrow), its args with `$(NODE_NAME)` = `node`, its
+    /// ConfigMap settings with `env` overriding, and `volumes` (`host:container`).
+    /// Returns once the agent printed `ready` or exited.
+    pub fn run(spec: &AgentPodSpec, image: &str, caps: &[String], seccomp: Option<&Path>, env: &[(&str, String)], volumes: &[String]) -> Container {
+        let name = format!("capture-test-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
+        let mut cmd = podman();
+        cmd.args(["run", "--rm", "--name", &name, "--user", "0"]);
+        if spec.host_network {
+            cmd.args(["--network", "host"]);
+        }
+        for cap in &spec.caps_drop {
+            cmd.args(["--cap-drop", cap]);
+        }
+        for cap in caps {
+            cmd.args(["--cap-add", cap]);
+        }
+        match seccomp {
+            Some(profile) => cmd.arg(format!("--security-opt=seccomp={}", profile.display())),
+            None => &mut cmd,
+        };
+        if spec.no_new_privileges {
+            cmd.arg("--security-opt=no-new-privileges");
+        }
+        if spec.read_only_root {
+            // As Kubernetes' readOnlyRootFilesystem: no writable /tmp or /run either.
+            cmd.args(["--read-only", "--read-only-tmpfs=false"]);
+        }
+        for v in volumes {
+            cmd.args(["--volume", v]);
+        }
+        for (k, v) in &spec.config {
+            if !env.iter().any(|(key, _)| key == k) {
+                cmd.args(["--env", &format!("{k}={v}")]);
+            }
+        }
+        for (k, v) in env {
+            cmd.args(["--env", &format!("{k}={v}")]);
+        }
+        cmd.arg(image);
+        cmd.args(spec.args.iter().map(|a| a.replace("$(NODE_NAME)", "test-node")));
+        eprintln!("container: {cmd:?}");
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("starting podman");
+        let stderr = child.stderr.take().unwrap();
+        let buf = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = buf.clone();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stderr);
+            let mut line = String::new();
+            while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                eprint!("container: {line}");
+                sink.lock().unwrap().push_str(&line);
+                if line.contains("capture: ready") {
+                    let _ = tx.send(());
+                }
+                line.clear();
+            }
+        });
+        // Ready, or the reader ended because the container exited.
+        let _ = rx.recv_timeout(Duration::from_secs(60));
+        Container { name, child: Some(child), stderr: buf }
+    }
+
+    pub fn log(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits for the container to exit by itself (a failed start): its exit code and stderr.
+    pub fn wait(&mut self) -> (i32, String) {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(100));
+                return (status.code().unwrap_or(-1), self.log());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("container {} did not exit:\n{}", self.name, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `podman stop` (SIGTERM, as the kubelet sends): exit code and stderr.
+    pub fn stop(&mut self) -> (i32, String) {
+        sh(&format!("CONTAINERS_CONF={} podman stop --time 30 {}", repo_root().join("xtask/containers.conf").display(), self.name));
+        self.wait()
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = podman().args(["rm", "--force", "--time", "0", &self.name]).output();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// TCP segments retransmitted in namespace `ns` so far (`RetransSegs`, tail loss

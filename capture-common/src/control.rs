@@ -4,12 +4,14 @@
 
 use crate::{TCP_FIN, TCP_RST, TCP_SYN};
 
-/// Sampling settings, a global of the kernel program set at load time.
+/// Sampling settings: three globals of the kernel program set at load time
+/// ([`crate::GLOBAL_SAMPLE_K0`], [`crate::GLOBAL_SAMPLE_K1`],
+/// [`crate::GLOBAL_SAMPLE_THRESHOLD`]; separate so they load into registers, not the
+/// program's small stack).
 ///
 /// A connection is kept when the top 32 bits of the keyed hash of its canonical
 /// 4-tuple (client, server) are below `threshold`. The key is random per agent start,
 /// so which connections are kept cannot be predicted (or steered) from outside.
-#[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SampleConfig {
     pub k0: u64,
@@ -40,6 +42,13 @@ impl SampleConfig {
 /// 64-bit words). Straight-line code: the verifier sees no loop.
 #[inline(always)]
 pub fn siphash24_40(k0: u64, k1: u64, words: &[u64; 5]) -> u64 {
+    siphash24_words(k0, k1, words[0], words[1], words[2], words[3], words[4])
+}
+
+/// [`siphash24_40`] with the words as values (no array on the BPF stack).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn siphash24_words(k0: u64, k1: u64, w0: u64, w1: u64, w2: u64, w3: u64, w4: u64) -> u64 {
     let mut v0 = k0 ^ 0x736f_6d65_7073_6575;
     let mut v1 = k1 ^ 0x646f_7261_6e64_6f6d;
     let mut v2 = k0 ^ 0x6c79_6765_6e65_7261;
@@ -71,11 +80,11 @@ pub fn siphash24_40(k0: u64, k1: u64, words: &[u64; 5]) -> u64 {
             v0 ^= m;
         };
     }
-    compress!(words[0]);
-    compress!(words[1]);
-    compress!(words[2]);
-    compress!(words[3]);
-    compress!(words[4]);
+    compress!(w0);
+    compress!(w1);
+    compress!(w2);
+    compress!(w3);
+    compress!(w4);
     // Final block: the message length (40) in the top byte, no tail bytes.
     compress!(40u64 << 56);
     v2 ^= 0xff;
@@ -91,7 +100,8 @@ pub fn siphash24_40(k0: u64, k1: u64, words: &[u64; 5]) -> u64 {
 /// Addresses as in [`crate::EventHeader`] (IPv4 in the first four bytes, rest zero).
 #[inline(always)]
 pub fn connection_hash(
-    cfg: &SampleConfig,
+    k0: u64,
+    k1: u64,
     client_addr: &[u8; 16],
     server_addr: &[u8; 16],
     client_port: u16,
@@ -102,14 +112,13 @@ pub fn connection_hash(
         u64::from_le_bytes([a[i], a[i + 1], a[i + 2], a[i + 3], a[i + 4], a[i + 5], a[i + 6], a[i + 7]])
     };
     let ports = client_port as u64 | (server_port as u64) << 16 | (family as u64) << 32;
-    let words = [word(client_addr, 0), word(client_addr, 8), word(server_addr, 0), word(server_addr, 8), ports];
-    siphash24_40(cfg.k0, cfg.k1, &words)
+    siphash24_words(k0, k1, word(client_addr, 0), word(client_addr, 8), word(server_addr, 0), word(server_addr, 8), ports)
 }
 
-/// Whether a connection with this hash is kept.
+/// Whether a connection with this hash is kept under `threshold` (see [`SampleConfig`]).
 #[inline(always)]
-pub const fn is_sampled(cfg: &SampleConfig, hash: u64) -> bool {
-    (hash >> 32) < cfg.threshold
+pub const fn is_sampled(threshold: u64, hash: u64) -> bool {
+    (hash >> 32) < threshold
 }
 
 /// Value of the per-flow-direction skip map: the payload bytes with sequence numbers
@@ -199,13 +208,13 @@ mod tests {
         // connection must hash alike.
         let cfg = SampleConfig::new(10.0, 0x0123, 0x4567);
         let (client, server) = (v4([10, 0, 0, 2]), v4([10, 0, 0, 1]));
-        let request = connection_hash(&cfg, &client, &server, 40000, 8080, crate::FAMILY_IPV4);
+        let request = connection_hash(cfg.k0, cfg.k1, &client, &server, 40000, 8080, crate::FAMILY_IPV4);
         // Response packet: source is the server; the kernel swaps by direction.
         let (saddr, daddr, sport, dport) = (server, client, 8080, 40000);
-        let response = connection_hash(&cfg, &daddr, &saddr, dport, sport, crate::FAMILY_IPV4);
+        let response = connection_hash(cfg.k0, cfg.k1, &daddr, &saddr, dport, sport, crate::FAMILY_IPV4);
         assert_eq!(request, response);
         // Another client port is another connection (almost surely another hash).
-        assert_ne!(request, connection_hash(&cfg, &client, &server, 40001, 8080, crate::FAMILY_IPV4));
+        assert_ne!(request, connection_hash(cfg.k0, cfg.k1, &client, &server, 40001, 8080, crate::FAMILY_IPV4));
     }
 
     #[test]
@@ -215,7 +224,7 @@ mod tests {
         let kept = |cfg: &SampleConfig| -> Vec<u16> {
             (0..n)
                 .map(|i| (i % 65536) as u16)
-                .filter(|&p| is_sampled(cfg, connection_hash(cfg, &client, &server, p, 80, crate::FAMILY_IPV4)))
+                .filter(|&p| is_sampled(cfg.threshold, connection_hash(cfg.k0, cfg.k1, &client, &server, p, 80, crate::FAMILY_IPV4)))
                 .collect()
         };
         let a = kept(&SampleConfig::new(10.0, 1, 2));

@@ -66,6 +66,13 @@ pub const fn direction_of(dport_watched: bool, sport_watched: bool) -> Option<u8
     }
 }
 
+/// `EventHeader::hook` of TLS plaintext events: bytes an OpenSSL `SSL_read`/`SSL_write`
+/// call returned or took, read by uprobes, not seen on an interface (`ifindex` 0).
+/// Their `seq` is synthetic: a per-connection start plus the plaintext offset in that
+/// direction, so userspace rebuilds plaintext with the same reassembler as TCP. `SYN`
+/// marks a connection's first TLS call seen, `FIN` its `SSL_free`.
+pub const HOOK_TLS: u8 = 2;
+
 /// TCP flag bits as in the TCP header's 14th byte.
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -234,8 +241,10 @@ pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_OWNERS: &str = "OWNERS";
 pub const MAP_IFACE_COUNTERS: &str = "IFACE_COUNTERS";
 pub const MAP_SKIPS: &str = "FLOW_SKIPS";
-/// Global of the kernel program holding the [`SampleConfig`].
-pub const GLOBAL_SAMPLING: &str = "SAMPLING";
+/// Globals of the kernel program holding the [`SampleConfig`] (u64 each).
+pub const GLOBAL_SAMPLE_K0: &str = "SAMPLE_K0";
+pub const GLOBAL_SAMPLE_K1: &str = "SAMPLE_K1";
+pub const GLOBAL_SAMPLE_THRESHOLD: &str = "SAMPLE_THRESHOLD";
 
 /// Default entries of the flow-owner map (one per flow direction); userspace sizes it
 /// from `--max-connections` at load time. An LRU: a live flow evicted under pressure is
@@ -336,6 +345,180 @@ pub struct IfaceCounters {
     pub bytes_emitted: u64,
 }
 
+/// Chunks emitted for one `SSL_read`/`SSL_write` call at most (16 MiB of plaintext);
+/// the rest of a larger call is counted as truncated (userspace sees a gap).
+pub const TLS_MAX_CHUNKS: u32 = 1024;
+
+/// Threads inside an SSL call at once (entry probe -> return probe).
+pub const TLS_MAX_CALLS: u32 = 16_384;
+
+/// TLS connections (SSL objects mapped to a socket) tracked at once; an LRU.
+pub const TLS_MAX_CONNS: u32 = 65_536;
+
+/// TLS map and program names.
+pub const MAP_TLS_COUNTERS: &str = "TLS_COUNTERS";
+pub const MAP_TLS_CONFIG: &str = "TLS_CONFIG";
+/// Uprobes at the entry of each SSL call (`kind` in the name), one return probe for all.
+pub const PROG_SSL_READ: &str = "ssl_read";
+pub const PROG_SSL_WRITE: &str = "ssl_write";
+pub const PROG_SSL_READ_EX: &str = "ssl_read_ex";
+pub const PROG_SSL_WRITE_EX: &str = "ssl_write_ex";
+pub const PROG_SSL_RET: &str = "ssl_ret";
+pub const PROG_SSL_FREE: &str = "ssl_free";
+/// Raw tracepoint on syscall entry: which file descriptor an SSL call reads or writes.
+pub const PROG_SYS_ENTER: &str = "tls_sys_enter";
+
+/// Byte offsets of the kernel fields the TLS probes read, from the kernel's BTF (the
+/// programs are built without CO-RE): the fd of a syscall, the way from the current
+/// task to that fd's socket, and the socket's addresses and ports (`struct sock`
+/// starts with its `struct sock_common`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlsOffsets {
+    /// `pt_regs.di`: a syscall's first argument (x86-64).
+    pub regs_arg0: u32,
+    /// `task_struct.files`, `files_struct.fdt`, `fdtable.fd`, `fdtable.max_fds`.
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_fd: u32,
+    pub fdt_max_fds: u32,
+    /// `file.private_data` (a `struct socket *` for sockets), `socket.sk`.
+    pub file_private_data: u32,
+    pub socket_sk: u32,
+    /// `sock_common`: `skc_daddr` (remote IPv4, network order).
+    pub daddr: u32,
+    /// `skc_rcv_saddr` (local IPv4, network order).
+    pub rcv_saddr: u32,
+    /// `skc_dport` (remote port, network order).
+    pub dport: u32,
+    /// `skc_num` (local port, host order).
+    pub num: u32,
+    /// `skc_family` (AF_INET 2, AF_INET6 10).
+    pub family: u32,
+    /// `skc_v6_daddr`, `skc_v6_rcv_saddr` (16 bytes each).
+    pub v6_daddr: u32,
+    pub v6_rcv_saddr: u32,
+    /// Non-zero once userspace wrote the offsets (the probes do nothing before).
+    pub valid: u32,
+}
+
+/// Indices into the per-CPU `TLS_COUNTERS` array (apart from [`Counter`] so the TLS
+/// probes and the classifiers evolve separately). Append only; never reorder.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsCounter {
+    /// SSL_read/SSL_write calls that returned plaintext.
+    Calls = 0,
+    /// Plaintext bytes of those calls.
+    Bytes = 1,
+    /// Plaintext events written to the ring buffer, and their bytes.
+    EventsEmitted = 2,
+    BytesEmitted = 3,
+    /// Plaintext events lost because the ring buffer was full, and their bytes.
+    RingFull = 4,
+    RingFullBytes = 5,
+    /// `bpf_probe_read_user` failures (chunk not emitted), and their bytes.
+    CopyErrors = 6,
+    CopyErrorBytes = 7,
+    /// Calls larger than [`TLS_MAX_CHUNKS`] chunks, and the bytes not copied.
+    Truncated = 8,
+    TruncatedBytes = 9,
+    /// Calls whose SSL object could not be tied to a TCP socket (no read/write syscall
+    /// on a socket seen during any call on it yet: a memory BIO, or the first calls of
+    /// a connection the agent joined), and their bytes.
+    Unmapped = 10,
+    UnmappedBytes = 11,
+    /// Calls on sockets whose ports are not watched (other TLS traffic of the host).
+    NotWatched = 12,
+    /// Calls of a TLS client whose server port is watched: the server side is captured,
+    /// not the client (a client and server on one host would record each byte twice).
+    ClientSide = 13,
+    /// TLS connections captured (first call on a server-side socket of a watched port).
+    Connections = 14,
+    /// `SSL_free` of a captured connection (its end).
+    ConnectionsClosed = 15,
+    /// Ciphertext segments (and bytes) of TLS-captured connections not emitted by the
+    /// classifiers: their plaintext comes from the uprobes.
+    CiphertextSegments = 16,
+    CiphertextBytes = 17,
+    /// A call's return probe found no entry (lost to a full call map or a nested call).
+    CallsUnmatched = 18,
+    /// Calls (and plaintext bytes) of connections `--sample` leaves out: not emitted,
+    /// not a loss.
+    SampledOutCalls = 19,
+    SampledOutBytes = 20,
+}
+
+pub const TLS_COUNTER_COUNT: u32 = 21;
+
+impl TlsCounter {
+    pub const ALL: [TlsCounter; TLS_COUNTER_COUNT as usize] = [
+        TlsCounter::Calls,
+        TlsCounter::Bytes,
+        TlsCounter::EventsEmitted,
+        TlsCounter::BytesEmitted,
+        TlsCounter::RingFull,
+        TlsCounter::RingFullBytes,
+        TlsCounter::CopyErrors,
+        TlsCounter::CopyErrorBytes,
+        TlsCounter::Truncated,
+        TlsCounter::TruncatedBytes,
+        TlsCounter::Unmapped,
+        TlsCounter::UnmappedBytes,
+        TlsCounter::NotWatched,
+        TlsCounter::ClientSide,
+        TlsCounter::Connections,
+        TlsCounter::ConnectionsClosed,
+        TlsCounter::CiphertextSegments,
+        TlsCounter::CiphertextBytes,
+        TlsCounter::CallsUnmatched,
+        TlsCounter::SampledOutCalls,
+        TlsCounter::SampledOutBytes,
+    ];
+
+    /// Stable snake_case name used in logs and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            TlsCounter::Calls => "kernel_tls_calls",
+            TlsCounter::Bytes => "kernel_tls_bytes",
+            TlsCounter::EventsEmitted => "kernel_tls_events_emitted",
+            TlsCounter::BytesEmitted => "kernel_tls_bytes_emitted",
+            TlsCounter::RingFull => "kernel_tls_ring_full_events",
+            TlsCounter::RingFullBytes => "kernel_tls_ring_full_bytes",
+            TlsCounter::CopyErrors => "kernel_tls_copy_errors",
+            TlsCounter::CopyErrorBytes => "kernel_tls_copy_error_bytes",
+            TlsCounter::Truncated => "kernel_tls_truncated_calls",
+            TlsCounter::TruncatedBytes => "kernel_tls_truncated_bytes",
+            TlsCounter::Unmapped => "kernel_tls_unmapped_calls",
+            TlsCounter::UnmappedBytes => "kernel_tls_unmapped_bytes",
+            TlsCounter::NotWatched => "kernel_tls_unwatched_calls",
+            TlsCounter::ClientSide => "kernel_tls_client_side_calls",
+            TlsCounter::Connections => "kernel_tls_connections",
+            TlsCounter::ConnectionsClosed => "kernel_tls_connections_closed",
+            TlsCounter::CiphertextSegments => "kernel_tls_ciphertext_segments",
+            TlsCounter::CiphertextBytes => "kernel_tls_ciphertext_bytes",
+            TlsCounter::CallsUnmatched => "kernel_tls_calls_unmatched",
+            TlsCounter::SampledOutCalls => "kernel_tls_sampled_out_calls",
+            TlsCounter::SampledOutBytes => "kernel_tls_sampled_out_bytes",
+        }
+    }
+
+    /// Counters that mean plaintext of a captured connection was lost in the kernel.
+    /// (Unmapped calls are not among them: whose they were is unknown, and most are
+    /// other programs' TLS, e.g. memory BIOs of Python's asyncio.)
+    pub const fn is_loss(self) -> bool {
+        matches!(
+            self,
+            TlsCounter::RingFull
+                | TlsCounter::RingFullBytes
+                | TlsCounter::CopyErrors
+                | TlsCounter::CopyErrorBytes
+                | TlsCounter::Truncated
+                | TlsCounter::TruncatedBytes
+        )
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain repr(C) data with no padding-dependent invariants.
@@ -347,14 +530,13 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::IfaceCounters {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for super::SampleConfig {}
-    // SAFETY: as above.
     unsafe impl aya::Pod for super::SkipRange {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TlsOffsets {}
 }
 
 const _: () = assert!(core::mem::size_of::<FlowTuple>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowOwner>() == 24);
-const _: () = assert!(core::mem::size_of::<SampleConfig>() == 24);
 const _: () = assert!(core::mem::size_of::<SkipRange>() == 8);
 
 #[cfg(test)]

@@ -17,6 +17,8 @@
 #![no_std]
 #![no_main]
 
+mod tls;
+
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, TC_ACT_UNSPEC},
     helpers::{bpf_ktime_get_ns, bpf_ringbuf_output, bpf_skb_load_bytes},
@@ -27,16 +29,21 @@ use aya_ebpf::{
 };
 use capture_common::{
     connection_hash, copy_window, direction_of, is_sampled, new_owner, owner_verdict, Counter,
-    EventHeader, FlowOwner, FlowTuple, IfaceCounters, OwnerVerdict, SampleConfig, Scratch,
+    EventHeader, FlowOwner, FlowTuple, IfaceCounters, OwnerVerdict, Scratch,
     SkipRange, CHUNK_SIZE, COUNTER_COUNT, DEFAULT_OWNER_ENTRIES, DEFAULT_RING_BYTES,
     DEFAULT_SKIP_ENTRIES, DIR_CLIENT_TO_SERVER, EVENT_HEADER_SIZE, EVENT_VERSION, FAMILY_IPV4,
     FAMILY_IPV6, HOOK_EGRESS, HOOK_INGRESS, MAX_CHUNKS, MAX_INTERFACES, MAX_PORTS, SAMPLE_ALL,
     TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 
-/// `--sample`: set by the loader (`override_global`); the default keeps everything.
+/// `--sample` (`capture_common::SampleConfig`): set by the loader (`override_global`);
+/// the default keeps everything.
 #[unsafe(no_mangle)]
-static SAMPLING: Global<SampleConfig> = Global::new(SampleConfig::all());
+static SAMPLE_K0: Global<u64> = Global::new(0);
+#[unsafe(no_mangle)]
+static SAMPLE_K1: Global<u64> = Global::new(0);
+#[unsafe(no_mangle)]
+static SAMPLE_THRESHOLD: Global<u64> = Global::new(SAMPLE_ALL);
 
 /// Flow direction (the packet's 4-tuple) -> sequence range whose payload is not copied.
 /// Written by userspace only; a SYN on the 4-tuple drops the entry (a new connection).
@@ -105,6 +112,14 @@ fn iface_counters(ifindex: u32) -> Option<*mut IfaceCounters> {
     // Fails harmlessly if another CPU created it first.
     let _ = IFACE_COUNTERS.insert(&ifindex, &IfaceCounters::default(), BPF_NOEXIST as u64);
     IFACE_COUNTERS.get_ptr_mut(&ifindex)
+}
+
+/// Whether `--sample` keeps the connection (canonical 4-tuple: client side, server side).
+#[inline(always)]
+pub(crate) fn sampled(client: &[u8; 16], server: &[u8; 16], cport: u16, sport: u16, family: u8) -> bool {
+    let threshold = SAMPLE_THRESHOLD.load();
+    threshold >= SAMPLE_ALL
+        || is_sampled(threshold, connection_hash(SAMPLE_K0.load(), SAMPLE_K1.load(), client, server, cport, sport, family))
 }
 
 #[inline(always)]
@@ -232,20 +247,16 @@ fn capture(ctx: &TcContext, hook: u8) {
     }
 
     // Sampling: unsampled connections stop here, on every hook and in both directions.
-    let sampling = SAMPLING.load();
-    if sampling.threshold < SAMPLE_ALL {
-        let to_server = direction == DIR_CLIENT_TO_SERVER;
-        let (client, server) = if to_server { (&hdr.saddr, &hdr.daddr) } else { (&hdr.daddr, &hdr.saddr) };
-        let (cport, sport) = if to_server { (hdr.sport, hdr.dport) } else { (hdr.dport, hdr.sport) };
-        let hash = connection_hash(&sampling, client, server, cport, sport, hdr.family);
-        if !is_sampled(&sampling, hash) {
-            if to_server && hdr.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-                count(Counter::SampledOutConnections, 1);
-            }
-            count(Counter::SampledOutSegments, 1);
-            count(Counter::SampledOutBytes, payload_len as u64);
-            return;
+    let to_server = direction == DIR_CLIENT_TO_SERVER;
+    let (client, server) = if to_server { (&hdr.saddr, &hdr.daddr) } else { (&hdr.daddr, &hdr.saddr) };
+    let (cport, sport) = if to_server { (hdr.sport, hdr.dport) } else { (hdr.dport, hdr.sport) };
+    if !sampled(client, server, cport, sport, hdr.family) {
+        if to_server && hdr.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+            count(Counter::SampledOutConnections, 1);
         }
+        count(Counter::SampledOutSegments, 1);
+        count(Counter::SampledOutBytes, payload_len as u64);
+        return;
     }
 
     // Emit only at the hook that owns this flow direction.
@@ -290,6 +301,16 @@ fn capture(ctx: &TcContext, hook: u8) {
                 }
             }
         }
+    }
+
+    // A connection whose plaintext the TLS uprobes capture: its ciphertext is not
+    // emitted (a SYN starts a new connection on the tuple, not known to be TLS yet).
+    if unsafe { tls::TLS_FLOWS.get(&tuple) }.is_some() {
+        if !syn {
+            tls::count_ciphertext(payload_len as u64);
+            return;
+        }
+        let _ = tls::TLS_FLOWS.remove(&tuple);
     }
 
     // Payload userspace will not keep: copy only the window outside its skip range.
@@ -355,15 +376,12 @@ fn capture(ctx: &TcContext, hook: u8) {
             }
             size += n as u64;
         }
-        // Wake the reader only when a good batch is waiting; it also polls on a short
-        // timer. One wakeup per event costs a context switch each (kernel/bpf/ringbuf.c).
-        let wakeup = if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
         let ret = unsafe {
             bpf_ringbuf_output(
                 &EVENTS as *const _ as *mut _,
                 scratch as *mut _,
                 size,
-                wakeup,
+                wakeup_flag(),
             )
         };
         if ret < 0 {
@@ -383,6 +401,13 @@ fn capture(ctx: &TcContext, hook: u8) {
             (*c).bytes_emitted += emitted_bytes;
         }
     }
+}
+
+/// Wake the reader only when a good batch is waiting; it also polls on a short timer.
+/// One wakeup per event costs a context switch each (kernel/bpf/ringbuf.c).
+#[inline(always)]
+fn wakeup_flag() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP }
 }
 
 /// Whether a fragment's first bytes name a watched port (best effort, for counting).

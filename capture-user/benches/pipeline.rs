@@ -47,6 +47,7 @@ fn seg(port: u16, dir: Direction, seq: u32, flags: u8, data: Bytes) -> Segment {
         flags,
         ts_ns: 1,
         ifindex: 1,
+        tls: false,
         data,
     }
 }

@@ -10,20 +10,24 @@
 
 use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use capture_common::{Counter, SampleConfig};
+use capture_common::{Counter, SampleConfig, TlsCounter};
 use log::{info, warn};
 
 use crate::connections::TableLimits;
+use crate::files::{self, FileOptions};
 use crate::http::HttpConfig;
 use crate::iface_watch::{InterfacePattern, InterfaceStats, LinkEvent, LinkStats};
 use crate::kernel::links::{self, LinkMonitor};
 use crate::kernel::loader::AttachMode;
 use crate::kernel::watched::WatchedInterfaces;
 use crate::kernel::ring::RingReader;
+use crate::kernel::tls::TlsProbes;
 use crate::kernel::{counters, KernelCapture, KernelError};
+use crate::metrics::agent::AgentMetrics;
 use crate::pipeline::{Pipeline, PipelineStats};
 use crate::policy::ExchangePolicy;
 use crate::record::{clock_ns, RecordContext};
@@ -31,6 +35,7 @@ use crate::redact::{RedactConfig, Redactor};
 use crate::segment::Segment;
 use crate::sink::RecordSink;
 use crate::skip::Skipper;
+use crate::tls_libs::{Discovery, TlsLibSpec};
 
 pub struct AgentConfig {
     /// `--iface` names and globs; globs stay live (interfaces that appear later).
@@ -44,7 +49,13 @@ pub struct AgentConfig {
     pub http: HttpConfig,
     pub node: String,
     pub stream_log: Option<PathBuf>,
+    /// How the stream log is created (outputs are created by the caller's opener).
+    pub file_options: FileOptions,
     pub duration: Option<Duration>,
+    /// Stats snapshots, readiness and progress for `/metrics`, `/healthz`, `/readyz`.
+    pub metrics: Arc<AgentMetrics>,
+    /// `--tls-lib`: OpenSSL libraries to probe for plaintext (empty: no TLS capture).
+    pub tls_libs: Vec<TlsLibSpec>,
     /// `--sample`: which connections the kernel copies.
     pub sampling: SampleConfig,
     /// Filters and rate limits.
@@ -66,58 +77,138 @@ pub struct AgentSummary {
     /// Every interface that was watched at some point, by name.
     pub interfaces: Vec<InterfaceStats>,
     pub pipeline: PipelineStats,
+    /// TLS probe counters (empty without TLS capture).
+    pub tls: Vec<(TlsCounter, u64)>,
+    /// Library files probed, and libraries found by discovery that could not be probed.
+    pub tls_libraries: u64,
+    pub tls_library_errors: u64,
 }
 
 impl AgentSummary {
     /// One `key=value` line with every counter, plus the agent's own CPU time and peak RSS.
     pub fn line(&self) -> String {
         let mut parts: Vec<String> = self.kernel.iter().map(|(c, v)| format!("{}={v}", c.name())).collect();
+        if !self.tls.is_empty() {
+            parts.extend(self.tls.iter().map(|(c, v)| format!("{}={v}", c.name())));
+            parts.push(format!("tls_libraries={} tls_library_errors={}", self.tls_libraries, self.tls_library_errors));
+        }
         parts.extend(self.links.fields().into_iter().map(|(k, v)| format!("{k}={v}")));
         parts.extend(self.pipeline.fields().into_iter().map(|(k, v)| format!("{k}={v}")));
         for iface in &self.interfaces {
             parts.extend(iface.fields().into_iter().map(|(k, v)| format!("{k}={v}")));
         }
-        let (user_ms, sys_ms, max_rss_kb) = own_usage();
-        parts.push(format!("agent_cpu_user_ms={user_ms} agent_cpu_sys_ms={sys_ms} agent_max_rss_kb={max_rss_kb}"));
+        let usage = crate::usage::own();
+        parts.push(format!(
+            "agent_cpu_user_ms={} agent_cpu_sys_ms={} agent_max_rss_kb={}",
+            usage.user_ms, usage.sys_ms, usage.max_rss_kb
+        ));
         parts.join(" ")
     }
 
-    /// Kernel counters that mean lost bytes, if any are non-zero.
-    pub fn kernel_losses(&self) -> Vec<(Counter, u64)> {
-        self.kernel.iter().copied().filter(|(c, v)| c.is_loss() && *v > 0).collect()
+    /// Kernel counters (classifiers and TLS probes) that mean lost bytes, if any are non-zero.
+    pub fn kernel_losses(&self) -> Vec<(&'static str, u64)> {
+        let tcp = self.kernel.iter().filter(|(c, v)| c.is_loss() && *v > 0).map(|(c, v)| (c.name(), *v));
+        let tls = self.tls.iter().filter(|(c, v)| c.is_loss() && *v > 0).map(|(c, v)| (c.name(), *v));
+        tcp.chain(tls).collect()
     }
 }
 
-/// (user ms, system ms, peak RSS KiB) of this process so far.
-fn own_usage() -> (u64, u64, u64) {
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointer to a rusage struct.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let ms = |tv: libc::timeval| tv.tv_sec as u64 * 1000 + tv.tv_usec as u64 / 1000;
-    (ms(ru.ru_utime), ms(ru.ru_stime), ru.ru_maxrss as u64)
+/// The TLS probes and, with `--tls-lib auto`, the search for libssl in processes.
+struct TlsCapture {
+    probes: TlsProbes,
+    discovery: Option<Discovery>,
+    scans: u64,
+    attach_errors: u64,
 }
 
-pub fn run(config: AgentConfig, sinks: Vec<Box<dyn RecordSink>>) -> anyhow::Result<AgentSummary> {
-    let ctx = RecordContext::new(config.node.clone());
-    let mut pipeline = Pipeline::new(config.limits, config.http, ctx, sinks)
-        .with_policy(config.policy)
-        .with_redactor(Redactor::new(config.redaction));
-    if let Some(path) = &config.stream_log {
-        let file = std::fs::File::create(path).with_context(|| format!("creating stream log {}", path.display()))?;
-        pipeline = pipeline.with_stream_digest(Box::new(file));
-    }
-    for out in pipeline.describe_outputs() {
-        eprintln!("capture: writing records to {out}");
+/// Seconds between scans of new processes for libssl (`--tls-lib auto`); every
+/// `FULL_RESCAN_EVERY`th scan reads every process again (a library loaded late with dlopen).
+const TLS_SCAN_INTERVAL: Duration = Duration::from_secs(2);
+const FULL_RESCAN_EVERY: u64 = 15;
+
+impl TlsCapture {
+    /// Loads the probes and attaches the libraries named (errors are fatal at start);
+    /// with `auto`, also every libssl running processes map.
+    fn start(kernel: &mut KernelCapture, specs: &[TlsLibSpec]) -> anyhow::Result<Option<TlsCapture>> {
+        if specs.is_empty() {
+            return Ok(None);
+        }
+        let mut probes = TlsProbes::load(kernel.ebpf_mut())?;
+        let mut discovery = None;
+        for spec in specs {
+            match spec {
+                TlsLibSpec::Path(path) => {
+                    probes.attach_library(kernel.ebpf_mut(), path)?;
+                }
+                TlsLibSpec::Auto => discovery = Some(Discovery::new("/proc")),
+            }
+        }
+        if let Some(d) = &mut discovery {
+            for (id, path) in probes.library_ids() {
+                d.add_known(id, path);
+            }
+        }
+        let auto = discovery.is_some();
+        let mut tls = TlsCapture { probes, discovery, scans: 0, attach_errors: 0 };
+        tls.rescan(kernel);
+        if auto && tls.probes.libraries().is_empty() {
+            eprintln!("capture: TLS: no process maps libssl.so yet; looking for new ones every {} s", TLS_SCAN_INTERVAL.as_secs());
+        }
+        Ok(Some(tls))
     }
 
+    /// Probes libssl files of processes not seen before (all processes now and then).
+    fn rescan(&mut self, kernel: &mut KernelCapture) {
+        let Some(discovery) = &mut self.discovery else { return };
+        let full = self.scans % FULL_RESCAN_EVERY == 0;
+        self.scans += 1;
+        for (pid, path) in discovery.scan(full) {
+            if let Err(e) = self.probes.attach_library(kernel.ebpf_mut(), &path) {
+                self.attach_errors += 1;
+                warn!("TLS: libssl of process {pid} not probed: {e}");
+            }
+        }
+    }
+}
+
+/// Runs the agent. `open_outputs` is called once the kernel programs are loaded and
+/// attached: a start that cannot capture (not root, no BPF) creates no file.
+pub fn run(
+    config: AgentConfig,
+    open_outputs: impl FnOnce() -> anyhow::Result<Vec<Box<dyn RecordSink>>>,
+) -> anyhow::Result<AgentSummary> {
     let mut kernel =
         KernelCapture::load(&config.ports, config.ring_bytes, config.owner_entries, config.sampling, config.attach)?;
+
+    let ctx = RecordContext::new(config.node.clone());
+    let mut pipeline = Pipeline::new(config.limits, config.http, ctx, open_outputs()?)
+        .with_policy(config.policy)
+        .with_redactor(Redactor::new(config.redaction));
+    if !config.tls_libs.is_empty() {
+        pipeline = pipeline.with_tls(config.limits);
+    }
     // The stream log hashes every byte, so nothing is skipped when it is written.
     if config.stream_log.is_none() {
         pipeline = pipeline.with_skipper(Skipper::new(Box::new(kernel.take_skips()?)));
     }
+    if let Some(path) = &config.stream_log {
+        let file = files::create_new(path, &config.file_options).context("creating the stream log")?;
+        pipeline = pipeline.with_stream_digest(Box::new(file));
+    }
+    if let Some(histograms) = config.metrics.histograms() {
+        pipeline = pipeline.with_histograms(histograms);
+    }
+    let metrics = config.metrics.clone();
+    metrics.publish(pipeline.stats());
+    for out in pipeline.describe_outputs() {
+        eprintln!("capture: writing records to {out}");
+    }
+
     let ring = kernel.take_ring()?;
-    let counter_map = kernel.take_counters()?;
+    let counter_map = Arc::new(kernel.take_counters()?);
+    let scraped_map = counter_map.clone();
+    metrics.set_kernel_source(Box::new(move || counters::read(&scraped_map)));
+    let mut tls = TlsCapture::start(&mut kernel, &config.tls_libs)?;
     // Subscribe before listing the links: nothing that happens in between is missed.
     let link_socket = links::subscribe().map_err(KernelError::Links)?;
     let snapshot = links::current_links().map_err(KernelError::Links)?;
@@ -137,14 +228,16 @@ pub fn run(config: AgentConfig, sinks: Vec<Box<dyn RecordSink>>) -> anyhow::Resu
     if !waiting.is_empty() {
         eprintln!("capture: waiting for interfaces matching {}", waiting.join(", "));
     }
+    metrics.publish_interfaces(interfaces.links.clone(), interfaces.snapshot(&kernel));
 
     // At most 8 batches of <= 1 MiB wait for the pipeline: ~8 MiB queued.
     let (tx, rx) = sync_channel::<Msg>(8);
     // Emptied batch vectors go back to the reader: no allocation per batch.
     let (back_tx, back_rx) = sync_channel::<Vec<Segment>>(16);
+    let worker_metrics = metrics.clone();
     let worker = std::thread::Builder::new()
         .name("capture-pipeline".into())
-        .spawn(move || work(pipeline, rx, back_tx))
+        .spawn(move || work(pipeline, rx, back_tx, &worker_metrics))
         .context("starting the pipeline thread")?;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -154,6 +247,7 @@ pub fn run(config: AgentConfig, sinks: Vec<Box<dyn RecordSink>>) -> anyhow::Resu
     let ports: Vec<String> = config.ports.iter().map(|p| p.to_string()).collect();
     let names: Vec<String> = kernel.attached().into_iter().map(|(_, n)| n).collect();
     let globs: Vec<String> = config.interfaces.iter().filter(|p| p.is_glob()).map(|p| p.to_string()).collect();
+    metrics.health().set_ready(true);
     eprintln!(
         "capture: ready: watching port(s) {} on {}{}",
         ports.join(","),
@@ -162,14 +256,28 @@ pub fn run(config: AgentConfig, sinks: Vec<Box<dyn RecordSink>>) -> anyhow::Resu
     );
     let read_result = runtime.block_on(async {
         let monitor = LinkMonitor::new(link_socket).context("registering the link socket with the reactor")?;
-        read_loop(ring, tx, back_rx, config.duration, monitor, &mut kernel, &mut interfaces).await
+        read_loop(ring, tx, back_rx, config.duration, monitor, &mut kernel, &mut interfaces, &metrics, tls.as_mut()).await
     });
+    metrics.health().set_ready(false);
     let pipeline_stats = worker.join().map_err(|_| anyhow::anyhow!("pipeline thread panicked"))?;
     let kernel_counters = counters::read(&counter_map);
+    let tls_counters = tls.as_ref().map(|t| t.probes.counters()).unwrap_or_default();
+    let (tls_libraries, tls_library_errors) =
+        tls.as_ref().map(|t| (t.probes.libraries().len() as u64, t.attach_errors)).unwrap_or_default();
     let (links, interface_stats) = interfaces.finish(&mut kernel);
+    metrics.publish_interfaces(links.clone(), interface_stats.clone());
+    drop(tls);
     drop(kernel);
     read_result?;
-    Ok(AgentSummary { kernel: kernel_counters, links, interfaces: interface_stats, pipeline: pipeline_stats })
+    Ok(AgentSummary {
+        kernel: kernel_counters,
+        links,
+        interfaces: interface_stats,
+        pipeline: pipeline_stats,
+        tls: tls_counters,
+        tls_libraries,
+        tls_library_errors,
+    })
 }
 
 async fn read_loop(
@@ -180,6 +288,8 @@ async fn read_loop(
     monitor: LinkMonitor,
     kernel: &mut KernelCapture,
     interfaces: &mut WatchedInterfaces,
+    metrics: &AgentMetrics,
+    mut tls: Option<&mut TlsCapture>,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut reader = RingReader::new(ring).context("registering the ring buffer with the reactor")?;
@@ -189,6 +299,8 @@ async fn read_loop(
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut tls_scan = tokio::time::interval(TLS_SCAN_INTERVAL);
+    tls_scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let deadline = async {
         match duration {
             Some(d) => tokio::time::sleep(d).await,
@@ -207,6 +319,9 @@ async fn read_loop(
             _ = poll.tick() => {}
             _ = tick.tick() => {
                 if tx.send(Msg::Tick(clock_ns(libc::CLOCK_MONOTONIC))).is_err() { break; }
+                if metrics.is_served() {
+                    metrics.publish_interfaces(interfaces.links.clone(), interfaces.snapshot(kernel));
+                }
                 continue;
             }
             r = async { monitor.as_ref().expect("guarded").readable().await }, if monitor.is_some() => {
@@ -224,6 +339,12 @@ async fn read_loop(
                 for event in link_events.drain(..) {
                     interfaces.on_event(kernel, event);
                 }
+            }
+            _ = tls_scan.tick(), if tls.as_ref().is_some_and(|t| t.discovery.is_some()) => {
+                if let Some(t) = tls.as_deref_mut() {
+                    t.rescan(kernel);
+                }
+                continue;
             }
             _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
@@ -253,7 +374,12 @@ async fn read_loop(
     Ok(())
 }
 
-fn work(mut pipeline: Pipeline, rx: Receiver<Msg>, spare: std::sync::mpsc::SyncSender<Vec<Segment>>) -> PipelineStats {
+fn work(
+    mut pipeline: Pipeline,
+    rx: Receiver<Msg>,
+    spare: std::sync::mpsc::SyncSender<Vec<Segment>>,
+    metrics: &AgentMetrics,
+) -> PipelineStats {
     while let Ok(msg) = rx.recv() {
         match msg {
             Msg::Segments(mut segments, decode_errors) => {
@@ -263,9 +389,14 @@ fn work(mut pipeline: Pipeline, rx: Receiver<Msg>, spare: std::sync::mpsc::SyncS
                 }
                 let _ = spare.try_send(segments);
             }
-            Msg::Tick(now) => pipeline.on_tick(now),
+            Msg::Tick(now) => {
+                pipeline.on_tick(now);
+                metrics.publish(pipeline.stats());
+            }
         }
     }
     pipeline.shutdown(clock_ns(libc::CLOCK_MONOTONIC));
-    pipeline.stats()
+    let stats = pipeline.stats();
+    metrics.publish(stats.clone());
+    stats
 }

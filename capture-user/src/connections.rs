@@ -5,6 +5,8 @@
 //! connection and direction, plus open/close notices. HTTP framing sits behind it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// Seeded per process (keys come from the network), much cheaper than SipHash.
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -24,6 +26,19 @@ pub struct ConnectionInfo {
     pub opened_ns: u64,
     /// Whether the connection's SYN was seen (false: joined mid-stream).
     pub saw_syn: bool,
+    /// Plaintext read at the TLS library (uprobes), not TCP payload.
+    pub tls: bool,
+}
+
+/// Hands out connection ids. Tables that feed one HTTP layer (TCP and TLS plaintext)
+/// share one, so ids and the record ids made from them never collide.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionIds(Arc<AtomicU64>);
+
+impl ConnectionIds {
+    fn next(&self) -> ConnectionId {
+        self.0.fetch_add(1, Ordering::Relaxed) + 1
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +50,8 @@ pub enum CloseReason {
     Idle,
     /// A new connection (SYN) reused the 4-tuple.
     Reused,
+    /// Its plaintext is captured at the TLS library: this (ciphertext) connection ends.
+    Tls,
     /// The table was full; the least recently used connection made room.
     Evicted,
     /// The agent is stopping.
@@ -86,8 +103,16 @@ pub struct TableStats {
     pub closed_reused: u64,
     pub closed_evicted: u64,
     pub closed_shutdown: u64,
+    pub closed_tls: u64,
     /// Segments that belonged to no connection and could not open one (bare FIN/RST/ACK).
     pub orphan_segments: u64,
+    /// Of `closed_reused`: a segment's sequence number could not belong to the
+    /// connection (after its FIN, before its SYN, or far ahead): a new connection on the
+    /// same 4-tuple whose SYN was not seen.
+    pub reused_without_syn: u64,
+    /// Directions closed without their FIN (idle, evicted, reused, shutdown): bytes lost
+    /// after the last one seen, if any were sent, are in no stream counter.
+    pub unknown_ends: u64,
     pub hole_timeouts: u64,
     pub memory_pressure_flushes: u64,
     /// Stream counters of closed connections.
@@ -106,6 +131,8 @@ impl TableStats {
             ("connections_closed_reused", self.closed_reused),
             ("connections_closed_evicted", self.closed_evicted),
             ("connections_closed_shutdown", self.closed_shutdown),
+            ("connections_closed_tls", self.closed_tls),
+            ("connections_reused_without_syn", self.reused_without_syn),
             ("orphan_segments", self.orphan_segments),
             ("hole_timeouts", self.hole_timeouts),
             ("memory_pressure_flushes", self.memory_pressure_flushes),
@@ -117,6 +144,8 @@ impl TableStats {
             ("stream_skips", self.streams.skips),
             ("stream_skip_bytes", self.streams.skip_bytes),
             ("stream_skipped_bytes_arrived", self.streams.skipped_bytes_arrived),
+            ("stream_unknown_starts", self.streams.unknown_starts),
+            ("stream_unknown_ends", self.unknown_ends),
         ]
     }
 }
@@ -132,6 +161,7 @@ fn add_stream_stats(total: &mut StreamStats, s: &StreamStats) {
     total.skips += s.skips;
     total.skip_bytes += s.skip_bytes;
     total.skipped_bytes_arrived += s.skipped_bytes_arrived;
+    total.unknown_starts += s.unknown_starts;
 }
 
 struct Connection {
@@ -140,12 +170,69 @@ struct Connection {
     last_seen_ns: u64,
     /// Client ISN when the SYN was seen, to tell a retransmitted SYN from port reuse.
     client_isn: Option<u32>,
+    /// When each direction's offset 0 was seen: its SYN, or its first data when the
+    /// SYN was not seen (see [`Connection::jumps_like_a_new_isn`]).
+    anchor_ts: [Option<u64>; 2],
+}
+
+impl Connection {
+    /// The segment belongs to another connection on the same 4-tuple: a server SYN
+    /// with another ISN; data or a FIN after this direction's FIN, before its SYN or far
+    /// ahead; data that would leave a hole after the other side closed (an HTTP client
+    /// sends no new request on a connection the server closed); or a segment that
+    /// jumps ahead by as much as the 4-tuple's ISN clock advanced since the SYN.
+    fn is_foreign(&self, seg: &Segment) -> bool {
+        let stream = &self.streams[seg.direction.index()];
+        if seg.syn() && seg.direction == Direction::ServerToClient && !stream.fits_syn(seg.segment_seq) {
+            return true;
+        }
+        // A SYN occupies one sequence number; its payload (TFO) starts after it.
+        let first = if seg.syn() { seg.segment_seq.wrapping_add(1) } else { seg.segment_seq };
+        if !seg.data.is_empty() {
+            let data_seq = if seg.syn() { seg.seq.wrapping_add(1) } else { seg.seq };
+            let other_closed = self.streams[1 - seg.direction.index()].saw_fin();
+            !stream.accepts(data_seq, seg.data.len())
+                || (other_closed && stream.starts_ahead(first))
+                || self.jumps_like_a_new_isn(seg, first)
+        } else if seg.fin() {
+            // A FIN past the last byte seen is normal when the tail was lost; without a
+            // SYN to check it against the ISN clock, one after the other side closed is
+            // taken as the next connection's.
+            let other_closed = self.streams[1 - seg.direction.index()].saw_fin();
+            let unanchored = !stream.anchored_by_syn();
+            !stream.accepts_fin(if seg.syn() { seg.end_seq().wrapping_add(1) } else { seg.end_seq() })
+                || (unanchored && other_closed && stream.starts_ahead(first))
+                || self.jumps_like_a_new_isn(seg, first)
+        } else {
+            false
+        }
+    }
+
+    /// Linux (RFC 6528) derives a 4-tuple's ISN from a clock that advances by one
+    /// every 64 ns: a new connection on the tuple, whose SYN was not seen, starts
+    /// about (time since our SYN) / 64 ns ahead of it (for a stream joined without
+    /// its SYN, its first seen byte stands in for the SYN). A jump of more than 64 KiB, and
+    /// of more than 8 times what the direction carried so far, that lands there is
+    /// taken as such a connection. A real loss would need this connection to have sent
+    /// about 15.6 MB/s on average since its SYN and then lost far more than it sent.
+    fn jumps_like_a_new_isn(&self, seg: &Segment, first: u32) -> bool {
+        const SLACK: i128 = 64 << 10;
+        let dir = seg.direction.index();
+        let (Some(syn_ts), Some((start, next))) = (self.anchor_ts[dir], self.streams[dir].offsets(first)) else {
+            return false;
+        };
+        let clock = |ts: u64| (ts.saturating_sub(syn_ts) / 64) as i128;
+        let jump = start - next as i128;
+        jump > SLACK.max(8 * next as i128) && start >= clock(self.last_seen_ns) - SLACK && start <= clock(seg.ts_ns) + SLACK
+    }
 }
 
 pub struct ConnectionTable {
     limits: TableLimits,
     conns: FastMap<FlowKey, Connection>,
-    next_id: ConnectionId,
+    ids: ConnectionIds,
+    /// Stamped on every connection's info: this table rebuilds TLS plaintext.
+    tls: bool,
     stats: TableStats,
     chunks: Vec<StreamChunk>,
     /// Out-of-order bytes held over all connections, kept by deltas.
@@ -157,11 +244,23 @@ impl ConnectionTable {
         ConnectionTable {
             limits,
             conns: FastMap::default(),
-            next_id: 1,
+            ids: ConnectionIds::default(),
+            tls: false,
             stats: TableStats::default(),
             chunks: Vec::new(),
             total_buffered: 0,
         }
+    }
+
+    /// A table whose connections carry TLS plaintext (marked `tls`), taking ids from
+    /// `ids` (shared with the TCP table feeding the same HTTP layer).
+    pub fn for_tls(limits: TableLimits, ids: ConnectionIds) -> Self {
+        ConnectionTable { ids, tls: true, ..ConnectionTable::new(limits) }
+    }
+
+    /// This table's id source, to share with another table (see [`ConnectionIds`]).
+    pub fn ids(&self) -> ConnectionIds {
+        self.ids.clone()
     }
 
     pub fn stats(&self) -> &TableStats {
@@ -193,6 +292,13 @@ impl ConnectionTable {
                 }
             }
         }
+        // A segment that cannot belong to the connection on this 4-tuple starts a new
+        // one whose client SYN was not seen: fed to the old one, its bytes would become
+        // a phantom gap (a reused 4-tuple's ISN is only ~16 MB/s ahead on Linux).
+        if self.conns.get(&seg.flow).is_some_and(|c| c.is_foreign(&seg)) {
+            self.stats.reused_without_syn += 1;
+            self.close(seg.flow, CloseReason::Reused, seg.ts_ns, sink);
+        }
         if !self.conns.contains_key(&seg.flow) {
             if !client_syn && seg.data.is_empty() && !seg.syn() {
                 self.stats.orphan_segments += 1;
@@ -204,6 +310,9 @@ impl ConnectionTable {
         conn.last_seen_ns = conn.last_seen_ns.max(seg.ts_ns);
         let dir = seg.direction;
         let stream = &mut conn.streams[dir.index()];
+        if stream.offsets(seg.segment_seq).is_none() && (seg.syn() || !seg.data.is_empty()) {
+            conn.anchor_ts[dir.index()] = Some(seg.ts_ns);
+        }
         if seg.syn() {
             stream.on_syn(seg.segment_seq);
             if client_syn {
@@ -250,13 +359,13 @@ impl ConnectionTable {
         }
         let saw_syn = seg.syn();
         let info = ConnectionInfo {
-            id: self.next_id,
+            id: self.ids.next(),
             flow: seg.flow,
             ifindex: seg.ifindex,
             opened_ns: seg.ts_ns,
             saw_syn,
+            tls: self.tls,
         };
-        self.next_id += 1;
         self.stats.connections_opened += 1;
         if !saw_syn {
             self.stats.connections_joined_midstream += 1;
@@ -270,12 +379,17 @@ impl ConnectionTable {
                 streams: [StreamReassembler::new(limits), StreamReassembler::new(limits)],
                 last_seen_ns: seg.ts_ns,
                 client_isn: None,
+                anchor_ts: [None; 2],
             },
         );
     }
 
-    fn close(&mut self, key: FlowKey, reason: CloseReason, ts_ns: u64, sink: &mut dyn StreamSink) {
+    /// Closes the connection of `key` (if any), delivering what it buffered.
+    pub fn close(&mut self, key: FlowKey, reason: CloseReason, ts_ns: u64, sink: &mut dyn StreamSink) {
         let Some(mut conn) = self.conns.remove(&key) else { return };
+        if reason != CloseReason::Reset {
+            self.stats.unknown_ends += conn.streams.iter().filter(|s| !s.saw_fin()).count() as u64;
+        }
         for dir in [Direction::ClientToServer, Direction::ServerToClient] {
             self.total_buffered -= conn.streams[dir.index()].buffered_bytes();
             conn.streams[dir.index()].flush(&mut self.chunks);
@@ -291,6 +405,7 @@ impl ConnectionTable {
             CloseReason::Reused => self.stats.closed_reused += 1,
             CloseReason::Evicted => self.stats.closed_evicted += 1,
             CloseReason::Shutdown => self.stats.closed_shutdown += 1,
+            CloseReason::Tls => self.stats.closed_tls += 1,
         }
         sink.on_close(&conn.info, reason, ts_ns);
     }
@@ -390,6 +505,7 @@ mod tests {
         data: HashMap<(ConnectionId, usize), Vec<u8>>,
         gaps: HashMap<(ConnectionId, usize), u64>,
         skips: HashMap<(ConnectionId, usize), u64>,
+        unknown_starts: HashMap<(ConnectionId, usize), u64>,
         closed: Vec<(ConnectionId, CloseReason)>,
     }
 
@@ -404,6 +520,7 @@ mod tests {
                 }
                 StreamChunk::Gap { len } => *self.gaps.entry((conn.id, dir.index())).or_default() += len,
                 StreamChunk::Skip { len } => *self.skips.entry((conn.id, dir.index())).or_default() += len,
+                StreamChunk::UnknownStart => *self.unknown_starts.entry((conn.id, dir.index())).or_default() += 1,
             }
         }
         fn on_close(&mut self, conn: &ConnectionInfo, reason: CloseReason, _ts: u64) {
@@ -425,6 +542,7 @@ mod tests {
             flags,
             ts_ns: ts,
             ifindex: 1,
+            tls: false,
             data: Bytes::from_static(data),
         }
     }
@@ -538,6 +656,78 @@ mod tests {
         assert_eq!(t.stats().hole_timeouts, 1);
         t.on_tick(2_000, &mut r);
         assert_eq!(r.closed, vec![(1, CloseReason::Idle)]);
+    }
+
+    /// Issue 10, finding 1: a 4-tuple reused by a new connection whose SYN was lost
+    /// fed the new connection's bytes to the old one: counted as a gap of up to 2 GiB
+    /// that never happened (or as duplicates). They start a new connection instead.
+    #[test]
+    fn new_connection_without_syn_on_a_reused_tuple_is_not_a_phantom_gap() {
+        let mut t = ConnectionTable::new(TableLimits::default());
+        let mut r = Recorder::default();
+        t.on_segment(seg(1, C2S, 1000, TCP_SYN, b"", 1), &mut r);
+        t.on_segment(seg(1, S2C, 5000, TCP_SYN | TCP_ACK, b"", 1), &mut r);
+        t.on_segment(seg(1, C2S, 1001, TCP_ACK, b"GET / HTTP/1.1\r\n\r\n", 2), &mut r);
+        t.on_segment(seg(1, S2C, 5001, TCP_FIN | TCP_ACK, b"HTTP/1.1 200 OK\r\n\r\n", 3), &mut r);
+        // The client's FIN and the next connection's SYN were lost: its data comes
+        // with other sequence numbers (after the server's FIN, and far ahead).
+        t.on_segment(seg(1, C2S, 900_000_000, TCP_ACK, b"GET /new HTTP/1.1\r\n\r\n", 4), &mut r);
+        t.on_segment(seg(1, S2C, 77_000, TCP_ACK, b"HTTP/1.1 204 No\r\n\r\n", 5), &mut r);
+        assert_eq!(r.closed, vec![(1, CloseReason::Reused)]);
+        assert_eq!(r.data[&(2, 0)], b"GET /new HTTP/1.1\r\n\r\n");
+        assert_eq!(r.data[&(2, 1)], b"HTTP/1.1 204 No\r\n\r\n");
+        assert_eq!((r.unknown_starts[&(2, 0)], r.unknown_starts[&(2, 1)]), (1, 1));
+        assert!(r.gaps.is_empty(), "no phantom gap: {:?}", r.gaps);
+        t.close_all(6, &mut r);
+        assert_eq!(t.stats().reused_without_syn, 1);
+        assert_eq!(t.stats().streams.gap_bytes, 0);
+        assert_eq!(t.stats().streams.duplicate_bytes, 0);
+        assert_eq!(t.stats().streams.unknown_starts, 2);
+        assert_eq!(t.stats().unknown_ends, 3, "the old connection's client side, both of the new one's");
+        // Linux puts a reused 4-tuple's ISN only ~16 MB/s ahead: after the server closed,
+        // a request that would leave a hole is the next connection's.
+        let mut t = ConnectionTable::new(TableLimits::default());
+        let mut r = Recorder::default();
+        t.on_segment(seg(3, C2S, 1000, TCP_SYN, b"", 1), &mut r);
+        t.on_segment(seg(3, C2S, 1001, TCP_ACK, b"GET / HTTP/1.1\r\n\r\n", 2), &mut r);
+        t.on_segment(seg(3, S2C, 5000, TCP_SYN | TCP_ACK, b"", 2), &mut r);
+        t.on_segment(seg(3, S2C, 5001, TCP_FIN | TCP_ACK, b"HTTP/1.1 200 OK\r\n\r\n", 3), &mut r);
+        t.on_segment(seg(3, C2S, 11_834_000, TCP_ACK, b"GET /next HTTP/1.1\r\n\r\n", 4), &mut r);
+        assert_eq!(t.stats().reused_without_syn, 1);
+        // ... but a FIN past a lost tail is this connection's, even after the other FIN.
+        t.on_segment(seg(5, C2S, 1000, TCP_SYN, b"", 5), &mut r);
+        t.on_segment(seg(5, S2C, 7000, TCP_SYN | TCP_ACK, b"", 5), &mut r);
+        t.on_segment(seg(5, S2C, 7001, TCP_FIN | TCP_ACK, b"", 5), &mut r);
+        t.on_segment(seg(5, C2S, 1500, TCP_FIN | TCP_ACK, b"", 5), &mut r);
+        assert_eq!(t.stats().reused_without_syn, 1);
+        // A FIN (or data) as far ahead as the ISN clock (1 per 64 ns) went since the
+        // SYN is the next connection's.
+        t.on_segment(seg(6, C2S, 1000, TCP_SYN, b"", 1_000), &mut r);
+        t.on_segment(seg(6, C2S, 1001, TCP_ACK, b"GET / HTTP/1.1\r\n\r\n", 2_000), &mut r);
+        t.on_segment(seg(6, C2S, 1001 + 3_000_000, TCP_FIN | TCP_ACK, b"", 1_000 + 64 * 3_000_000), &mut r);
+        assert_eq!(t.stats().reused_without_syn, 2);
+        // Not a connection that carried far more than the jump: a real loss.
+        t.on_segment(seg(7, C2S, 1000, TCP_SYN, b"", 1_000), &mut r);
+        let mut big = seg(7, C2S, 1001, TCP_ACK, b"", 2_000);
+        big.data = Bytes::from(vec![b'x'; 2_000_000]);
+        big.segment_len = 2_000_000;
+        t.on_segment(big, &mut r);
+        t.on_segment(seg(7, C2S, 1001 + 3_000_000, TCP_ACK, b"more", 1_000 + 64 * 3_000_000), &mut r);
+        assert_eq!(t.stats().reused_without_syn, 2);
+        // A server SYN with another ISN is a new connection too (its client SYN was lost).
+        t.on_segment(seg(4, C2S, 1000, TCP_SYN, b"", 6), &mut r);
+        t.on_segment(seg(4, S2C, 5000, TCP_SYN | TCP_ACK, b"", 6), &mut r);
+        t.on_segment(seg(4, S2C, 5000, TCP_SYN | TCP_ACK, b"", 7), &mut r);
+        assert_eq!(t.stats().reused_without_syn, 2, "a retransmitted SYN-ACK is the same connection");
+        t.on_segment(seg(4, S2C, 9_000_000, TCP_SYN | TCP_ACK, b"", 8), &mut r);
+        assert_eq!(t.stats().reused_without_syn, 3);
+        t.close_all(9, &mut r);
+        assert_eq!(t.stats().streams.gap_bytes, 499 + 1_000_000, "only the real losses: port 5's tail, port 7's jump");
+        // Data before the SYN is another connection's too.
+        let mut t = ConnectionTable::new(TableLimits::default());
+        t.on_segment(seg(2, C2S, 3_000_000_000, TCP_SYN, b"", 1), &mut r);
+        t.on_segment(seg(2, C2S, 1_000_000, TCP_ACK, b"GET", 2), &mut r);
+        assert_eq!(t.stats().reused_without_syn, 1);
     }
 
     #[test]

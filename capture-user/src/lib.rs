@@ -6,12 +6,15 @@
 //! Everything but the [`kernel`] module is pure and testable without root.
 
 pub mod agent;
+pub mod btf;
 pub mod compare;
 pub mod connections;
+pub mod files;
 pub mod filter;
 pub mod flow;
 pub mod iface_watch;
 pub mod kernel;
+pub mod metrics;
 pub mod output;
 pub mod pipeline;
 pub mod policy;
@@ -22,5 +25,8 @@ pub mod replay;
 pub mod segment;
 pub mod sink;
 pub mod skip;
+pub mod tls_libs;
+pub mod tls_streams;
 pub mod reassembly;
 pub mod http;
+pub mod usage;

@@ -1,7 +1,9 @@
 //! The `capture` command line.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -9,8 +11,10 @@ use clap::{Args, Parser, Subcommand};
 
 use capture::agent::{self, AgentConfig};
 use capture::connections::TableLimits;
+use capture::files::{self, FileOptions};
 use capture::filter::{self, Filters, HeaderRule};
 use capture::http::HttpConfig;
+use capture::metrics::agent::AgentMetrics;
 use capture::compare::{CompareConfig, Report};
 use capture::output::{parse_size, OutputSpec};
 use capture::policy::ExchangePolicy;
@@ -18,6 +22,8 @@ use capture::redact::{JsonField, RedactConfig, RedactKey};
 use capture::replay::input::{read_gor_files, InputStats};
 use capture::replay::kafka_input::{consume_group, parse_time, read_window, KafkaInput};
 use capture::replay::request::{RewriteOptions, TargetUrl};
+use capture::replay::safety::{LocalAddresses, ProductionCheck};
+use capture::replay::target::Target;
 use capture::replay::{self, Pacing, ReplayConfig, SAFE_METHODS};
 use capture::sink::kafka::{self, KafkaConfig, KafkaSink};
 use capture::sink::{file::FileSink, stdout::StdoutSink, RecordSink};
@@ -25,8 +31,9 @@ use capture::sink::{file::FileSink, stdout::StdoutSink, RecordSink};
 /// capture: copies live HTTP/1.x traffic off this host with eBPF, byte for byte,
 /// so it can be replayed against a candidate release.
 ///
-/// Exit codes: 0 success, 1 runtime error (message on stderr), 2 bad usage,
-/// 3 differences found (`replay --fail-on-diff`).
+/// Exit codes: 0 success, 1 runtime error (message on stderr), 2 bad usage (a bad
+/// value or combination of flags), 3 `replay --fail-on-diff` failed (differences,
+/// requests a candidate did not answer, or a baseline that answered none).
 #[derive(Parser)]
 #[command(name = "capture", version, propagate_version = true)]
 struct Cli {
@@ -49,14 +56,27 @@ enum Command {
     /// with production's.
     ///
     /// Reads `.gor` files (the agent's or GoReplay's) or a Kafka topic the agent wrote
-    /// (a time window, or live with a consumer group), keeps the order of requests within
-    /// each captured connection, paces them like the capture (or --speed / --rate), and
-    /// sends only GET, HEAD and OPTIONS unless --allow-method names more. Every replayed
-    /// request carries a marking header. With --compare, each candidate response is
-    /// compared with the captured production response (status, headers, JSON fields /
-    /// text lines / binary hash, latency); --baseline names a second production copy whose
-    /// differences are reported as noise. Exit code 3 with --fail-on-diff when any
-    /// difference was found.
+    /// (a time window, or live with a consumer group; continuation records are joined
+    /// back into whole messages), keeps the order of requests within each captured
+    /// connection, paces them like the capture (or --speed / --rate; gaps capped at
+    /// --max-wait), and sends only GET, HEAD and OPTIONS unless --allow-method names
+    /// more. Every replayed request carries a marking header.
+    ///
+    /// Never sent: requests cut at capture, requests whose framing the capture flagged
+    /// ambiguous (unless --replay-ambiguous), and anything to a target that is the
+    /// captured production server (unless --allow-production). Nothing is retried: a
+    /// request that fails (connect, write, read; each bounded by --timeout) is an error.
+    ///
+    /// With --compare, each candidate response is compared with the captured production
+    /// response (status, headers, JSON fields / text lines / binary hash, latency).
+    /// "Equal" means compared in full and equal; a body cut at capture is compared as
+    /// far as it goes ("partly compared"); a request without a usable production
+    /// response is "not compared". --baseline names a second production copy whose
+    /// differences are reported as noise; its errors are counted. Latency on both sides:
+    /// request's last byte to response's first byte (see README).
+    ///
+    /// Exit codes: 0 done, 1 runtime error, 2 bad usage, 3 --fail-on-diff failed
+    /// (differences, requests a candidate did not answer, or a baseline that answered none).
     Replay(Box<ReplayArgs>),
     /// List this agent's classifiers attached (TCX) to interfaces: a check that nothing
     /// is left behind after an agent stopped or was killed. Needs root.
@@ -89,31 +109,60 @@ struct ReplayArgs {
     to: Option<String>,
 
     /// Kafka input, group mode: stop after this many seconds without a new record.
-    #[arg(long, default_value_t = 10.0, env = "CAPTURE_IDLE_EXIT")]
-    idle_exit: f64,
+    #[arg(long, default_value = "10", env = "CAPTURE_IDLE_EXIT", value_parser = positive_seconds)]
+    idle_exit: Duration,
 
     /// librdkafka setting for the Kafka input (`key=value`, repeatable), e.g. TLS/SASL.
-    #[arg(long = "kafka-opt", value_parser = parse_kafka_opt)]
+    #[arg(long = "kafka-opt", env = "CAPTURE_KAFKA_OPT", value_delimiter = ';', value_parser = parse_kafka_opt)]
     kafka_opts: Vec<(String, String)>,
 
-    /// Candidate base URL, `http://host:port`. Repeatable: every request goes to each.
+    /// Candidate base URL, `http://host[:port]` or `https://host[:port]` (TLS with
+    /// rustls, the host as SNI, verified against the system's roots unless --ca-file
+    /// or --insecure). Repeatable: every request goes to each.
     #[arg(long = "target", required = true, env = "CAPTURE_TARGET", value_delimiter = ',')]
     targets: Vec<TargetUrl>,
 
-    /// Replay at this multiple of the captured pace (2 = twice as fast). Default 1.
-    #[arg(long, env = "CAPTURE_SPEED", conflicts_with = "rate")]
+    /// https:// targets and baseline: accept any certificate (self-signed candidates).
+    /// The traffic is encrypted, but the target is not authenticated.
+    #[arg(long, env = "CAPTURE_INSECURE")]
+    insecure: bool,
+
+    /// https:// targets and baseline: trust the CA certificates in this PEM file instead
+    /// of the system's roots.
+    #[arg(long, env = "CAPTURE_CA_FILE", conflicts_with = "insecure")]
+    ca_file: Option<PathBuf>,
+
+    /// Replay at this multiple of the captured pace (2 = twice as fast; must be > 0). Default 1.
+    #[arg(long, env = "CAPTURE_SPEED", conflicts_with = "rate", value_parser = positive_number)]
     speed: Option<f64>,
 
     /// Replay at a fixed number of requests per second instead of the captured pace.
-    #[arg(long, env = "CAPTURE_RATE")]
+    #[arg(long, env = "CAPTURE_RATE", value_parser = positive_number)]
     rate: Option<f64>,
+
+    /// Longest wait between two requests when following the captured pace (after
+    /// --speed): a longer captured gap is shortened to it, with a line saying so.
+    #[arg(long, default_value = "10", env = "CAPTURE_MAX_WAIT", value_parser = seconds)]
+    max_wait: Duration,
 
     /// Also replay this method (GET, HEAD and OPTIONS always are). Repeatable.
     #[arg(long = "allow-method", env = "CAPTURE_ALLOW_METHOD", value_delimiter = ',')]
     allow_methods: Vec<String>,
 
+    /// Also send requests whose framing the capture flagged ambiguous (`ambiguous=`:
+    /// e.g. both Content-Length and Transfer-Encoding; the server may have read them
+    /// differently). Skipped and counted by default.
+    #[arg(long, env = "CAPTURE_REPLAY_AMBIGUOUS")]
+    replay_ambiguous: bool,
+
+    /// Send even to a target that is the captured production server (same port, and
+    /// the same host: equal address, or both this node's: loopback, wildcard, own
+    /// addresses). Refused by default: side effects would happen twice.
+    #[arg(long, env = "CAPTURE_ALLOW_PRODUCTION")]
+    allow_production: bool,
+
     /// Keep the captured Host header instead of the target's host:port.
-    #[arg(long)]
+    #[arg(long, env = "CAPTURE_KEEP_HOST")]
     keep_host: bool,
 
     /// Header added to every replayed request, `Name: value`.
@@ -121,47 +170,50 @@ struct ReplayArgs {
     mark_header: (String, String),
 
     /// Set a header on every replayed request, `Name: value` (e.g. test credentials). Repeatable.
-    #[arg(long = "set-header", value_parser = parse_header)]
+    #[arg(long = "set-header", env = "CAPTURE_SET_HEADER", value_delimiter = ';', value_parser = parse_header)]
     set_headers: Vec<(String, String)>,
 
     /// Remove a header from every replayed request (e.g. Cookie). Repeatable.
-    #[arg(long = "drop-header")]
+    #[arg(long = "drop-header", env = "CAPTURE_DROP_HEADER", value_delimiter = ',')]
     drop_headers: Vec<String>,
 
     /// Compare candidate responses with the captured production responses.
-    #[arg(long)]
+    #[arg(long, env = "CAPTURE_COMPARE")]
     compare: bool,
 
-    /// A second production copy: differences it shows too are counted as noise.
-    #[arg(long, requires = "compare")]
+    /// A second production copy: differences it shows too are counted as noise. Its
+    /// errors are counted; if it answers nothing the run reports an error.
+    #[arg(long, requires = "compare", env = "CAPTURE_BASELINE")]
     baseline: Option<TargetUrl>,
 
     /// Header never compared, added to the defaults (Date, Server, request ids, ...). Repeatable.
-    #[arg(long = "ignore-header")]
+    #[arg(long = "ignore-header", env = "CAPTURE_IGNORE_HEADER", value_delimiter = ',')]
     ignore_headers: Vec<String>,
 
     /// JSON field never compared, e.g. `$.meta.generated_at` or `$.items[*].id`. Repeatable.
-    #[arg(long = "ignore-field")]
+    #[arg(long = "ignore-field", env = "CAPTURE_IGNORE_FIELD", value_delimiter = ',')]
     ignore_fields: Vec<String>,
 
     /// Write the report as JSON to this file.
-    #[arg(long)]
+    #[arg(long, env = "CAPTURE_REPORT_JSON")]
     report_json: Option<PathBuf>,
 
     /// Write the report as a self-contained HTML page to this file.
-    #[arg(long)]
+    #[arg(long, env = "CAPTURE_REPORT_HTML")]
     report_html: Option<PathBuf>,
 
     /// Captured connections replayed at once (each keeps its order).
-    #[arg(long, default_value_t = 32, env = "CAPTURE_CONCURRENCY")]
-    concurrency: usize,
+    #[arg(long, default_value_t = 32, env = "CAPTURE_CONCURRENCY", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    concurrency: u32,
 
-    /// Seconds to wait for each connect and response.
-    #[arg(long, default_value_t = 10.0, env = "CAPTURE_TIMEOUT")]
-    timeout: f64,
+    /// Seconds allowed to connect, and to write each request and read its whole
+    /// response. A request that fails is never sent again.
+    #[arg(long, default_value = "10", env = "CAPTURE_TIMEOUT", value_parser = positive_seconds)]
+    timeout: Duration,
 
-    /// Exit with code 3 when any difference was found.
-    #[arg(long)]
+    /// Exit with code 3 when any request differs, a candidate did not answer a
+    /// request, or the baseline answered none.
+    #[arg(long, env = "CAPTURE_FAIL_ON_DIFF")]
     fail_on_diff: bool,
 }
 
@@ -172,100 +224,184 @@ fn parse_header(s: &str) -> Result<(String, String), String> {
     }
 }
 
+fn positive_number(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("{s:?}: expected a number greater than 0")),
+    }
+}
+
+fn seconds(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v >= 0.0 && v.is_finite() && v < 1e9 => Ok(Duration::from_secs_f64(v)),
+        _ => Err(format!("{s:?}: expected a number of seconds, 0 or more")),
+    }
+}
+
+fn positive_seconds(s: &str) -> Result<Duration, String> {
+    match seconds(s) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(format!("{s:?}: expected a number of seconds greater than 0")),
+    }
+}
+
+/// A bad combination of flags: printed like clap's own errors, exit code 2.
+fn usage_error(message: String) -> ! {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let replay = cmd.find_subcommand_mut("replay").expect("replay subcommand").clone();
+    replay.bin_name("capture replay").error(clap::error::ErrorKind::ArgumentConflict, message).exit()
+}
+
+/// A line on stderr; a closed stderr is not worth dying for.
+fn note(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "capture: {line}");
+}
+
 fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let kafka: Vec<&String> = args.inputs.iter().filter(|i| i.starts_with("kafka://")).collect();
     if !kafka.is_empty() && (kafka.len() > 1 || args.inputs.len() > 1) {
-        anyhow::bail!("--input: give one kafka:// input, or any number of .gor files");
+        usage_error("--input: give one kafka:// input, or any number of .gor files".into());
+    }
+    if let Some(url) = kafka.first() {
+        if args.group.is_none() && args.from.is_none() {
+            usage_error(format!("--input {url}: give --group (live) or --from (time window)"));
+        }
+    } else if args.group.is_some() || args.from.is_some() || args.to.is_some() {
+        usage_error("--group, --from and --to apply to a kafka:// input".into());
     }
     let mut allow: Vec<String> = SAFE_METHODS.iter().map(|m| m.to_string()).collect();
     allow.extend(args.allow_methods.iter().map(|m| m.trim().to_ascii_uppercase()));
     let mut compare_cfg = CompareConfig::default();
     compare_cfg.ignore_headers.extend(args.ignore_headers.iter().map(|h| h.to_ascii_lowercase()));
     compare_cfg.ignore_fields.extend(args.ignore_fields.iter().cloned());
-    let config = ReplayConfig {
-        targets: args.targets,
-        baseline: args.baseline,
-        pacing: match (args.rate, args.speed) {
-            (Some(rate), _) if rate > 0.0 => Pacing::Rate(rate),
-            (Some(rate), _) => anyhow::bail!("--rate {rate}: expected a positive number of requests per second"),
-            (None, Some(speed)) if speed > 0.0 => Pacing::Original { speed },
-            (None, Some(speed)) => anyhow::bail!("--speed {speed}: expected a positive factor"),
-            (None, None) => Pacing::Original { speed: 1.0 },
-        },
-        allow_methods: allow,
-        rewrite: RewriteOptions { keep_host: args.keep_host, mark: args.mark_header, set: args.set_headers, drop: args.drop_headers },
-        concurrency: args.concurrency.max(1),
-        timeout: Duration::from_secs_f64(args.timeout.max(0.001)),
-        compare: args.compare.then_some(compare_cfg),
+    let any_https = args.targets.iter().chain(&args.baseline).any(|t| t.tls);
+    let tls = if any_https {
+        let options = capture::replay::tls::TlsOptions { insecure: args.insecure, ca_file: args.ca_file.clone() };
+        Some(capture::replay::tls::client_config(&options)?)
+    } else {
+        None
     };
+    let resolve = |url: TargetUrl| {
+        let target = Target::resolve(url.clone()).with_context(|| format!("resolving target {url}"))?;
+        Ok(match &tls {
+            Some(config) => target.with_tls(config.clone()),
+            None => target,
+        })
+    };
+    let config = ReplayConfig {
+        targets: args.targets.iter().cloned().map(resolve).collect::<anyhow::Result<_>>()?,
+        baseline: args.baseline.clone().map(resolve).transpose()?,
+        pacing: match (args.rate, args.speed) {
+            (Some(rate), _) => Pacing::Rate(rate),
+            (None, speed) => Pacing::Original { speed: speed.unwrap_or(1.0) },
+        },
+        max_wait: args.max_wait,
+        allow_methods: allow,
+        replay_ambiguous: args.replay_ambiguous,
+        rewrite: RewriteOptions { keep_host: args.keep_host, mark: args.mark_header, set: args.set_headers, drop: args.drop_headers },
+        concurrency: args.concurrency as usize,
+        timeout: args.timeout,
+        compare: args.compare.then_some(compare_cfg),
+        production: ProductionCheck { local: LocalAddresses::of_this_node(), allow: args.allow_production },
+    };
+    if args.allow_production {
+        note(format_args!(
+            "WARNING: --allow-production: requests may be sent to the captured production servers; their side effects happen twice"
+        ));
+    }
     let title = format!("capture replay of {}", args.inputs.join(", "));
-    let targets = config.targets.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ");
+    let targets = args.targets.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ");
     let describe = |stats: &InputStats, n: usize| {
-        eprintln!(
-            "capture: replaying {n} request(s) from {} record(s) ({} unparseable, {} responses without request, {} ignored) to {targets}",
-            stats.records, stats.bad_records, stats.responses_without_request, stats.ignored_records
-        )
+        note(format_args!(
+            "replaying {n} request(s) from {} record(s) ({} unparseable, {} null, {} continuation records joined, {} incomplete, \
+             {} responses without request, {} ignored) to {targets}",
+            stats.records,
+            stats.bad_records,
+            stats.null_values,
+            stats.parts_joined,
+            stats.parts_incomplete,
+            stats.responses_without_request,
+            stats.ignored_records
+        ))
+    };
+    let with_input = |mut report: Report, stats: &InputStats| {
+        for (name, n) in stats.fields() {
+            report.add_counter(&format!("input_{name}"), n);
+        }
+        report
     };
     let report = match kafka.first() {
         None => {
             let paths: Vec<&std::path::Path> = args.inputs.iter().map(std::path::Path::new).collect();
             let (exchanges, stats) = read_gor_files(&paths).with_context(|| format!("reading {:?}", args.inputs))?;
             describe(&stats, exchanges.len());
-            replay::run(exchanges, &config, Report::new(title))
+            replay::run(exchanges, &config, with_input(Report::new(title), &stats))
         }
         Some(url) => {
             let (brokers, topic) = match url.parse::<OutputSpec>() {
                 Ok(OutputSpec::Kafka { brokers, topic }) => (brokers, topic),
-                _ => anyhow::bail!("--input {url:?}: expected kafka://host:port[,host:port]/topic"),
+                _ => usage_error(format!("--input {url:?}: expected kafka://host:port[,host:port]/topic")),
             };
             let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
-            let parse = |t: &Option<String>| t.as_deref().map(|t| parse_time(t, now_ms)).transpose().map_err(anyhow::Error::msg);
+            let parse = |flag: &str, t: &Option<String>| t.as_deref().map(|t| parse_time(t, now_ms)).transpose().unwrap_or_else(|e| usage_error(format!("--{flag} {e}")));
             let input = KafkaInput {
                 brokers,
                 topic,
                 group: args.group.clone(),
-                from_ms: parse(&args.from)?,
-                to_ms: parse(&args.to)?.or(Some(now_ms)),
+                from_ms: parse("from", &args.from),
+                to_ms: parse("to", &args.to).or(Some(now_ms)),
                 options: args.kafka_opts.clone(),
-                idle: Duration::from_secs_f64(args.idle_exit.max(0.1)),
+                idle: args.idle_exit,
             };
             match &args.group {
                 Some(group) => {
                     let mut report = Some(Report::new(title));
                     let stats = consume_group(&input, group, |batch| {
-                        eprintln!("capture: replaying a batch of {} request(s)", batch.len());
+                        note(format_args!("replaying a batch of {} request(s)", batch.len()));
                         report = Some(replay::run(batch, &config, report.take().expect("report")));
                     })?;
                     let report = report.expect("report");
                     describe(&stats, report.total());
-                    report
+                    with_input(report, &stats)
                 }
                 None => {
-                    if args.from.is_none() {
-                        anyhow::bail!("--input {url}: give --group (live) or --from (time window)");
-                    }
                     let (exchanges, stats) = read_window(&input)?;
                     describe(&stats, exchanges.len());
-                    replay::run(exchanges, &config, Report::new(title))
+                    replay::run(exchanges, &config, with_input(Report::new(title), &stats))
                 }
             }
         }
     };
-    print!("{}", report.terminal_summary());
+    // Reports first: they are written even if stdout is a closed pipe. They hold
+    // production bodies: private, and never written through a link.
     if let Some(path) = &args.report_json {
-        std::fs::write(path, report.to_json()).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("capture: JSON report written to {}", path.display());
+        files::replace(path, report.to_json().as_bytes(), &FileOptions::default()).context("writing the JSON report")?;
+        note(format_args!("JSON report written to {}", path.display()));
     }
     if let Some(path) = &args.report_html {
-        std::fs::write(path, report.to_html()).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("capture: HTML report written to {}", path.display());
+        files::replace(path, report.to_html().as_bytes(), &FileOptions::default()).context("writing the HTML report")?;
+        note(format_args!("HTML report written to {}", path.display()));
     }
-    if args.fail_on_diff && report.with_differences() > 0 {
-        return Ok(ExitCode::from(3));
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        // A closed stdout (`| head -1`) ends the summary quietly; the reports are written.
+        let _ = out.write_all(report.terminal_summary().as_bytes()).and_then(|()| out.flush());
+    }
+    for error in report.run_errors() {
+        note(format_args!("error: {error}"));
+    }
+    if args.fail_on_diff {
+        let failures = report.gate_failures();
+        if !failures.is_empty() {
+            note(format_args!("--fail-on-diff: failing ({})", failures.join("; ")));
+            return Ok(ExitCode::from(3));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
-
 
 #[derive(Args)]
 struct AgentArgs {
@@ -333,6 +469,12 @@ struct AgentArgs {
     #[arg(long, default_value = "128MiB", env = "CAPTURE_KAFKA_BUFFER", value_parser = parse_size)]
     kafka_buffer: u64,
 
+    /// Largest payload per Kafka message. A larger message (kept whole by a raised
+    /// --max-message-size) is sent as continuation records `part=I/N` with the same id
+    /// and key, which `capture replay` joins back into one message.
+    #[arg(long, default_value = "1000000", env = "CAPTURE_KAFKA_PART_SIZE", value_parser = parse_part_size)]
+    kafka_part_size: u64,
+
     /// Seconds to wait at shutdown for Kafka to acknowledge queued records.
     #[arg(long, default_value_t = 10.0, env = "CAPTURE_KAFKA_FLUSH_TIMEOUT")]
     kafka_flush_timeout: f64,
@@ -350,6 +492,33 @@ struct AgentArgs {
     /// nobody keeps are not skipped in the kernel.
     #[arg(long, env = "CAPTURE_STREAM_LOG")]
     stream_log: Option<PathBuf>,
+
+    /// Serve Prometheus metrics on `addr:port` (e.g. `0.0.0.0:9477`, `[::]:9477`,
+    /// `127.0.0.1:0` for any free port): `/metrics` with every counter of the summary
+    /// line plus histograms, `/healthz` (200 while the pipeline makes progress) and
+    /// `/readyz` (200 once attached with outputs initialised).
+    #[arg(long, env = "CAPTURE_METRICS", value_parser = parse_metrics_addr)]
+    metrics: Option<SocketAddr>,
+
+    /// Also capture HTTPS as plaintext, at OpenSSL (3.x, dynamically linked) in server
+    /// processes on this host, without terminating TLS: the path of a libssl.so file, or
+    /// `auto` to find the libssl of every running process (also in containers, through
+    /// /proc/PID/root) and of processes that start later. Repeatable. Needs uprobes and
+    /// kernel BTF. Records of such connections carry `tls=1`; their ciphertext is not
+    /// recorded. Go's crypto/tls and statically linked TLS libraries are not supported.
+    #[arg(long = "tls-lib", env = "CAPTURE_TLS_LIB", value_delimiter = ',')]
+    tls_libs: Vec<capture::tls_libs::TlsLibSpec>,
+
+    /// Permission bits of the `.gor` files and the stream log, in octal (they hold
+    /// production traffic). Files are always created new: an existing file, or a
+    /// symbolic link, at an output path is refused.
+    #[arg(long, default_value = "600", env = "CAPTURE_FILE_MODE", value_parser = files::parse_mode)]
+    file_mode: u32,
+
+    /// Write output files into a directory other users may write to without the
+    /// sticky bit (refused by default: they could swap the files).
+    #[arg(long, env = "CAPTURE_ALLOW_UNSAFE_DIR", value_parser = clap::builder::BoolishValueParser::new())]
+    allow_unsafe_dir: bool,
 
     /// Keep this percentage of connections (more than 0, up to 100; e.g. 10 or 0.5). The
     /// kernel decides once per connection with a keyed hash of its addresses and ports
@@ -457,12 +626,23 @@ fn parse_key_file(s: &str) -> Result<RedactKey, String> {
     RedactKey::from_file(std::path::Path::new(s))
 }
 
+fn parse_metrics_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|_| format!("{s:?}: expected an address and port, e.g. 0.0.0.0:9477 or [::]:9477"))
+}
+
 fn parse_kafka_opt(s: &str) -> Result<(String, String), String> {
     kafka::parse_option(s).map_err(|e| e.to_string())
 }
 
 fn parse_attach(s: &str) -> Result<capture::kernel::loader::AttachMode, String> {
     s.parse()
+}
+
+fn parse_part_size(s: &str) -> Result<u64, String> {
+    match parse_size(s)? {
+        n if n >= 1024 => Ok(n),
+        _ => Err(format!("{s:?}: expected at least 1KiB")),
+    }
 }
 
 fn parse_ring_size(s: &str) -> Result<u32, String> {
@@ -489,6 +669,19 @@ fn hostname() -> String {
 }
 
 fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    let metrics = AgentMetrics::new();
+    // Bound first, so a port in use fails before anything is attached.
+    let _metrics_server = match args.metrics {
+        Some(addr) => {
+            let mut registry = capture::metrics::Registry::default();
+            metrics.register(&mut registry);
+            let server = capture::metrics::serve(addr, Arc::new(registry), metrics.health().clone())
+                .context("--metrics")?;
+            eprintln!("capture: metrics on http://{}/metrics (also /healthz, /readyz)", server.local_addr());
+            Some(server)
+        }
+        None => None,
+    };
     // A plain --iface name must exist; say so before any output file is created.
     let mut watch = capture::iface_watch::InterfaceWatch::new(args.ifaces.clone());
     let links = capture::kernel::links::current_links().context("listing network interfaces")?;
@@ -502,23 +695,28 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         outputs.push(OutputSpec::File(PathBuf::from(format!("capture-{secs}.gor"))));
     }
-    let mut sinks: Vec<Box<dyn RecordSink>> = Vec::new();
+    let file_options = FileOptions { mode: args.file_mode, allow_unsafe_dir: args.allow_unsafe_dir };
+    // Files are checked now (clear errors early) but created only once the kernel
+    // programs are attached: a start that cannot capture leaves nothing behind.
+    let mut planned: Vec<Result<Box<dyn RecordSink>, PathBuf>> = Vec::new();
     for spec in outputs {
         match spec {
-            OutputSpec::Stdout => sinks.push(Box::new(StdoutSink::new())),
+            OutputSpec::Stdout => planned.push(Ok(Box::new(StdoutSink::new()))),
             OutputSpec::File(path) => {
                 let path = std::path::absolute(&path).unwrap_or(path);
-                sinks.push(Box::new(FileSink::create(&path, args.file_rotate_size)?));
+                files::check_new(&path, &file_options).context("--output")?;
+                planned.push(Err(path));
             }
             OutputSpec::Kafka { brokers, topic } => {
-                sinks.push(Box::new(KafkaSink::create(KafkaConfig {
+                planned.push(Ok(Box::new(KafkaSink::create(KafkaConfig {
                     brokers,
                     topic,
                     options: args.kafka_opts.clone(),
                     buffer_bytes: args.kafka_buffer,
                     flush_timeout: Duration::from_secs_f64(args.kafka_flush_timeout.max(0.0)),
                     client_id: format!("capture-{node}"),
-                })?));
+                    part_size: args.kafka_part_size as usize,
+                })?)));
             }
         }
     }
@@ -557,6 +755,20 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         redaction.form_fields.len(),
         redaction.json_fields.len()
     );
+    if let Some(path) = &args.stream_log {
+        files::check_new(path, &file_options).context("--stream-log")?;
+    }
+    let rotate_bytes = args.file_rotate_size;
+    let open_outputs = move || -> anyhow::Result<Vec<Box<dyn RecordSink>>> {
+        let mut sinks: Vec<Box<dyn RecordSink>> = Vec::new();
+        for planned in planned {
+            sinks.push(match planned {
+                Ok(sink) => sink,
+                Err(path) => Box::new(FileSink::create(&path, rotate_bytes, file_options)?),
+            });
+        }
+        Ok(sinks)
+    };
     let config = AgentConfig {
         sampling,
         policy,
@@ -578,12 +790,15 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         },
         node,
         stream_log: args.stream_log,
+        file_options,
         duration: args.duration.map(Duration::from_secs_f64),
+        metrics,
+        tls_libs: args.tls_libs,
     };
-    let summary = agent::run(config, sinks).context("capture agent")?;
+    let summary = agent::run(config, open_outputs).context("capture agent")?;
     eprintln!("capture: summary {}", summary.line());
-    for (counter, value) in summary.kernel_losses() {
-        eprintln!("capture: warning: kernel lost data: {}={value}", counter.name());
+    for (name, value) in summary.kernel_losses() {
+        eprintln!("capture: warning: kernel lost data: {name}={value}");
     }
     for (name, s) in &summary.pipeline.sinks {
         if s.records_failed + s.records_dropped + s.records_pending > 0 {
@@ -621,7 +836,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("capture: error: {e:#}");
+            note(format_args!("error: {e:#}"));
             ExitCode::from(1)
         }
     }

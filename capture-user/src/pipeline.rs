@@ -11,18 +11,20 @@ type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::io::Write;
 
 use log::warn;
+use prometheus_client::metrics::histogram::Histogram;
 use sha2::{Digest, Sha256};
 
 use crate::connections::{CloseReason, ConnectionId, ConnectionInfo, ConnectionTable, StreamSink, TableLimits, TableStats};
 use crate::flow::{Direction, FlowKey};
-use crate::http::{HttpConfig, HttpConnection, HttpMessage, HttpStats};
+use crate::http::{HttpConfig, HttpConnection, HttpMessage, HttpStats, MessageKind};
 use crate::policy::{ExchangePolicy, PolicyStats};
 use crate::reassembly::StreamChunk;
-use crate::record::{Record, RecordContext};
+use crate::record::{clock_ns, Record, RecordContext};
 use crate::redact::{RedactStats, Redactor};
 use crate::segment::Segment;
 use crate::sink::{RecordSink, SinkStats};
 use crate::skip::{SkipStats, Skipper, MIN_SKIP_BYTES};
+use crate::tls_streams::{TlsStats, TlsStreams};
 
 /// Frames HTTP on every connection and collects the finished messages.
 pub struct HttpLayer {
@@ -89,6 +91,7 @@ impl StreamSink for HttpLayer {
                 http.on_data_judged(dir, &bytes, ts_ns, &mut self.policy, &mut self.stats, &mut self.scratch)
             }
             StreamChunk::Gap { len } => http.on_gap(dir, len, &mut self.stats, &mut self.scratch),
+            StreamChunk::UnknownStart => http.on_unknown_start(dir, &mut self.stats),
             StreamChunk::Skip { len } => http.on_skip(dir, len, &mut self.stats, &mut self.scratch),
         }
         if self.skips_enabled && http.skippable(dir).is_some_and(|n| n >= MIN_SKIP_BYTES) {
@@ -166,6 +169,7 @@ impl StreamSink for StreamDigest {
             // A skipped range is not in the digest either (the agent keeps every byte
             // when it writes digests, so this does not happen there).
             StreamChunk::Gap { len } | StreamChunk::Skip { len } => state.gap_bytes[dir.index()] += len,
+            StreamChunk::UnknownStart => {}
         }
     }
 
@@ -224,6 +228,8 @@ pub struct PipelineStats {
     pub redaction: RedactStats,
     pub skips: SkipStats,
     pub sinks: Vec<(String, SinkStats)>,
+    /// With TLS capture on.
+    pub tls: Option<TlsStats>,
 }
 
 impl PipelineStats {
@@ -235,12 +241,19 @@ impl PipelineStats {
         for (k, v) in self.policy.fields().into_iter().chain(self.redaction.fields()).chain(self.skips.fields()) {
             out.push((k.to_string(), v));
         }
+        if let Some(tls) = &self.tls {
+            out.extend(tls.fields());
+        }
         for (i, (_, s)) in self.sinks.iter().enumerate() {
             out.push((format!("output{i}_records_written"), s.records_written));
             out.push((format!("output{i}_bytes_written"), s.bytes_written));
             out.push((format!("output{i}_records_failed"), s.records_failed));
             out.push((format!("output{i}_records_dropped"), s.records_dropped));
             out.push((format!("output{i}_records_pending"), s.records_pending));
+            if s.records_split > 0 {
+                out.push((format!("output{i}_records_split"), s.records_split));
+                out.push((format!("output{i}_parts_written"), s.parts_written));
+            }
             for (reason, n) in &s.reasons {
                 out.push((format!("output{i}_{reason}"), *n));
             }
@@ -249,12 +262,26 @@ impl PipelineStats {
     }
 }
 
+/// Histograms of what is handed to the outputs (shared with the metrics endpoint).
+#[derive(Clone, Debug)]
+pub struct OutputHistograms {
+    /// Wire size of requests and of responses, bytes (before any cut).
+    pub request_size: Histogram,
+    pub response_size: Histogram,
+    /// Kernel timestamp of a message's last byte to its record being handed to the
+    /// outputs, seconds.
+    pub delay: Histogram,
+}
+
 pub struct Pipeline {
     table: ConnectionTable,
+    /// TLS plaintext and the ciphertext filter (see `tls_streams`), with TLS capture on.
+    tls: Option<TlsStreams>,
     http: HttpLayer,
     digest: Option<StreamDigest>,
     ctx: RecordContext,
     outputs: Vec<Output>,
+    histograms: Option<OutputHistograms>,
     redactor: Option<Redactor>,
     skipper: Option<Skipper>,
     pub decode_errors: u64,
@@ -264,10 +291,12 @@ impl Pipeline {
     pub fn new(limits: TableLimits, http: HttpConfig, ctx: RecordContext, sinks: Vec<Box<dyn RecordSink>>) -> Self {
         Pipeline {
             table: ConnectionTable::new(limits),
+            tls: None,
             http: HttpLayer::new(http),
             digest: None,
             ctx,
             outputs: sinks.into_iter().map(|sink| Output { sink, error_logged: false }).collect(),
+            histograms: None,
             redactor: None,
             skipper: None,
             decode_errors: 0,
@@ -293,22 +322,41 @@ impl Pipeline {
         self
     }
 
+    /// Also observe message sizes and capture-to-output delay (see [`OutputHistograms`]).
+    pub fn with_histograms(mut self, histograms: OutputHistograms) -> Self {
+        self.histograms = Some(histograms);
+        self
+    }
+
     /// Also write per-connection stream digests (see [`StreamDigest`]).
     pub fn with_stream_digest(mut self, out: Box<dyn Write + Send>) -> Self {
         self.digest = Some(StreamDigest::new(out));
         self
     }
 
+    /// Also rebuild TLS plaintext segments (their own connections, same HTTP layer),
+    /// and keep TLS ciphertext on the TCP path from the framer.
+    pub fn with_tls(mut self, limits: TableLimits) -> Self {
+        self.tls = Some(TlsStreams::new(limits, self.table.ids()));
+        self
+    }
+
     pub fn on_segment(&mut self, seg: Segment) {
         let mut fan = Fanout { http: &mut self.http, digest: self.digest.as_mut(), skipper: self.skipper.as_mut() };
-        self.table.on_segment(seg, &mut fan);
+        match &mut self.tls {
+            Some(tls) => tls.on_segment(seg, &mut self.table, &mut fan),
+            None => self.table.on_segment(seg, &mut fan),
+        }
         self.apply_skips();
         self.emit();
     }
 
     pub fn on_tick(&mut self, now_ns: u64) {
         let mut fan = Fanout { http: &mut self.http, digest: self.digest.as_mut(), skipper: self.skipper.as_mut() };
-        self.table.on_tick(now_ns, &mut fan);
+        match &mut self.tls {
+            Some(tls) => tls.on_tick(now_ns, &mut self.table, &mut fan),
+            None => self.table.on_tick(now_ns, &mut fan),
+        }
         self.apply_skips();
         self.emit();
         self.flush();
@@ -331,7 +379,10 @@ impl Pipeline {
     /// Closes every connection and closes the sinks (each bounded by its own timeout).
     pub fn shutdown(&mut self, now_ns: u64) {
         let mut fan = Fanout { http: &mut self.http, digest: self.digest.as_mut(), skipper: self.skipper.as_mut() };
-        self.table.close_all(now_ns, &mut fan);
+        match &mut self.tls {
+            Some(tls) => tls.close_all(now_ns, &mut self.table, &mut fan),
+            None => self.table.close_all(now_ns, &mut fan),
+        }
         self.emit();
         for out in &mut self.outputs {
             if let Err(e) = out.sink.close() {
@@ -342,6 +393,7 @@ impl Pipeline {
 
     fn emit(&mut self) {
         for (conn, msg) in self.http.messages.drain(..) {
+            let (kind, wire_size, end_ns) = (msg.kind, msg.original_len, msg.end_ns);
             let mut record = Record::from_message(msg, &conn, &self.ctx);
             // Before any output sees it.
             if let Some(r) = self.redactor.as_mut() {
@@ -359,6 +411,12 @@ impl Pipeline {
                         out.error_logged = true;
                     }
                 }
+            }
+            if let Some(h) = &self.histograms {
+                let sizes = if kind == MessageKind::Request { &h.request_size } else { &h.response_size };
+                sizes.observe(wire_size as f64);
+                // Kernel timestamps are CLOCK_MONOTONIC (bpf_ktime_get_ns).
+                h.delay.observe(clock_ns(libc::CLOCK_MONOTONIC).saturating_sub(end_ns) as f64 / 1e9);
             }
         }
     }
@@ -385,6 +443,7 @@ impl Pipeline {
             redaction: self.redactor.as_ref().map(|r| r.stats.clone()).unwrap_or_default(),
             skips: self.skipper.as_ref().map(|s| s.stats.clone()).unwrap_or_default(),
             sinks: self.outputs.iter().map(|o| (o.sink.describe(), o.sink.stats())).collect(),
+            tls: self.tls.as_ref().map(TlsStreams::stats),
         }
     }
 
@@ -400,7 +459,7 @@ mod tests {
 
     fn conn(n: u16) -> ConnectionInfo {
         let ip = std::net::IpAddr::from([10, 0, 0, 1]);
-        ConnectionInfo { id: n as u64, flow: FlowKey::new(ip, 40000 + n, ip, 80), ifindex: 1, opened_ns: 0, saw_syn: true }
+        ConnectionInfo { id: n as u64, flow: FlowKey::new(ip, 40000 + n, ip, 80), ifindex: 1, opened_ns: 0, saw_syn: true, tls: false }
     }
 
     fn data(layer: &mut HttpLayer, c: &ConnectionInfo, dir: Direction, bytes: &[u8]) {

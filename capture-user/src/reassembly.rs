@@ -40,6 +40,10 @@ pub enum StreamChunk {
     /// `len` bytes were skipped on purpose ([`StreamReassembler::skip`]): not a loss;
     /// later Data continues after them.
     Skip { len: u64 },
+    /// Comes once, before the first Data, when no SYN anchored the stream (the agent
+    /// joined mid-connection or the SYN was lost): an unknown number of bytes before
+    /// the first Data were never seen.
+    UnknownStart,
 }
 
 /// Counters for one direction, for metrics and debugging.
@@ -51,6 +55,9 @@ pub struct StreamStats {
     pub bytes_delivered: u64,
     /// Segments that arrived ahead of the expected sequence number.
     pub out_of_order_segments: u64,
+    /// Streams whose first bytes came without a SYN before them: an unknown number of
+    /// bytes before them were never seen (not in `gap_bytes`).
+    pub unknown_starts: u64,
     /// Bytes dropped because already delivered or already buffered (retransmits, overlaps).
     pub duplicate_bytes: u64,
     /// Gap chunks emitted.
@@ -92,8 +99,17 @@ pub struct StreamReassembler {
     /// The most recent skipped range (absolute offsets): late arrivals inside it are
     /// counted as skipped, not as duplicates.
     skipped: Option<(u64, u64)>,
+    /// `base_seq` came from a SYN: offset 0 is the true start of the stream.
+    anchored_by_syn: bool,
     stats: StreamStats,
 }
+
+/// How far ahead of the next expected byte a segment may start and still belong to
+/// this stream. Further is taken as a new connection on the same 4-tuple whose SYN
+/// was not seen (a random ISN lands anywhere); a real jump that far would need
+/// 64 MiB of one direction lost at once. A stream without a SYN (joined mid-way) has
+/// no ISN to check a jump against: there the limit is its hold budget.
+const MAX_SEQ_JUMP: i128 = 64 << 20;
 
 impl StreamReassembler {
     pub fn new(limits: StreamLimits) -> Self {
@@ -105,8 +121,29 @@ impl StreamReassembler {
             buffered: 0,
             fin_off: None,
             skipped: None,
+            anchored_by_syn: false,
             stats: StreamStats::default(),
         }
+    }
+
+    /// Whether `len` payload bytes at `seq` can belong to this stream. False for bytes
+    /// after its FIN, before its SYN, or implausibly far ahead: the segment belongs to a
+    /// new connection that reuses the 4-tuple and whose SYN was not seen.
+    pub fn accepts(&self, seq: u32, len: usize) -> bool {
+        if self.base_seq.is_none() || len == 0 {
+            return true;
+        }
+        let start = self.next_off as i128 + self.distance(seq) as i128;
+        let after_fin = self.fin_off.is_some_and(|fin| start >= fin as i128);
+        // A little slack before the SYN: a keep-alive probe may repeat the byte before.
+        let before_syn = self.anchored_by_syn && start < -(1 << 20);
+        !(after_fin || before_syn || self.too_far(start))
+    }
+
+    /// Whether offset `at` is implausibly far from the next expected byte.
+    fn too_far(&self, at: i128) -> bool {
+        let limit = if self.anchored_by_syn { MAX_SEQ_JUMP } else { self.limits.max_buffered_bytes as i128 };
+        at - self.next_off as i128 > limit || at < -MAX_SEQ_JUMP
     }
 
     /// A SYN with this sequence number was seen: data starts at isn + 1. Called before any data
@@ -116,6 +153,7 @@ impl StreamReassembler {
         // retransmitted SYN must not move it.
         if self.base_seq.is_none() {
             self.base_seq = Some(isn.wrapping_add(1));
+            self.anchored_by_syn = true;
         }
     }
 
@@ -129,6 +167,10 @@ impl StreamReassembler {
         if self.base_seq.is_none() {
             // Mid-connection capture: the first bytes we see are the start for us.
             self.base_seq = Some(seq);
+        }
+        if !self.anchored_by_syn && self.stats.segments == 1 {
+            self.stats.unknown_starts += 1;
+            out.push(StreamChunk::UnknownStart);
         }
 
         // Work in i128 so no combination of offset, distance and length can overflow.
@@ -170,6 +212,46 @@ impl StreamReassembler {
         let off = self.next_off as i128 + self.distance(fin_seq) as i128;
         // A FIN before offset 0 is nonsense; treat it as an empty stream.
         self.fin_off = Some(off.max(0) as u64);
+    }
+
+    /// Whether a FIN at `fin_seq` can end this stream: not another FIN than the one
+    /// seen, not before its SYN, not implausibly far ahead (see [`Self::accepts`]).
+    pub fn accepts_fin(&self, fin_seq: u32) -> bool {
+        if self.base_seq.is_none() {
+            return true;
+        }
+        let at = self.next_off as i128 + self.distance(fin_seq) as i128;
+        let other_fin = self.fin_off.is_some_and(|fin| at != fin as i128);
+        let before_syn = self.anchored_by_syn && at < -(1 << 20);
+        !(other_fin || before_syn || self.too_far(at))
+    }
+
+    /// Offset from the stream start of the byte at `seq` (None before anchoring), and
+    /// the next expected offset.
+    pub fn offsets(&self, seq: u32) -> Option<(i128, u64)> {
+        self.base_seq?;
+        Some((self.next_off as i128 + self.distance(seq) as i128, self.next_off))
+    }
+
+    /// Whether a segment at `seq` would start past the next expected byte (leave a hole).
+    pub fn starts_ahead(&self, seq: u32) -> bool {
+        self.base_seq.is_some() && self.distance(seq) > 0
+    }
+
+    /// Whether a SYN with this ISN fits the stream: it was anchored by that SYN, or not
+    /// by a SYN at all.
+    pub fn fits_syn(&self, isn: u32) -> bool {
+        !self.anchored_by_syn || self.base_seq == Some(isn.wrapping_add(1))
+    }
+
+    /// Offset 0 is the stream's true start (a SYN was seen), not its first seen byte.
+    pub fn anchored_by_syn(&self) -> bool {
+        self.anchored_by_syn
+    }
+
+    /// A FIN was seen: the stream's length is known.
+    pub fn saw_fin(&self) -> bool {
+        self.fin_off.is_some()
     }
 
     /// True once a FIN was seen and every byte before it was delivered (or reported as a gap).
@@ -384,6 +466,7 @@ mod tests {
                 StreamChunk::Data { bytes, .. } => v.extend_from_slice(bytes),
                 StreamChunk::Gap { len } => panic!("unexpected gap of {len}"),
                 StreamChunk::Skip { len } => panic!("unexpected skip of {len}"),
+                StreamChunk::UnknownStart => panic!("unexpected unknown start"),
             }
         }
         v
@@ -402,6 +485,7 @@ mod tests {
                     assert!(*len > 0, "empty Gap chunk");
                     v.extend(std::iter::repeat_n(None, *len as usize));
                 }
+                StreamChunk::UnknownStart => assert!(v.is_empty(), "unknown start after data"),
             }
         }
         v
@@ -452,7 +536,7 @@ mod tests {
             .iter()
             .map(|c| match c {
                 StreamChunk::Data { ts_ns, .. } => *ts_ns,
-                StreamChunk::Gap { .. } | StreamChunk::Skip { .. } => unreachable!(),
+                StreamChunk::Gap { .. } | StreamChunk::Skip { .. } | StreamChunk::UnknownStart => unreachable!(),
             })
             .collect();
         assert_eq!(ts, vec![4, 3, 2]);
@@ -550,7 +634,10 @@ mod tests {
     #[test]
     fn data_without_syn_starts_the_stream() {
         let mut r = reassembler();
-        assert_eq!(data_only(&feed(&mut r, 777, b"xyz", 1)), b"xyz");
+        let first = feed(&mut r, 777, b"xyz", 1);
+        assert_eq!(first[0], StreamChunk::UnknownStart, "bytes before the first seen one are unknown");
+        assert_eq!(data_only(&first[1..]), b"xyz");
+        assert_eq!(r.stats().unknown_starts, 1);
         assert_eq!(data_only(&feed(&mut r, 780, b"!", 2)), b"!");
         // Bytes before the first segment count as old.
         assert!(feed(&mut r, 770, b"1234567", 3).is_empty());
@@ -560,7 +647,7 @@ mod tests {
     #[test]
     fn syn_after_data_is_ignored() {
         let mut r = reassembler();
-        feed(&mut r, 100, b"ab", 1);
+        assert_eq!(feed(&mut r, 100, b"ab", 1)[0], StreamChunk::UnknownStart);
         r.on_syn(5);
         assert_eq!(data_only(&feed(&mut r, 102, b"cd", 2)), b"cd");
         assert_eq!(r.stats().bytes_delivered, 4);
@@ -693,7 +780,7 @@ mod tests {
         assert!(out.is_empty());
         assert_eq!(r.stats(), &StreamStats::default());
         // The empty segment did not anchor the stream.
-        assert_eq!(data_only(&feed(&mut r, 500, b"x", 2)), b"x");
+        assert_eq!(feed(&mut r, 500, b"x", 2)[1..], [StreamChunk::Data { bytes: Bytes::from_static(b"x"), ts_ns: 2 }]);
     }
 
     #[test]
@@ -853,6 +940,10 @@ mod tests {
             }
             let gap_chunks = out.iter().filter(|c| matches!(c, StreamChunk::Gap { .. })).count();
             prop_assert_eq!(gap_chunks, 0);
+            // Without a SYN the start is flagged unknown, once, first.
+            if !use_syn && !stream.is_empty() {
+                prop_assert_eq!(out.remove(0), StreamChunk::UnknownStart);
+            }
             prop_assert_eq!(data_only(&out), stream.clone());
             prop_assert_eq!(r.buffered_bytes(), 0);
             prop_assert_eq!(r.oldest_pending_ts(), None);

@@ -162,7 +162,7 @@ impl Record {
     /// Builds a record from a framed message of connection `conn` (moving its bytes).
     pub fn from_message(msg: HttpMessage, conn: &ConnectionInfo, ctx: &RecordContext) -> Record {
         let (run, to_wall) = (ctx.run, |t| ctx.to_wall(t));
-        let (client, server, ifindex, node) = (conn.flow.client, conn.flow.server, conn.ifindex, &ctx.node);
+        let (client, server, ifindex, node, tls) = (conn.flow.client, conn.flow.server, conn.ifindex, &ctx.node, conn.tls);
         let conn = conn.id;
         let latency_ns = match msg.kind {
             MessageKind::Request => msg.end_ns.saturating_sub(msg.start_ns),
@@ -191,9 +191,9 @@ impl Record {
                 target: msg.target,
                 status: msg.status,
                 paired: msg.paired,
-                ambiguous: None,
+                ambiguous: msg.ambiguous,
                 redacted: false,
-                tls: false,
+                tls,
                 part: None,
             },
         }
@@ -222,7 +222,8 @@ impl Record {
         out.push(b' ');
         push_decimal(out, self.ts_ns);
         out.push(b' ');
-        push_decimal(out, self.latency_ns);
+        // Readers (ours, GoReplay's) take the latency as a signed number.
+        push_decimal(out, self.latency_ns.min(i64::MAX as u64));
         out.extend_from_slice(b" len=");
         push_decimal(out, self.payload.len() as u64);
         // Writing to a Vec cannot fail.
@@ -461,6 +462,7 @@ mod tests {
             bytes: Bytes::from_static(bytes),
             original_len: bytes.len() as u64,
             truncated: false,
+            ambiguous: None,
             start_ns: 1_000,
             end_ns: 1_500,
             request_start_ns: (kind == MessageKind::Response).then_some(100),
@@ -481,6 +483,7 @@ mod tests {
             ifindex: 1,
             opened_ns: 0,
             saw_syn: true,
+            tls: false,
         };
         let req = Record::from_message(message(MessageKind::Request, b"GET / HTTP/1.1\r\n\r\n"), &conn, &ctx);
         let resp = Record::from_message(message(MessageKind::Response, b"HTTP/1.1 200 OK\r\n\r\n"), &conn, &ctx);
@@ -509,7 +512,7 @@ mod tests {
     fn conn() -> ConnectionInfo {
         let client: SocketAddr = "[fd00::2]:40000".parse().unwrap();
         let server: SocketAddr = "[fd00::1]:80".parse().unwrap();
-        ConnectionInfo { id: 1, flow: crate::flow::FlowKey { client, server }, ifindex: 1, opened_ns: 0, saw_syn: true }
+        ConnectionInfo { id: 1, flow: crate::flow::FlowKey { client, server }, ifindex: 1, opened_ns: 0, saw_syn: true, tls: false }
     }
 
     fn gor_file(records: &[&Record]) -> Vec<u8> {

@@ -1031,6 +1031,7 @@ mod tests {
             bytes: Bytes::from(payload),
             original_len: payload.len() as u64,
             truncated: false,
+            ambiguous: None,
             start_ns: 1,
             end_ns: 2,
             request_start_ns: None,
@@ -1040,7 +1041,7 @@ mod tests {
             status: None,
         };
         let ip = std::net::IpAddr::from([10, 0, 0, 1]);
-        let conn = ConnectionInfo { id: 1, flow: FlowKey::new(ip, 1, ip, 80), ifindex: 1, opened_ns: 0, saw_syn: true };
+        let conn = ConnectionInfo { id: 1, flow: FlowKey::new(ip, 1, ip, 80), ifindex: 1, opened_ns: 0, saw_syn: true, tls: false };
         let mut record = Record::from_message(msg, &conn, &RecordContext::new("n".into()));
         let mut r = redactor();
         r.redact(&mut record);

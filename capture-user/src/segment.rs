@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use bytes::Bytes;
 use capture_common::{
     EventHeader, DIR_CLIENT_TO_SERVER, DIR_SERVER_TO_CLIENT, EVENT_HEADER_SIZE, EVENT_VERSION,
-    FAMILY_IPV4, FAMILY_IPV6, TCP_FIN, TCP_RST, TCP_SYN,
+    FAMILY_IPV4, FAMILY_IPV6, HOOK_TLS, TCP_FIN, TCP_RST, TCP_SYN,
 };
 
 use crate::flow::{Direction, FlowKey};
@@ -24,6 +24,9 @@ pub struct Segment {
     pub flags: u8,
     pub ts_ns: u64,
     pub ifindex: u32,
+    /// TLS plaintext from the uprobes (`HOOK_TLS`): `seq` is synthetic (a
+    /// per-connection start plus the plaintext offset), `ifindex` is 0.
+    pub tls: bool,
     pub data: Bytes,
 }
 
@@ -98,6 +101,7 @@ pub fn decode(event: &[u8]) -> Result<Segment, DecodeError> {
         flags: hdr.tcp_flags,
         ts_ns: hdr.ts_ns,
         ifindex: hdr.ifindex,
+        tls: hdr.hook == HOOK_TLS,
         data: Bytes::copy_from_slice(payload),
     })
 }

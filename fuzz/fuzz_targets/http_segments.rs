@@ -4,11 +4,12 @@
 //! Input format, repeated: one op byte, then for data ops a length byte and that many
 //! bytes. Op byte: bit 0 = direction; bits 1-2: 0/1 = data, 2 = gap (length byte * 7),
 //! 3 = close; bit 3: then memory pressure (the connection gives back up to
-//! length byte * 13 kept bytes).
+//! length byte * 13 kept bytes). Bit 4 of the first op byte: both directions start
+//! unknown (joined mid-stream).
 #![no_main]
 
 use capture::flow::Direction;
-use capture::http::{HttpConfig, HttpConnection, HttpStats};
+use capture::http::{HttpConfig, HttpConnection, HttpStats, MessageKind};
 use libfuzzer_sys::fuzz_target;
 
 const CONFIG: HttpConfig = HttpConfig {
@@ -23,6 +24,10 @@ fuzz_target!(|input: &[u8]| {
     let mut out = Vec::new();
     let mut rest = input;
     let mut ts = 0u64;
+    if input.first().is_some_and(|op| op & 16 != 0) {
+        conn.on_unknown_start(Direction::ClientToServer, &mut stats);
+        conn.on_unknown_start(Direction::ServerToClient, &mut stats);
+    }
     while let [op, tail @ ..] = rest {
         ts += 1;
         let dir = if op & 1 == 0 {
@@ -60,6 +65,7 @@ fuzz_target!(|input: &[u8]| {
             assert!(m.bytes.len() <= CONFIG.max_message_bytes);
             assert!(m.original_len >= m.bytes.len() as u64);
             assert_eq!(m.truncated, m.original_len > m.bytes.len() as u64);
+            assert!(m.ambiguous.is_none() || m.kind == MessageKind::Request, "only requests are ambiguous");
         }
     }
     conn.on_close(ts + 1, &mut stats, &mut out);

@@ -8,6 +8,10 @@
 //!   C  `tcpdump -w /dev/null` with the same port filter (the libpcap path)
 //! and prints medians (min..max) of requests/s, ratios to A, completeness, CPU per
 //! 100k requests, peak RSS and drop counters.
+//!
+//! The HTTPS variant: nginx serves the small response over TLS (self-signed) to wrk
+//! over https, without (A) and with the agent capturing plaintext at OpenSSL
+//! (`--tls-lib`, B); wrk uses the same libssl, so its own calls hit the probes too.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -18,6 +22,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 const PORT: u16 = 18090;
+const HTTPS_PORT: u16 = 18091;
+/// Debian's OpenSSL 3, which nginx and wrk load.
+const LIBSSL: &str = "/usr/lib/x86_64-linux-gnu/libssl.so.3";
 const KAFKA_PORT: u16 = 19190;
 
 pub struct BenchOptions {
@@ -25,6 +32,8 @@ pub struct BenchOptions {
     pub repeats: usize,
     pub kafka: bool,
     pub connections: u32,
+    /// Also measure HTTPS (nginx TLS, wrk over https) without and with `--tls-lib`.
+    pub https: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -176,7 +185,9 @@ fn run_variant(
     url: &str,
     access_log: &Path,
     opts: &BenchOptions,
+    https: bool,
 ) -> Result<Run> {
+    let port = if https { HTTPS_PORT } else { PORT }.to_string();
     std::fs::write(access_log, "")?;
     let mut run = Run::default();
     match variant {
@@ -197,7 +208,8 @@ fn run_variant(
             let mut child = Command::new("ip")
                 .args(["netns", "exec", ns])
                 .arg(bin)
-                .args(["agent", "--iface", "lo", "--port", &PORT.to_string(), "--output", &output])
+                .args(["agent", "--iface", "lo", "--port", &port, "--output", &output])
+                .args(if https { vec!["--tls-lib", LIBSSL] } else { vec![] })
                 .args(controls)
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
@@ -228,12 +240,17 @@ fn run_variant(
             run.captured = get("http_requests");
             run.cpu_ms = get("agent_cpu_user_ms") + get("agent_cpu_sys_ms");
             run.rss_kb = get("agent_max_rss_kb");
-            run.kernel_drops = get("kernel_ring_full_events") + get("kernel_copy_errors") + get("kernel_truncated_skbs");
+            run.kernel_drops = get("kernel_ring_full_events")
+                + get("kernel_copy_errors")
+                + get("kernel_truncated_skbs")
+                + get("kernel_tls_ring_full_events")
+                + get("kernel_tls_copy_errors")
+                + get("kernel_tls_truncated_calls");
             run.user_drops = get("stream_gaps") + get("http_lost_to_gap") + get("output0_records_dropped") + get("output0_records_failed");
         }
         Variant::Tcpdump => {
             let mut child = Command::new("ip")
-                .args(["netns", "exec", ns, "tcpdump", "-i", "lo", "-w", "/dev/null", "-s", "0", "tcp", "port", &PORT.to_string()])
+                .args(["netns", "exec", ns, "tcpdump", "-i", "lo", "-w", "/dev/null", "-s", "0", "tcp", "port", &port])
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -280,6 +297,10 @@ pub fn bench(root: &Path, opts: BenchOptions) -> Result<()> {
     std::fs::create_dir_all(dir.join("www"))?;
     std::fs::write(dir.join("www/small.txt"), "x".repeat(100))?;
     std::fs::write(dir.join("www/64k.bin"), (0..65536u32).map(|i| (i % 251) as u8).collect::<Vec<u8>>())?;
+    sh(&format!(
+        "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=capture-bench -keyout {d}/key.pem -out {d}/cert.pem 2>/dev/null",
+        d = dir.display()
+    ))?;
     let ns = Namespace(format!("capbench{}", std::process::id()));
     sh(&format!("ip netns add {} && ip -n {} link set lo up", ns.0, ns.0))?;
     let access_log = dir.join("access.log");
@@ -289,7 +310,8 @@ pub fn bench(root: &Path, opts: BenchOptions) -> Result<()> {
         format!(
             "daemon off;\nuser root;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
              events {{ worker_connections 4096; }}\n\
-             http {{ access_log {log}; keepalive_requests 1000000; server {{ listen 127.0.0.1:{PORT}; root {d}/www; }} }}\n",
+             http {{ access_log {log}; keepalive_requests 1000000; server {{ listen 127.0.0.1:{PORT}; root {d}/www; }}\n\
+               server {{ listen 127.0.0.1:{HTTPS_PORT} ssl; ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem; root {d}/www; }} }}\n",
             d = dir.display(),
             log = access_log.display()
         ),
@@ -327,13 +349,20 @@ pub fn bench(root: &Path, opts: BenchOptions) -> Result<()> {
         opts.repeats,
         variants.iter().map(|v| v.label().split_whitespace().next().unwrap_or("")).collect::<Vec<_>>().join(" ")
     );
-    for (name, path) in [("small (100 B)", "small.txt"), ("64 KiB", "64k.bin")] {
-        let url = format!("http://127.0.0.1:{PORT}/{path}");
+    let mut sections = vec![("small (100 B)", "small.txt", false), ("64 KiB", "64k.bin", false)];
+    if opts.https {
+        sections.push(("HTTPS small (100 B)", "small.txt", true));
+    }
+    for (name, path, https) in sections {
+        let url = if https { format!("https://127.0.0.1:{HTTPS_PORT}/{path}") } else { format!("http://127.0.0.1:{PORT}/{path}") };
+        // HTTPS: without and with the agent (tcpdump and Kafka add nothing new there).
+        let variants: Vec<Variant> =
+            variants.iter().copied().filter(|v| !https || matches!(v, Variant::NoCapture | Variant::AgentFile)).collect();
         let mut results: HashMap<Variant, Vec<Run>> = HashMap::new();
         for r in 0..opts.repeats {
             for &v in &variants {
                 eprintln!("bench: {name} repeat {}/{}: {}", r + 1, opts.repeats, v.label());
-                let run = run_variant(v, &ns.0, &bin, &dir, &url, &access_log, &opts)?;
+                let run = run_variant(v, &ns.0, &bin, &dir, &url, &access_log, &opts, https)?;
                 results.entry(v).or_default().push(run);
             }
         }

@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod image;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "capture build, run and test tasks")]
@@ -51,10 +52,16 @@ enum Task {
         /// Skip the Kafka variant (no tansu needed).
         #[arg(long)]
         no_kafka: bool,
+        /// Skip the HTTPS variant (nginx TLS, wrk over https, agent with --tls-lib).
+        #[arg(long)]
+        no_https: bool,
     },
+    /// Build the container image `localhost/capture:<version>` from deploy/Containerfile
+    /// with podman (root; makes the Debian builder base with mmdebstrap the first time).
+    Image,
     /// Set up, build, then run the whole test suite: unit tests and, as root, the
-    /// kernel end-to-end tests (which fail rather than skip when CI=true), then each
-    /// fuzz target for CAPTURE_FUZZ_SECONDS (default 20).
+    /// container image and the kernel end-to-end tests (which fail rather than skip
+    /// when CI=true), then each fuzz target for CAPTURE_FUZZ_SECONDS (default 20).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -71,9 +78,15 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("tcpdump", "tcpdump"),
     ("python3", "python3"),
+    // Self-signed certificates for the HTTPS tests and benchmark.
+    ("openssl", "openssl"),
     // Renders the replay HTML report in a test (screenshot).
     ("chromium", "chromium"),
+
 ];
+
+/// Validates the Kubernetes manifests in deploy/ offline (Python package).
+const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
 
 /// Debian packages needed to build the agent (rdkafka's TLS support links system OpenSSL).
 const BUILD_PACKAGES: &[(&str, &str)] = &[("pkg-config", "pkg-config"), ("make", "make"), ("HEADER:/usr/include/openssl/ssl.h", "libssl-dev")];
@@ -94,28 +107,39 @@ fn main() -> Result<()> {
             ensure_packages(BUILD_PACKAGES, true)?;
             ensure_apt_packages()?;
             ensure_kafka_test_tools()?;
+            ensure_deploy_tools()?;
             ensure_ebpf_toolchain(&root)?;
         }
         Task::BuildEbpf => build_ebpf(&root)?,
         Task::Build => build_all(&root)?,
+        Task::Image => {
+            ensure_ebpf_toolchain(&root)?;
+            image::build_image(&root, &image::image_tag())?;
+        }
         Task::Run { args } => {
             build_all(&root)?;
             let bin = root.join("target/release/capture");
             let status = Command::new(&bin).args(&args).status().with_context(|| format!("running {}", bin.display()))?;
             std::process::exit(status.code().unwrap_or(1));
         }
-        Task::Bench { duration, repeats, connections, no_kafka } => {
+        Task::Bench { duration, repeats, connections, no_kafka, no_https } => {
             ensure_apt_packages()?;
             if !no_kafka {
                 ensure_kafka_test_tools()?;
             }
             build_all(&root)?;
-            bench::bench(&root, bench::BenchOptions { duration_s: duration, repeats: repeats.max(1), kafka: !no_kafka, connections })?;
+            bench::bench(&root, bench::BenchOptions { duration_s: duration, repeats: repeats.max(1), kafka: !no_kafka, connections, https: !no_https })?;
         }
         Task::Test { args } => {
             ensure_apt_packages()?;
             ensure_kafka_test_tools()?;
+            ensure_deploy_tools()?;
             build_all(&root)?;
+            // The container test runs the image the manifests name (root only).
+            let image = image::image_tag();
+            if is_root() {
+                image::build_image(&root, &image)?;
+            }
             // Pure tests in parallel; the end-to-end tests one at a time, since they
             // measure timing and load (pacing gaps, zero loss under wrk) on 2 cores.
             run(cargo().current_dir(&root).args(["test", "--release", "--workspace", "--exclude", "capture-tests"]).args(&args))?;
@@ -123,6 +147,7 @@ fn main() -> Result<()> {
             cmd.current_dir(&root)
                 .args(["test", "--release", "-p", "capture-tests"])
                 .env("CAPTURE_BIN", root.join("target/release/capture"))
+                .env("CAPTURE_IMAGE", &image)
                 .env("RUST_TEST_THREADS", "1")
                 .args(&args);
             if std::env::var_os("CI").is_some() {
@@ -138,7 +163,7 @@ fn main() -> Result<()> {
 
 /// cargo-fuzz release used for the fuzz targets.
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
-const FUZZ_TARGETS: &[&str] = &["http_segments", "reassembly_segments", "controls"];
+const FUZZ_TARGETS: &[&str] = &["http_segments", "reassembly_segments", "compare_responses", "record_reader", "record_round_trip", "controls"];
 
 /// Runs every fuzz target for CAPTURE_FUZZ_SECONDS (default 20; 0 skips) with
 /// libFuzzer; a crash, a panic or a memory blow-up fails the run.
@@ -179,7 +204,7 @@ fn cargo() -> Command {
     cmd
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd.status().with_context(|| format!("starting {:?}", cmd.get_program()))?;
     if !status.success() {
         bail!("{:?} {:?} failed with {status}", cmd.get_program(), cmd.get_args().collect::<Vec<_>>());
@@ -187,7 +212,7 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn output(cmd: &mut Command) -> Option<String> {
+pub(crate) fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
@@ -284,6 +309,19 @@ fn ensure_kafka_test_tools() -> Result<()> {
     Ok(())
 }
 
+/// kubernetes-validate (schemas of Kubernetes 1.25-1.37) for the manifest test.
+fn ensure_deploy_tools() -> Result<()> {
+    let has = Command::new("python3").args(["-c", "import kubernetes_validate"]).output().map(|o| o.status.success()).unwrap_or(false);
+    if !has {
+        eprintln!("xtask: installing python kubernetes-validate {KUBERNETES_VALIDATE_VERSION}");
+        run(Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--root-user-action=ignore"])
+            .arg(format!("kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}")))
+        .context("installing kubernetes-validate with pip (needs PyPI)")?;
+    }
+    Ok(())
+}
+
 fn have(cmd: &str) -> bool {
     Command::new("sh").args(["-c", &format!("command -v {cmd}")]).output().map(|o| o.status.success()).unwrap_or(false)
 }
@@ -294,12 +332,13 @@ fn is_root() -> bool {
 
 /// Installs the test peers with apt when running as root; otherwise says what is missing.
 fn ensure_apt_packages() -> Result<()> {
-    ensure_packages(APT_PACKAGES, false)
+    ensure_packages(APT_PACKAGES, false)?;
+    ensure_packages(image::CONTAINER_PACKAGES, false)
 }
 
 /// Installs missing packages (a command name, or `HEADER:<path>` for -dev packages).
 /// `required`: without root/apt, fail (build needs them) instead of warning (tests skip).
-fn ensure_packages(packages: &[(&str, &str)], required: bool) -> Result<()> {
+pub(crate) fn ensure_packages(packages: &[(&str, &str)], required: bool) -> Result<()> {
     let present = |probe: &str| match probe.strip_prefix("HEADER:") {
         Some(path) => Path::new(path).exists(),
         None => have(probe),

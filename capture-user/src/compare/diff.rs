@@ -85,6 +85,13 @@ pub enum Difference {
         production_len: usize,
         candidate_len: usize,
     },
+    /// A body that was cut (production's at capture, or the candidate's past the
+    /// replayer's limit) differs within the first `compared_bytes` bytes, the part both
+    /// sides have: at byte `first_difference` (or one side's body ends there).
+    BodyPrefix {
+        compared_bytes: usize,
+        first_difference: usize,
+    },
 }
 
 impl Difference {
@@ -98,6 +105,7 @@ impl Difference {
             Difference::JsonField { path, .. } => format!("json:{}", normalise_path(path)),
             Difference::TextLine { .. } => "body:text".to_string(),
             Difference::BinaryBody { .. } => "body:binary".to_string(),
+            Difference::BodyPrefix { .. } => "body:prefix".to_string(),
         }
     }
 
@@ -141,6 +149,13 @@ impl Difference {
                     "{candidate_len} bytes, sha256 {}",
                     &candidate_sha256[..12.min(candidate_sha256.len())]
                 ),
+            ),
+            Difference::BodyPrefix {
+                compared_bytes,
+                first_difference,
+            } => (
+                format!("first {compared_bytes} body bytes (cut)"),
+                format!("differs at byte {first_difference}"),
             ),
         }
     }
@@ -253,6 +268,28 @@ fn body_kind(production: &Response, candidate: &Response) -> BodyKind {
     }
 }
 
+/// When a body was cut (either side's `body_complete` is false): how many body bytes
+/// could be compared, the length of the shorter cut body. Nothing is known past it,
+/// so such a comparison is never "equal", only "equal as far as it goes".
+pub fn compared_body_bytes(production: &Response, candidate: &Response) -> Option<usize> {
+    [production, candidate]
+        .iter()
+        .filter(|r| !r.body_complete)
+        .map(|r| r.body.len())
+        .min()
+}
+
+/// Compares the first `n` body bytes: the first offset where they differ, or where
+/// one side ends before `n`.
+fn prefix_difference(p: &[u8], c: &[u8], n: usize) -> Option<Difference> {
+    let (p, c) = (&p[..p.len().min(n)], &c[..c.len().min(n)]);
+    let at = p.iter().zip(c).position(|(a, b)| a != b).or_else(|| (p.len() != c.len()).then(|| p.len().min(c.len())))?;
+    Some(Difference::BodyPrefix {
+        compared_bytes: n,
+        first_difference: at,
+    })
+}
+
 fn compare_bodies(
     production: &Response,
     candidate: &Response,
@@ -260,6 +297,10 @@ fn compare_bodies(
     out: &mut Vec<Difference>,
 ) {
     let (p, c) = (&production.body, &candidate.body);
+    if let Some(n) = compared_body_bytes(production, candidate) {
+        out.extend(prefix_difference(p, c, n));
+        return;
+    }
     let mut kind = body_kind(production, candidate);
     if kind == BodyKind::Json {
         let parsed = (
@@ -371,7 +412,39 @@ mod tests {
                 .map(|(n, v)| (n.to_string(), v.to_string()))
                 .collect(),
             body: body.as_bytes().to_vec(),
+            body_complete: true,
         }
+    }
+
+    fn cut(mut r: Response) -> Response {
+        r.body_complete = false;
+        r
+    }
+
+    /// Issue 11, bug 1 ("false equal on cut messages"): a production response cut at
+    /// capture was compared as if its prefix were the whole body and came out equal.
+    #[test]
+    fn false_equal_on_cut_messages() {
+        let png = [("content-type", "image/png")];
+        let production = cut(resp(200, &png, "abcdef"));
+        // The candidate's body agrees on the captured prefix and differs after it.
+        let candidate = resp(200, &png, "abcdefXYZ");
+        assert_eq!(cmp(&production, &candidate), vec![]);
+        assert_eq!(compared_body_bytes(&production, &candidate), Some(6), "equal only as far as it goes");
+        assert_eq!(compared_body_bytes(&resp(200, &png, "a"), &resp(200, &png, "a")), None);
+        // A difference inside the prefix is a real difference.
+        let d = cmp(&production, &resp(200, &png, "abXdefXYZ"));
+        assert_eq!(d, vec![Difference::BodyPrefix { compared_bytes: 6, first_difference: 2 }]);
+        assert_eq!(d[0].key(), "body:prefix");
+        // A candidate body shorter than the prefix differs where it ends.
+        assert_eq!(
+            cmp(&production, &resp(200, &png, "abc")),
+            vec![Difference::BodyPrefix { compared_bytes: 6, first_difference: 3 }]
+        );
+        // Cut JSON is not parsed as JSON (it would not parse); its bytes are compared.
+        let production = cut(json(r#"{"a":1,"b":"#));
+        assert_eq!(cmp(&production, &json(r#"{"a":1,"b":2}"#)), vec![]);
+        assert_eq!(compared_body_bytes(&production, &json("{}")), Some(11));
     }
 
     fn json(body: &str) -> Response {

@@ -32,7 +32,7 @@ code,.mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,"Liberation Mo
 .sub{color:var(--muted);margin:6px 0 20px}
 .badge{display:inline-block;padding:4px 12px;border-radius:999px;font-weight:650;font-size:14px;color:#fff}
 .badge.bad{background:var(--diff)}.badge.good{background:var(--ok)}
-.cards{display:grid;grid-template-columns:repeat(5,1fr);gap:14px;margin-bottom:22px}
+.cards{display:grid;grid-template-columns:repeat(6,1fr);gap:14px;margin-bottom:22px}
 .card,.panel{background:#fff;border:1px solid var(--line);border-radius:10px;box-shadow:0 1px 2px rgba(0,0,0,.04)}
 .card{padding:14px 18px}
 .card .n{font-size:34px;font-weight:700;line-height:1.1;font-variant-numeric:tabular-nums}
@@ -176,6 +176,12 @@ fn header(h: &mut String, r: &Report) {
         format!("{:.1}%", pct(n, total)),
     ));
     h.push_str(&card(
+        "",
+        "Not compared",
+        r.partial + r.not_compared_total(),
+        format!("{} compared in part (cut body)", r.partial),
+    ));
+    h.push_str(&card(
         "errs",
         "Errors",
         r.errors(),
@@ -188,6 +194,14 @@ fn header(h: &mut String, r: &Report) {
         "not replayed".into(),
     ));
     h.push_str("</div>");
+    let run_errors = r.run_errors();
+    if !run_errors.is_empty() {
+        h.push_str("<section class=\"panel\"><h2 class=\"err\">Run errors</h2><ul class=\"plain\">");
+        for e in run_errors {
+            let _ = write!(h, "<li class=\"err\">{}</li>", esc(&e));
+        }
+        h.push_str("</ul></section>");
+    }
 }
 
 fn endpoints_table(h: &mut String, r: &Report) {
@@ -421,11 +435,21 @@ fn histogram(prod: &[f64], cand: &[f64], width: u32, height: u32) -> String {
 }
 
 fn skipped_and_errors(h: &mut String, r: &Report) {
-    if r.skipped.is_empty() && r.error_kinds.is_empty() {
+    if r.skipped.is_empty() && r.error_kinds.is_empty() && r.not_compared.is_empty() {
         return;
     }
+    let targets: std::collections::BTreeMap<String, usize> = r
+        .target_stats
+        .iter()
+        .map(|(url, t)| (format!("{} {url}: {} request(s), errors", t.role, t.requests), t.errors))
+        .collect();
     h.push_str("<div class=\"two\">");
-    for (title, map) in [("Skipped", &r.skipped), ("Errors", &r.error_kinds)] {
+    for (title, map) in [
+        ("Skipped", &r.skipped),
+        ("Not compared", &r.not_compared),
+        ("Errors", &r.error_kinds),
+        ("Targets", &targets),
+    ] {
         let _ = write!(h, "<section class=\"panel\"><h2>{title}</h2>");
         if map.is_empty() {
             h.push_str("<p class=\"muted\">None.</p>");
@@ -504,6 +528,12 @@ fn example(h: &mut String, o: &Outcome, first: bool) {
     if let Some(e) = &o.error {
         let _ = write!(h, "<span class=\"err\">error: {}</span>", esc(e));
     }
+    if let Some(n) = o.compared_body_bytes {
+        let _ = write!(h, "<span>body cut: compared the first {n} bytes only</span>");
+    }
+    if let Some(e) = &o.baseline_error {
+        let _ = write!(h, "<span class=\"err\">baseline failed ({}): noise not removed</span>", esc(e));
+    }
     h.push_str("</div>");
     if !o.differences.is_empty() {
         diff_table(h, &o.differences, first);
@@ -561,6 +591,7 @@ fn label(d: &Difference) -> String {
         Difference::JsonField { path, .. } => path.clone(),
         Difference::TextLine { line, .. } => format!("body line {line}"),
         Difference::BinaryBody { .. } => "body (binary)".to_string(),
+        Difference::BodyPrefix { .. } => "body (cut, compared in part)".to_string(),
     }
 }
 
@@ -710,6 +741,7 @@ mod tests {
                     body.len()
                 )
                 .as_bytes(),
+                Some("GET"),
             )
             .unwrap()
         };
@@ -782,10 +814,6 @@ mod tests {
                     .to_string()
                 });
                 r.add(Outcome {
-                    id: format!("1a2b{i:04}"),
-                    method: method.into(),
-                    path,
-                    target: "http://127.0.0.1:8081".into(),
                     production_status: Some(200),
                     candidate_status: if error.is_some() { None } else { Some(status) },
                     production_latency_ms: Some(p_ms),
@@ -793,6 +821,7 @@ mod tests {
                     differences: if error.is_some() { vec![] } else { differences },
                     noise,
                     error,
+                    ..Outcome::new(&format!("1a2b{i:04}"), method, &path, "http://127.0.0.1:8081")
                 });
             }
         }
@@ -803,25 +832,21 @@ mod tests {
                 ("cache-control".into(), "max-age=60".into()),
             ],
             body: body.as_bytes().to_vec(),
+            body_complete: true,
         };
         let mut cand = text("<html>\n<h1>Shop</h1>\n<p class=\"total\">Total: 12 €</p>\n</html>");
         cand.headers[1].1 = "no-store".into();
         r.add(Outcome {
-            id: "9f00".into(),
-            method: "GET".into(),
-            path: "/checkout".into(),
-            target: "http://127.0.0.1:8081".into(),
             production_status: Some(200),
             candidate_status: Some(200),
             production_latency_ms: Some(80.0),
             candidate_latency_ms: Some(95.0),
-            error: None,
             differences: compare(
                 &text("<html>\n<h1>Shop</h1>\n<p>Total: 12 €</p>\n</html>"),
                 &cand,
                 &config,
             ),
-            noise: vec![],
+            ..Outcome::new("9f00", "GET", "/checkout", "http://127.0.0.1:8081")
         });
         for _ in 0..37 {
             r.count_skipped("method not allowed: DELETE");

@@ -12,6 +12,6 @@ mod json;
 mod report;
 mod response;
 
-pub use diff::{compare, split_noise, CompareConfig, Difference};
+pub use diff::{compare, compared_body_bytes, split_noise, CompareConfig, Difference};
 pub use report::{Outcome, Report};
 pub use response::{parse_response, ParseError, Response};

@@ -25,10 +25,52 @@ pub struct Outcome {
     pub candidate_latency_ms: Option<f64>,
     /// Why the replay failed, e.g. `connect: connection refused`.
     pub error: Option<String>,
+    /// Why the candidate's answer was not compared with production's (no --compare,
+    /// no production response captured, ...). `None`: it was compared (or failed).
+    pub not_compared: Option<String>,
+    /// A body was cut (production's at capture, or the candidate's past the replayer's
+    /// limit): only this many body bytes could be compared; nothing is known past them.
+    pub compared_body_bytes: Option<u64>,
+    /// The baseline failed for this request, so its differences could not be checked
+    /// for noise (they all count as real).
+    pub baseline_error: Option<String>,
     /// Real differences (after noise filtering).
     pub differences: Vec<Difference>,
     /// Differences also seen between two production copies.
     pub noise: Vec<Difference>,
+}
+
+impl Outcome {
+    /// An outcome of replaying request `id` to `target`, nothing known yet.
+    pub fn new(id: &str, method: &str, path: &str, target: &str) -> Outcome {
+        Outcome {
+            id: id.to_string(),
+            method: method.to_string(),
+            path: path.to_string(),
+            target: target.to_string(),
+            production_status: None,
+            candidate_status: None,
+            production_latency_ms: None,
+            candidate_latency_ms: None,
+            error: None,
+            not_compared: None,
+            compared_body_bytes: None,
+            baseline_error: None,
+            differences: Vec::new(),
+            noise: Vec::new(),
+        }
+    }
+}
+
+/// What a target did over the run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TargetStats {
+    /// `candidate` or `baseline`.
+    pub role: &'static str,
+    /// Requests sent (or attempted) to it.
+    pub requests: usize,
+    /// Requests it did not answer (refused connection, timeout, bad response, ...).
+    pub errors: usize,
 }
 
 /// Examples kept per endpoint; the rest are only counted.
@@ -45,6 +87,9 @@ pub(super) struct EndpointStats {
     pub(super) requests: usize,
     pub(super) different: usize,
     pub(super) errors: usize,
+    pub(super) not_compared: usize,
+    /// Compared only up to a cut (equal that far).
+    pub(super) partial: usize,
     pub(super) production_latency_ms: Vec<f64>,
     pub(super) candidate_latency_ms: Vec<f64>,
     /// Field key -> requests of this endpoint with that real difference.
@@ -54,8 +99,9 @@ pub(super) struct EndpointStats {
 }
 
 impl EndpointStats {
+    /// Compared in full and equal.
     pub(super) fn equal(&self) -> usize {
-        self.requests - self.different - self.errors
+        self.requests - self.different - self.errors - self.not_compared - self.partial
     }
 
     pub(super) fn different_pct(&self) -> f64 {
@@ -79,8 +125,20 @@ pub struct Report {
     pub(super) total: usize,
     pub(super) different: usize,
     pub(super) errors: usize,
+    /// Answered but not compared, by reason (see [`Outcome::not_compared`]).
+    pub(super) not_compared: BTreeMap<String, usize>,
+    /// Equal as far as a cut body allowed (see [`Outcome::compared_body_bytes`]).
+    pub(super) partial: usize,
+    /// Smallest number of body bytes a partial comparison covered.
+    pub(super) partial_min_bytes: Option<u64>,
+    /// Different requests whose baseline failed: their differences were not checked for noise.
+    pub(super) unverified: usize,
     /// Requests whose only differences were noise.
     pub(super) noise_only: usize,
+    /// Requests and errors per target (candidates and the baseline).
+    pub(super) target_stats: BTreeMap<String, TargetStats>,
+    /// Input and replay counters (`input_records`, `replay_gaps_capped`, ...), summed over batches.
+    pub(super) counters: BTreeMap<String, u64>,
     pub(super) skipped: BTreeMap<String, usize>,
     pub(super) error_kinds: BTreeMap<String, usize>,
     pub(super) endpoints: BTreeMap<String, EndpointStats>,
@@ -96,11 +154,16 @@ impl Report {
     }
 
     /// Counts one outcome. An outcome with an error counts as an error only,
-    /// whatever differences it carries; otherwise it is different when it has
-    /// real differences and equal when it has none (noise alone is equal).
+    /// whatever differences it carries; otherwise it is different when it has real
+    /// differences, then partial when a cut body was compared only in part, then not
+    /// compared when it says so, and equal only when it was compared in full and has
+    /// no real differences (noise alone is equal).
     pub fn add(&mut self, outcome: Outcome) {
         self.total += 1;
         self.targets.insert(outcome.target.clone());
+        let target = self.target_stats.entry(outcome.target.clone()).or_insert_with(|| TargetStats { role: "candidate", ..TargetStats::default() });
+        target.requests += 1;
+        target.errors += usize::from(outcome.error.is_some());
         let name = endpoint_name(&outcome.method, &outcome.path);
         let ep = self.endpoints.entry(name).or_insert_with(|| EndpointStats {
             method: outcome.method.to_ascii_uppercase(),
@@ -128,25 +191,26 @@ impl Report {
         let interesting = if let Some(error) = &outcome.error {
             self.errors += 1;
             ep.errors += 1;
-            let kinds = self.error_kinds.len();
-            let kind = truncate(error, 200);
-            if kinds < MAX_ERROR_KINDS || self.error_kinds.contains_key(&kind) {
-                *self.error_kinds.entry(kind).or_default() += 1;
-            } else {
-                *self
-                    .error_kinds
-                    .entry(OTHER_ERRORS.to_string())
-                    .or_default() += 1;
-            }
+            count_error_kind(&mut self.error_kinds, error);
             true
         } else if !real.is_empty() {
             self.different += 1;
             ep.different += 1;
+            self.unverified += usize::from(outcome.baseline_error.is_some());
             for key in &real {
                 self.fields.entry(key.clone()).or_default().real += 1;
                 *ep.fields.entry(key.clone()).or_default() += 1;
             }
             true
+        } else if let Some(n) = outcome.compared_body_bytes {
+            self.partial += 1;
+            ep.partial += 1;
+            self.partial_min_bytes = Some(self.partial_min_bytes.map_or(n, |m| m.min(n)));
+            true
+        } else if let Some(reason) = &outcome.not_compared {
+            ep.not_compared += 1;
+            *self.not_compared.entry(reason.clone()).or_default() += 1;
+            false
         } else {
             if !noise.is_empty() {
                 self.noise_only += 1;
@@ -168,6 +232,48 @@ impl Report {
         *self.skipped.entry(reason.to_string()).or_default() += 1;
     }
 
+    /// Counts one request sent to the baseline and whether it failed.
+    pub fn add_baseline(&mut self, target: &str, error: Option<&str>) {
+        let stats = self.target_stats.entry(target.to_string()).or_insert_with(|| TargetStats { role: "baseline", ..TargetStats::default() });
+        stats.requests += 1;
+        if let Some(error) = error {
+            stats.errors += 1;
+            count_error_kind(&mut self.error_kinds, &format!("baseline: {error}"));
+        }
+    }
+
+    /// Adds `n` to a named input or replay counter.
+    pub fn add_counter(&mut self, name: &str, n: u64) {
+        *self.counters.entry(name.to_string()).or_default() += n;
+    }
+
+    /// Problems with the run as a whole: a target (candidate or baseline) that answered
+    /// none of its requests.
+    pub fn run_errors(&self) -> Vec<String> {
+        self.target_stats
+            .iter()
+            .filter(|(_, t)| t.requests > 0 && t.errors == t.requests)
+            .map(|(url, t)| {
+                let effect = if t.role == "baseline" { ": noise was not removed from any difference" } else { "" };
+                format!("{} {url} answered none of its {} request(s){effect}", t.role, t.requests)
+            })
+            .collect()
+    }
+
+    /// Why `--fail-on-diff` fails this run (empty: it passes): differences, requests a
+    /// candidate did not answer, and run errors (a dead baseline).
+    pub fn gate_failures(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.different > 0 {
+            out.push(format!("{} different", self.different));
+        }
+        if self.errors > 0 {
+            out.push(format!("{} not answered by the candidate", self.errors));
+        }
+        out.extend(self.run_errors().into_iter().filter(|e| e.starts_with("baseline")));
+        out
+    }
+
     /// Outcomes added (skipped requests not included).
     pub fn total(&self) -> usize {
         self.total
@@ -183,8 +289,13 @@ impl Report {
         self.errors
     }
 
+    /// Compared in full and equal.
     pub(super) fn equal(&self) -> usize {
-        self.total - self.different - self.errors
+        self.total - self.different - self.errors - self.partial - self.not_compared_total()
+    }
+
+    pub(super) fn not_compared_total(&self) -> usize {
+        self.not_compared.values().sum()
     }
 
     pub(super) fn skipped_total(&self) -> usize {
@@ -239,22 +350,47 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "replayed {}  equal {}  different {} ({:.1}%)  errors {}  skipped {}",
+            "replayed {}  equal {}  different {} ({:.1}%)  partly compared {}  not compared {}  errors {}  skipped {}",
             self.total,
             self.equal(),
             self.different,
             pct(self.different, self.total),
+            self.partial,
+            self.not_compared_total(),
             self.errors,
             self.skipped_total()
         );
+        for error in self.run_errors() {
+            let _ = writeln!(out, "  RUN ERROR: {error}");
+        }
         if self.noise_only > 0 {
             let _ = writeln!(out, "  {} equal only after removing noise", self.noise_only);
+        }
+        if self.unverified > 0 {
+            let _ = writeln!(out, "  {} different without a noise check: the baseline failed for them", self.unverified);
+        }
+        if let Some(min) = self.partial_min_bytes {
+            let _ = writeln!(
+                out,
+                "  partly compared {}: a body was cut (at capture or past the replayer's limit); equal in the first {min}+ body bytes, not comparable past them",
+                self.partial
+            );
+        }
+        for (reason, n) in &self.not_compared {
+            let _ = writeln!(out, "  not compared {n}: {reason}");
         }
         for (reason, n) in &self.skipped {
             let _ = writeln!(out, "  skipped {n}: {reason}");
         }
         for (error, n) in &self.error_kinds {
             let _ = writeln!(out, "  error {n}: {error}");
+        }
+        for (url, t) in &self.target_stats {
+            let _ = writeln!(out, "  {} {url}: {} request(s), {} error(s)", t.role, t.requests, t.errors);
+        }
+        if !self.counters.is_empty() {
+            let counters: Vec<String> = self.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let _ = writeln!(out, "  counters {}", counters.join(" "));
         }
 
         let eps = self.endpoints_by_interest();
@@ -268,17 +404,19 @@ impl Report {
             let _ = writeln!(out, "\nDifferences by endpoint");
             let _ = writeln!(
                 out,
-                "  {:<w$}  {:>8}  {:>8}  {:>8}  {:>6}",
-                "ENDPOINT", "REQUESTS", "EQUAL", "DIFFERENT", "ERRORS"
+                "  {:<w$}  {:>8}  {:>8}  {:>9}  {:>6}  {:>12}  {:>6}",
+                "ENDPOINT", "REQUESTS", "EQUAL", "DIFFERENT", "PARTLY", "NOT COMPARED", "ERRORS"
             );
             for (name, ep) in &eps {
                 let _ = writeln!(
                     out,
-                    "  {:<w$}  {:>8}  {:>8}  {:>8}  {:>6}   {:.1}% different",
+                    "  {:<w$}  {:>8}  {:>8}  {:>9}  {:>6}  {:>12}  {:>6}   {:.1}% different",
                     name,
                     ep.requests,
                     ep.equal(),
                     ep.different,
+                    ep.partial,
+                    ep.not_compared,
                     ep.errors,
                     ep.different_pct()
                 );
@@ -358,6 +496,8 @@ impl Report {
                 requests: e.requests,
                 equal: e.equal(),
                 different: e.different,
+                partial: e.partial,
+                not_compared: e.not_compared,
                 errors: e.errors,
                 different_pct: e.different_pct(),
                 production_latency_ms: Latency::of(&e.production_latency_ms),
@@ -373,10 +513,17 @@ impl Report {
                 replayed: self.total,
                 equal: self.equal(),
                 different: self.different,
+                partial: self.partial,
+                not_compared: self.not_compared_total(),
                 errors: self.errors,
                 noise_only: self.noise_only,
+                unverified: self.unverified,
                 skipped: self.skipped_total(),
             },
+            run_errors: self.run_errors(),
+            per_target: self.target_stats.iter().map(|(url, t)| JsonTarget { target: url, stats: t }).collect(),
+            counters: &self.counters,
+            not_compared: &self.not_compared,
             skipped: &self.skipped,
             errors: &self.error_kinds,
             latency_ms: JsonLatency {
@@ -412,6 +559,15 @@ struct JsonReport<'a> {
     /// Candidate base URLs seen in outcomes, sorted.
     targets: Vec<&'a str>,
     totals: JsonTotals,
+    /// Targets (candidate or baseline) that answered none of their requests.
+    run_errors: Vec<String>,
+    /// Requests and errors per target, candidates and baseline.
+    per_target: Vec<JsonTarget<'a>>,
+    /// Input and replay counters, e.g. `input_records`, `input_null_values`,
+    /// `input_incomplete_parts`, `replay_gaps_capped`, `replay_connections_reopened`.
+    counters: &'a BTreeMap<String, u64>,
+    /// Answered requests not compared, by reason.
+    not_compared: &'a BTreeMap<String, usize>,
     /// Requests not replayed, by reason.
     skipped: &'a BTreeMap<String, usize>,
     /// Failed replays by error message (at most 50 distinct, the rest under "(other errors)").
@@ -428,17 +584,30 @@ struct JsonReport<'a> {
 }
 
 #[derive(Serialize)]
+struct JsonTarget<'a> {
+    target: &'a str,
+    #[serde(flatten)]
+    stats: &'a TargetStats,
+}
+
+#[derive(Serialize)]
 struct JsonTotals {
     /// Outcomes added.
     replayed: usize,
-    /// Replayed without error and without real differences.
+    /// Compared in full: no real differences.
     equal: usize,
     /// Replayed without error, with real differences.
     different: usize,
+    /// A body was cut: equal in the part that could be compared, unknown past it.
+    partial: usize,
+    /// Answered, not compared (no --compare, no production response, ...).
+    not_compared: usize,
     /// Replays that failed.
     errors: usize,
     /// Equal requests that had noise differences.
     noise_only: usize,
+    /// Different requests whose baseline failed (noise not removed).
+    unverified: usize,
     /// Requests not replayed (sum of `skipped`).
     skipped: usize,
 }
@@ -459,6 +628,8 @@ struct JsonEndpoint<'a> {
     requests: usize,
     equal: usize,
     different: usize,
+    partial: usize,
+    not_compared: usize,
     errors: usize,
     /// `different / requests * 100`.
     different_pct: f64,
@@ -531,6 +702,13 @@ pub(super) fn ms(v: Option<f64>) -> String {
     }
 }
 
+/// Counts an error by its message (at most [`MAX_ERROR_KINDS`] distinct ones).
+fn count_error_kind(kinds: &mut BTreeMap<String, usize>, error: &str) {
+    let kind = truncate(error, 200);
+    let key = if kinds.len() < MAX_ERROR_KINDS || kinds.contains_key(&kind) { kind } else { OTHER_ERRORS.to_string() };
+    *kinds.entry(key).or_default() += 1;
+}
+
 fn truncate(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
         Some((cut, _)) => format!("{}…", &s[..cut]),
@@ -577,17 +755,12 @@ pub(super) mod tests {
         latency: (f64, f64),
     ) -> Outcome {
         Outcome {
-            id: format!("rec-{path}"),
-            method: method.into(),
-            path: path.into(),
-            target: "http://127.0.0.1:8081".into(),
             production_status: Some(200),
             candidate_status: Some(200),
             production_latency_ms: Some(latency.0),
             candidate_latency_ms: Some(latency.1),
-            error: None,
             differences,
-            noise: vec![],
+            ..Outcome::new(&format!("rec-{path}"), method, path, "http://127.0.0.1:8081")
         }
     }
 
@@ -691,7 +864,7 @@ pub(super) mod tests {
 
         let text = r.terminal_summary();
         assert!(
-            text.contains("replayed 5  equal 2  different 2 (40.0%)  errors 1  skipped 3"),
+            text.contains("replayed 5  equal 2  different 2 (40.0%)  partly compared 0  not compared 0  errors 1  skipped 3"),
             "{text}"
         );
         assert!(text.contains("GET /api/users/{id}"), "{text}");
@@ -700,6 +873,66 @@ pub(super) mod tests {
             text.contains("skipped 2: method not allowed: DELETE"),
             "{text}"
         );
+    }
+
+    /// Issue 11, bug 7 ("gates that pass when they should fail"), report side: a
+    /// request without a captured response was counted equal, and a dead target left
+    /// nothing for --fail-on-diff to fail on.
+    #[test]
+    fn gates_pass_when_they_should_fail() {
+        let mut r = Report::new("t".into());
+        let mut unanswered = outcome("GET", "/a", vec![], (1.0, 1.0));
+        unanswered.not_compared = Some("no production response captured".into());
+        r.add(unanswered);
+        let mut cut = outcome("GET", "/big", vec![], (1.0, 1.0));
+        cut.compared_body_bytes = Some(1_000_000);
+        r.add(cut);
+        r.add(outcome("GET", "/b", vec![], (1.0, 1.0)));
+        assert_eq!((r.equal(), r.not_compared_total(), r.partial), (1, 1, 1), "only the fully compared one is equal");
+        assert!(r.gate_failures().is_empty(), "not compared and partly compared are not failures");
+        let text = r.terminal_summary();
+        assert!(text.contains("equal 1  different 0 (0.0%)  partly compared 1  not compared 1"), "{text}");
+        assert!(text.contains("not compared 1: no production response captured"), "{text}");
+        assert!(text.contains("equal in the first 1000000+ body bytes, not comparable past them"), "{text}");
+
+        // A dead candidate: every request failed.
+        let mut dead = Report::new("t".into());
+        for path in ["/a", "/b"] {
+            let mut o = outcome("GET", path, vec![], (1.0, 1.0));
+            o.error = Some("connect: connection refused".into());
+            dead.add(o);
+        }
+        assert_eq!(dead.gate_failures(), ["2 not answered by the candidate"]);
+        assert_eq!(dead.run_errors(), ["candidate http://127.0.0.1:8081 answered none of its 2 request(s)"]);
+        let json: serde_json::Value = serde_json::from_str(&dead.to_json()).unwrap();
+        assert_eq!(json["per_target"][0]["errors"], 2);
+        assert_eq!(json["run_errors"].as_array().unwrap().len(), 1);
+    }
+
+    /// Issue 11, bug 2 ("a dead baseline silently turns noise cancellation off"),
+    /// report side: baseline errors are counted per target, a baseline that answered
+    /// nothing is a run error and fails the gate, and differences it could not check
+    /// are marked.
+    #[test]
+    fn dead_baseline_silently_turns_noise_cancellation_off() {
+        let mut r = Report::new("t".into());
+        for i in 0..3 {
+            r.add_baseline("http://127.0.0.1:9", Some("connect: connection refused"));
+            let mut o = outcome("GET", "/api/user", vec![name_change(i, "\"x\"")], (1.0, 1.0));
+            o.baseline_error = Some("connect: connection refused".into());
+            r.add(o);
+        }
+        assert_eq!(r.unverified, 3);
+        assert_eq!(r.run_errors(), ["baseline http://127.0.0.1:9 answered none of its 3 request(s): noise was not removed from any difference"]);
+        assert_eq!(r.gate_failures().len(), 2, "{:?}", r.gate_failures());
+        let text = r.terminal_summary();
+        assert!(text.contains("RUN ERROR: baseline http://127.0.0.1:9"), "{text}");
+        assert!(text.contains("3 different without a noise check"), "{text}");
+        assert!(text.contains("baseline http://127.0.0.1:9: 3 request(s), 3 error(s)"), "{text}");
+        assert!(text.contains("error 3: baseline: connect: connection refused"), "{text}");
+        // A baseline that answers some requests is not a run error.
+        r.add_baseline("http://127.0.0.1:9", None);
+        assert!(r.run_errors().is_empty());
     }
 
     #[test]

@@ -5,54 +5,23 @@
 //! plus the kept bytes of the message in progress. Body bytes are copied straight into
 //! the message (up to the size cap) and never buffered.
 
-use std::collections::VecDeque;
-
 use bytes::Bytes;
 
-use super::head::{self, Framing, ParseError, Prefix};
+use super::head::{self, Ambiguity, Framing, ParseError, Prefix};
+use super::pairing::{Pairing, Pending};
 use super::view::RequestHead;
 use super::{ExchangeJudge, HttpConfig, HttpMessage, HttpStats, MessageKind};
-
-/// A request whose head was parsed, waiting for its response (FIFO).
-#[derive(Clone, Debug)]
-pub(crate) struct Pending {
-    pub exchange: u64,
-    /// Moved to the response message when it pairs (empty afterwards).
-    pub method: String,
-    pub target: String,
-    pub start_ns: u64,
-    /// Set when the request is complete.
-    pub end_ns: Option<u64>,
-    /// The request record was emitted (complete and undamaged).
-    pub emitted: bool,
-    /// The judge dropped this exchange: its response is not kept either.
-    pub dropped: bool,
-}
 
 /// Connection-wide state both directions need.
 #[derive(Debug, Default)]
 pub(crate) struct Shared {
-    pub pending: VecDeque<Pending>,
-    /// The request paired with the response in progress (popped from `pending`).
-    pub answering: Option<Pending>,
+    pub pairing: Pairing,
     pub next_exchange: u64,
     pub non_http: bool,
     pub upgraded: bool,
-}
-
-impl Shared {
-    fn request_done(&mut self, exchange: u64, end_ns: u64, emitted: bool) {
-        let entry = self
-            .pending
-            .iter_mut()
-            .rev()
-            .find(|p| p.exchange == exchange)
-            .or(self.answering.as_mut().filter(|p| p.exchange == exchange));
-        if let Some(p) = entry {
-            p.end_ns = Some(end_ns);
-            p.emitted = emitted;
-        }
-    }
+    /// A request head was parsed: from then on, response bytes that are not HTTP are
+    /// parse errors, not a sign of another protocol.
+    pub saw_request: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,6 +63,8 @@ struct Msg {
     status: Option<u16>,
     /// Response is upgrading the connection: stop after emitting it.
     upgrade: bool,
+    /// Request whose body framing is ambiguous: emitted flagged, then the direction stops.
+    ambiguous: Option<Ambiguity>,
     /// Bytes this message may keep: the size cap, or less once memory ran short.
     keep: usize,
     /// Kept bytes up to the end of the final head (set when the body starts).
@@ -137,9 +108,17 @@ pub(crate) struct Framer {
     msg: Option<Msg>,
     /// Resync: `buf[0]` is at the start of a line.
     line_start: bool,
-    /// Requests: the first message start was judged (or a gap made that impossible);
-    /// only before that can a connection be declared non-HTTP.
+    /// The first message start was judged (or a gap made that impossible); only
+    /// before that can a connection be declared non-HTTP.
     decided: bool,
+    /// Every byte of this direction since its start was framed exactly (no gap or
+    /// resync): a framing error here is the sender's, and the server read the same
+    /// bytes. Requests then stop instead of resyncing (nothing after is invented).
+    synced: bool,
+    /// Stopped after a request framing error: later bytes are counted, not framed.
+    stopped_on_error: bool,
+    /// Timestamp of the last data seen (where a loss starts, for pairing).
+    last_ts: u64,
 }
 
 impl Framer {
@@ -154,6 +133,28 @@ impl Framer {
             msg: None,
             line_start: true,
             decided: false,
+            synced: true,
+            stopped_on_error: false,
+            last_ts: 0,
+        }
+    }
+
+    /// No SYN anchored this direction: its first bytes may be anywhere in a message.
+    /// Look for a message start, and pairing cannot trust what came before.
+    pub(crate) fn unknown_start(&mut self, sh: &mut Shared, stats: &mut HttpStats) {
+        self.decided = true;
+        self.synced = false;
+        self.state = State::Resync;
+        self.line_start = true;
+        self.loss(sh, stats);
+    }
+
+    /// Messages of this direction may have been lost here: pairing becomes uncertain.
+    fn loss(&mut self, sh: &mut Shared, stats: &mut HttpStats) {
+        self.synced = false;
+        match self.kind {
+            MessageKind::Request => sh.pairing.request_loss(self.last_ts, stats),
+            MessageKind::Response => sh.pairing.response_loss(stats),
         }
     }
 
@@ -196,8 +197,12 @@ impl Framer {
         out: &mut Vec<HttpMessage>,
     ) {
         if self.state == State::Stopped || data.is_empty() {
+            if self.stopped_on_error {
+                stats.framing_error_ignored_bytes += data.len() as u64;
+            }
             return;
         }
+        self.last_ts = ts;
         // Work on the caller's slice directly when nothing is left over (the common case),
         // so large bodies are not copied into our buffer.
         let mut owned = std::mem::take(&mut self.buf);
@@ -254,7 +259,12 @@ impl Framer {
         loop {
             let avail = &input[pos..];
             match self.state {
-                State::Stopped => return input.len(),
+                State::Stopped => {
+                    if self.stopped_on_error {
+                        stats.framing_error_ignored_bytes += (input.len() - pos) as u64;
+                    }
+                    return input.len();
+                }
                 State::Head => {
                     if avail.is_empty() {
                         return pos;
@@ -272,6 +282,7 @@ impl Framer {
                             target: None,
                             status: None,
                             upgrade: false,
+                            ambiguous: None,
                             keep: max_msg,
                             head_len: 0,
                             discard: false,
@@ -286,8 +297,7 @@ impl Framer {
                         // Not a tolerable stray CRLF any more; also keeps the rescans of
                         // this prefix on every call cheap.
                         self.decided = true;
-                        self.fail(ParseError::InvalidHead, stats, sh);
-                        pos = self.resync_after_head(pos, ws, stats);
+                        pos = self.fail_head(ParseError::InvalidHead, pos, ws, stats, sh);
                         continue;
                     }
                     if ws == avail.len() {
@@ -297,23 +307,21 @@ impl Framer {
                         MessageKind::Request => head::request_prefix(&avail[ws..]),
                         MessageKind::Response => head::response_prefix(&avail[ws..]),
                     };
+                    if !self.decided && self.other_protocol(prefix, &avail[ws..], sh) {
+                        // The very first bytes are not HTTP: ignore the connection.
+                        sh.non_http = true;
+                        self.stop();
+                        return input.len();
+                    }
                     if prefix == Prefix::No {
-                        if self.kind == MessageKind::Request && !self.decided {
-                            // The very first client bytes are not HTTP: ignore the connection.
-                            sh.non_http = true;
-                            self.stop();
-                            return input.len();
-                        }
                         self.decided = true;
-                        self.fail(ParseError::InvalidHead, stats, sh);
-                        pos = self.resync_after_head(pos, ws, stats);
+                        pos = self.fail_head(ParseError::InvalidHead, pos, ws, stats, sh);
                         continue;
                     }
                     let Some(end) = head::find_head_end(avail, ws, self.scan) else {
                         if avail.len() - ws > max_head {
                             self.decided = true;
-                            self.fail(ParseError::HeadTooLarge, stats, sh);
-                            pos = self.resync_after_head(pos, ws, stats);
+                            pos = self.fail_head(ParseError::HeadTooLarge, pos, ws, stats, sh);
                             continue;
                         }
                         self.scan = avail.len();
@@ -322,8 +330,7 @@ impl Framer {
                     self.scan = 0;
                     self.decided = true;
                     if end - ws > max_head {
-                        self.fail(ParseError::HeadTooLarge, stats, sh);
-                        pos = self.resync_after_head(pos, ws, stats);
+                        pos = self.fail_head(ParseError::HeadTooLarge, pos, ws, stats, sh);
                         continue;
                     }
                     let result = match self.kind {
@@ -335,10 +342,7 @@ impl Framer {
                             pos += len;
                             self.start_body(framing, sh, stats, out);
                         }
-                        Err(e) => {
-                            self.fail(e, stats, sh);
-                            pos = self.resync_after_head(pos, ws, stats);
-                        }
+                        Err(e) => pos = self.fail_head(e, pos, ws, stats, sh),
                     }
                 }
                 State::Body { remaining } | State::ChunkData { remaining } => {
@@ -353,7 +357,7 @@ impl Framer {
                 State::ChunkSize => {
                     let Some(nl) = self.find_newline(avail) else {
                         if avail.len() > max_head {
-                            self.fail_body(ParseError::BadChunk, input, pos, stats, sh);
+                            self.fail_body(Ambiguity::InvalidChunkSize, input, pos, sh, stats, out);
                             continue;
                         }
                         return pos;
@@ -369,7 +373,7 @@ impl Framer {
                                 State::ChunkData { remaining: size }
                             };
                         }
-                        None => self.fail_body(ParseError::BadChunk, input, pos, stats, sh),
+                        None => self.fail_body(Ambiguity::InvalidChunkSize, input, pos, sh, stats, out),
                     }
                 }
                 State::ChunkDataEnd => {
@@ -380,7 +384,7 @@ impl Framer {
                         _ => 0,
                     };
                     if n == 0 {
-                        self.fail_body(ParseError::BadChunk, input, pos, stats, sh);
+                        self.fail_body(Ambiguity::InvalidChunk, input, pos, sh, stats, out);
                         continue;
                     }
                     self.msg_mut().push(&avail[..n], ts);
@@ -390,7 +394,7 @@ impl Framer {
                 State::Trailers { seen } => {
                     let Some(nl) = self.find_newline(avail) else {
                         if seen + avail.len() > max_head {
-                            self.fail_body(ParseError::BadChunk, input, pos, stats, sh);
+                            self.fail_body(Ambiguity::InvalidChunk, input, pos, sh, stats, out);
                             continue;
                         }
                         return pos;
@@ -487,8 +491,27 @@ impl Framer {
         }
     }
 
+    /// Whether the first bytes of this direction belong to another protocol: they
+    /// cannot start a message, or (requests) the first line is complete and is not a
+    /// request line. A server speaking first counts only before any request was seen.
+    fn other_protocol(&mut self, prefix: Prefix, s: &[u8], sh: &Shared) -> bool {
+        match self.kind {
+            MessageKind::Response => prefix == Prefix::No && !sh.saw_request,
+            MessageKind::Request if prefix == Prefix::No => true,
+            MessageKind::Request => match memchr::memchr(b'\n', s) {
+                Some(nl) => {
+                    self.decided = true;
+                    !head::request_line_ok(strip_cr(&s[..nl]))
+                }
+                None => s.len() > MAX_FIRST_LINE,
+            },
+        }
+    }
+
     /// Parses a request head: registers it for pairing and asks the judge whether its
     /// exchange is kept. Returns (head length, framing).
+    /// A head whose body framing is ambiguous ends its message: it is emitted flagged
+    /// and the direction stops (see [`Framer::finish`]).
     fn request_head(
         &mut self,
         s: &[u8],
@@ -499,11 +522,16 @@ impl Framer {
         let (len, h) = head::parse_request(s)?;
         let exchange = sh.next_exchange;
         sh.next_exchange += 1;
+        sh.saw_request = true;
         let msg = self.msg_mut();
         msg.push(&s[..len], ts);
         msg.exchange = exchange;
         msg.method = Some(h.method.clone());
         msg.target = Some(h.target.clone());
+        let framing = h.framing.unwrap_or_else(|reason| {
+            msg.ambiguous = Some(reason);
+            Framing::None
+        });
         let start_ns = msg.start_ns;
         let view = RequestHead { method: &h.method, target: &h.target, head: &s[..len] };
         let dropped = !judge.keep_request(&view, start_ns);
@@ -511,7 +539,7 @@ impl Framer {
             msg.discard = true;
             msg.bytes = Vec::new();
         }
-        sh.pending.push_back(Pending {
+        sh.pairing.request_started(Pending {
             exchange,
             method: h.method,
             target: h.target,
@@ -520,11 +548,11 @@ impl Framer {
             emitted: false,
             dropped,
         });
-        Ok((len, h.framing))
+        Ok((len, framing))
     }
 
     /// Parses a response head. Interim 1xx heads are added to the message, which goes on
-    /// waiting for the final head; a final head takes the oldest pending request.
+    /// waiting for the final head; a final head takes its request, if certain.
     fn response_head(
         &mut self,
         s: &[u8],
@@ -541,21 +569,19 @@ impl Framer {
             return Ok((len, Framing::Interim));
         }
         msg.status = Some(h.status);
-        match sh.pending.pop_front() {
-            Some(mut req) => {
+        match sh.pairing.take_for_response(msg.start_ns, stats) {
+            Some(req) => {
                 // A response follows its request's fate.
                 msg.discard = req.dropped;
                 msg.exchange = req.exchange;
                 // The request's strings move to its response; `answering` keeps the times.
                 msg.method = Some(std::mem::take(&mut req.method));
                 msg.target = Some(std::mem::take(&mut req.target));
-                sh.answering = Some(req);
             }
             None => {
                 msg.discard = !judge.keep_unpaired_response();
                 msg.exchange = sh.next_exchange;
                 sh.next_exchange += 1;
-                sh.answering = None;
             }
         }
         if msg.discard {
@@ -592,7 +618,8 @@ impl Framer {
         }
     }
 
-    /// The message in progress is complete: emit it (unless damaged) and expect a new head.
+    /// The message in progress is complete: emit it (unless damaged) and expect a new
+    /// head. A request with ambiguous framing is emitted flagged, then the direction stops.
     fn finish(&mut self, sh: &mut Shared, stats: &mut HttpStats, out: &mut Vec<HttpMessage>) {
         self.state = State::Head;
         self.scan = 0;
@@ -600,11 +627,19 @@ impl Framer {
         let emitted = !msg.damaged && !msg.discard;
         let paired_req = match self.kind {
             MessageKind::Request => {
-                sh.request_done(msg.exchange, msg.end_ns, emitted);
+                sh.pairing.request_done(msg.exchange, msg.end_ns, emitted);
                 None
             }
-            MessageKind::Response => sh.answering.take(),
+            MessageKind::Response => {
+                let req = sh.pairing.answering.take();
+                sh.pairing.response_done(msg.end_ns, stats);
+                req
+            }
         };
+        if let Some(reason) = msg.ambiguous {
+            stats.count_ambiguous(reason);
+            self.stop_on_error(stats);
+        }
         if !emitted {
             if msg.discard {
                 match self.kind {
@@ -646,6 +681,7 @@ impl Framer {
             bytes: Bytes::from(msg.bytes),
             original_len: msg.original_len,
             truncated,
+            ambiguous: msg.ambiguous.map(Ambiguity::token),
             start_ns: msg.start_ns,
             end_ns: msg.end_ns,
             request_start_ns: paired_req.as_ref().map(|r| r.start_ns),
@@ -661,9 +697,9 @@ impl Framer {
         }
     }
 
-    /// Counts a parse error and drops the message in progress. A request whose head was
-    /// parsed stays in the pairing FIFO (the server probably answers it, e.g. with 400).
-    fn fail(&mut self, e: ParseError, stats: &mut HttpStats, sh: &mut Shared) {
+    /// Counts a parse error and drops the message in progress (a response's request
+    /// is gone with it).
+    fn count_error(&mut self, e: ParseError, stats: &mut HttpStats, sh: &mut Shared) {
         match e {
             ParseError::InvalidHead => stats.parse_errors_invalid_head += 1,
             ParseError::HeadTooLarge => stats.parse_errors_head_too_large += 1,
@@ -673,33 +709,56 @@ impl Framer {
         if self.kind == MessageKind::Response
             && self.msg.as_ref().is_some_and(|m| m.status.is_some())
         {
-            // Its request was taken by this response; it is gone with it.
-            sh.answering = None;
+            sh.pairing.response_lost();
         }
         self.msg = None;
     }
 
-    /// A body framing error at `pos`: drop the message, resync from there.
+    /// A head starting at `pos + ws` (after `ws` empty-line bytes) was rejected. A
+    /// request direction in step with the server stops there: the server rejected the
+    /// same bytes (nginx answers 400 and closes), so anything after would be invented.
+    /// Otherwise (responses, or after a loss) resync from the head's first byte, which
+    /// may not start a message (so we always move forward). Returns the new position.
+    fn fail_head(&mut self, e: ParseError, pos: usize, ws: usize, stats: &mut HttpStats, sh: &mut Shared) -> usize {
+        self.count_error(e, stats, sh);
+        if self.kind == MessageKind::Request && self.synced {
+            self.stop_on_error(stats);
+            return pos;
+        }
+        self.loss(sh, stats);
+        stats.resync_skipped_bytes += ws as u64;
+        self.enter_resync(false, stats);
+        pos + ws
+    }
+
+    /// A body framing error at `pos`. A request in step with the server is emitted
+    /// flagged ambiguous (what was framed of it) and the direction stops; otherwise the
+    /// message is dropped and framing resyncs from there.
     fn fail_body(
         &mut self,
-        e: ParseError,
+        reason: Ambiguity,
         input: &[u8],
         pos: usize,
-        stats: &mut HttpStats,
         sh: &mut Shared,
+        stats: &mut HttpStats,
+        out: &mut Vec<HttpMessage>,
     ) {
-        self.fail(e, stats, sh);
+        if self.kind == MessageKind::Request && self.synced {
+            self.msg_mut().ambiguous = Some(reason);
+            self.finish(sh, stats, out);
+            return;
+        }
+        self.count_error(ParseError::BadChunk, stats, sh);
+        self.loss(sh, stats);
         // The offending line may itself be a new message start (a sender that gave up).
         self.enter_resync(pos == 0 || input[pos - 1] == b'\n', stats);
     }
 
-    /// A head starting at `pos + ws` (after `ws` empty-line bytes) was rejected: resync
-    /// from its first byte, which may not start a message (so we always move forward).
-    /// Returns the new position.
-    fn resync_after_head(&mut self, pos: usize, ws: usize, stats: &mut HttpStats) -> usize {
-        stats.resync_skipped_bytes += ws as u64;
-        self.enter_resync(false, stats);
-        pos + ws
+    /// Stops the request direction after a framing error; later bytes are only counted.
+    fn stop_on_error(&mut self, stats: &mut HttpStats) {
+        stats.framing_error_stops += 1;
+        self.stop();
+        self.stopped_on_error = true;
     }
 
     /// Switches to resync; `line_start` says whether the current position may start a message.
@@ -711,7 +770,8 @@ impl Framer {
     }
 
     /// `len` bytes are missing here. Inside a known-length body (or chunk) the message is
-    /// damaged but framing continues exactly; anywhere else the message is lost and we resync.
+    /// damaged but framing continues exactly; anywhere else the message is lost and we
+    /// resync, and pairing can no longer trust its FIFO.
     pub(crate) fn gap(
         &mut self,
         len: u64,
@@ -739,6 +799,7 @@ impl Framer {
                 stats.resync_skipped_bytes += self.buf.len() as u64;
                 self.buf.clear();
                 self.line_start = true;
+                self.loss(sh, stats);
             }
             _ => {
                 let in_progress = self.msg.as_ref().is_some_and(|m| m.original_len > 0)
@@ -749,10 +810,11 @@ impl Framer {
                 if self.kind == MessageKind::Response
                     && self.msg.as_ref().is_some_and(|m| m.status.is_some())
                 {
-                    sh.answering = None;
+                    sh.pairing.response_lost();
                 }
                 self.msg = None;
                 self.buf.clear();
+                self.loss(sh, stats);
                 stats.resyncs += 1;
                 self.state = State::Resync;
                 self.scan = 0;
@@ -813,6 +875,10 @@ impl Framer {
         self.stop();
     }
 }
+
+/// Longest first line we wait for before judging a new connection not HTTP (nginx's
+/// longest request line is 8 KiB by default).
+const MAX_FIRST_LINE: usize = 16 * 1024;
 
 /// Empty-line bytes tolerated before a message (RFC 9112 2.2 asks for at least one line).
 const MAX_LEADING_EMPTY: usize = 256;

@@ -10,6 +10,42 @@ pub(crate) enum ParseError {
     BadChunk,
 }
 
+/// Why a request's body framing is ambiguous (RFC 9112 section 6.3): a server may read
+/// such a request differently, or (nginx) reject it and close the connection, so the
+/// request is recorded flagged and nothing after it on that connection is framed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ambiguity {
+    /// Both Content-Length and Transfer-Encoding.
+    ContentLengthAndTransferEncoding,
+    /// Content-Length values that differ (several headers or a list).
+    ConflictingContentLength,
+    /// The same Content-Length value more than once (RFC 9110 allows it; nginx rejects it).
+    RepeatedContentLength,
+    /// A Content-Length that is not a decimal number of at most 19 digits.
+    InvalidContentLength,
+    /// Transfer-Encoding other than one `chunked` (nginx: 501, or 400 when repeated).
+    UnsupportedTransferEncoding,
+    /// A chunk-size line that is not hex, or more than 16 hex digits (overflow).
+    InvalidChunkSize,
+    /// Chunk data not followed by CRLF, or a trailer section longer than a head may be.
+    InvalidChunk,
+}
+
+impl Ambiguity {
+    /// The `ambiguous=` token of the record and the counter suffix.
+    pub(crate) fn token(self) -> &'static str {
+        match self {
+            Ambiguity::ContentLengthAndTransferEncoding => "content_length_and_transfer_encoding",
+            Ambiguity::ConflictingContentLength => "conflicting_content_length",
+            Ambiguity::RepeatedContentLength => "repeated_content_length",
+            Ambiguity::InvalidContentLength => "invalid_content_length",
+            Ambiguity::UnsupportedTransferEncoding => "unsupported_transfer_encoding",
+            Ambiguity::InvalidChunkSize => "invalid_chunk_size",
+            Ambiguity::InvalidChunk => "invalid_chunk",
+        }
+    }
+}
+
 /// How the body after a head is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Framing {
@@ -33,7 +69,8 @@ pub(crate) enum Prefix {
 pub(crate) struct RequestHead {
     pub method: String,
     pub target: String,
-    pub framing: Framing,
+    /// The body's framing, or why it cannot be known.
+    pub framing: Result<Framing, Ambiguity>,
 }
 
 pub(crate) struct ResponseHead {
@@ -116,7 +153,7 @@ pub(crate) fn find_head_end(s: &[u8], start: usize, from: usize) -> Option<usize
 }
 
 /// Runs an httparse parse with growing header arrays (TooManyHeaders -> retry bigger).
-fn with_headers<'b, T>(
+pub(crate) fn with_headers<'b, T>(
     mut f: impl FnMut(&mut [httparse::Header<'b>]) -> Result<Option<T>, httparse::Error>,
 ) -> Result<T, ParseError> {
     for &n in HEADER_COUNTS.iter() {
@@ -193,41 +230,80 @@ fn parse_decimal(s: &[u8]) -> Option<u64> {
 
 /// Parses a complete request head (`s` ends with the empty line).
 pub(crate) fn parse_request(s: &[u8]) -> Result<(usize, RequestHead), ParseError> {
-    let (len, method, target, lh) = with_headers(|headers| {
+    with_headers(|headers| {
         let mut req = httparse::Request::new(headers);
         match req.parse(s)? {
-            httparse::Status::Complete(n) => {
-                let lh = length_headers(req.headers);
-                Ok(Some((
-                    n,
-                    req.method.unwrap_or("").to_string(),
-                    req.path.unwrap_or("").to_string(),
-                    lh,
-                )))
-            }
+            httparse::Status::Complete(n) => Ok(Some((
+                n,
+                RequestHead {
+                    method: req.method.unwrap_or("").to_string(),
+                    target: req.path.unwrap_or("").to_string(),
+                    framing: request_framing(req.headers),
+                },
+            ))),
             httparse::Status::Partial => Ok(None),
         }
-    })?;
-    let lh = lh?;
-    let framing = if lh.te_chunked {
-        Framing::Chunked
-    } else if lh.te_present {
-        // A request body we cannot delimit (RFC 9112 6.3 says: reject).
-        return Err(ParseError::InvalidHead);
+    })
+}
+
+/// Body framing of a request, as strict as nginx: exactly one `Transfer-Encoding:
+/// chunked` and no Content-Length, or one valid Content-Length, or neither.
+fn request_framing(headers: &[httparse::Header<'_>]) -> Result<Framing, Ambiguity> {
+    let mut te: Option<&[u8]> = None;
+    let mut te_headers = 0;
+    let mut cl: Option<u64> = None;
+    let (mut cl_values, mut cl_invalid, mut cl_conflict) = (0, false, false);
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            te_headers += 1;
+            te = Some(h.value);
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            for part in h.value.split(|&b| b == b',') {
+                cl_values += 1;
+                match parse_decimal(trim_ows(part)) {
+                    Some(n) => {
+                        cl_conflict |= cl.is_some_and(|c| c != n);
+                        cl = Some(n);
+                    }
+                    None => cl_invalid = true,
+                }
+            }
+        }
+    }
+    if te_headers > 0 {
+        if cl_values > 0 {
+            return Err(Ambiguity::ContentLengthAndTransferEncoding);
+        }
+        let chunked = te_headers == 1 && te.is_some_and(|v| trim_ows(v).eq_ignore_ascii_case(b"chunked"));
+        return if chunked { Ok(Framing::Chunked) } else { Err(Ambiguity::UnsupportedTransferEncoding) };
+    }
+    if cl_invalid {
+        Err(Ambiguity::InvalidContentLength)
+    } else if cl_conflict {
+        Err(Ambiguity::ConflictingContentLength)
+    } else if cl_values > 1 {
+        Err(Ambiguity::RepeatedContentLength)
     } else {
-        match lh.content_length {
+        Ok(match cl {
             Some(0) | None => Framing::None,
             Some(n) => Framing::Length(n),
-        }
+        })
+    }
+}
+
+/// Whether `line` (without its line ending) is a request line we frame:
+/// `method SP request-target SP HTTP/1.x`. Checked on the first line of a
+/// connection, so other protocols (an SSH banner with a comment, SMTP, Redis
+/// inline commands, HTTP/2's preface) are not taken for an unfinished request.
+pub(crate) fn request_line_ok(line: &[u8]) -> bool {
+    let mut parts = line.split(|&b| b == b' ');
+    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return false;
     };
-    Ok((
-        len,
-        RequestHead {
-            method,
-            target,
-            framing,
-        },
-    ))
+    let method_ok = !method.is_empty() && method.len() <= MAX_METHOD_LEN && method.iter().all(|&b| is_tchar(b));
+    let target_ok = !target.is_empty() && target.iter().all(|&b| b > b' ' && b != 0x7f);
+    let version_ok = version.len() == 8 && version.starts_with(b"HTTP/1.") && version[7].is_ascii_digit();
+    method_ok && target_ok && version_ok
 }
 
 /// Parses a complete response head (`s` ends with the empty line).
@@ -320,20 +396,53 @@ mod tests {
         assert_eq!(find_head_end(b"GET / HTTP/1.1\r\n", 0, 0), None);
     }
 
+    /// Issue 10, finding 3: each shape nginx 1.22 rejects (400, or 501, then closes)
+    /// is ambiguous; what it accepts is framed.
     #[test]
-    fn content_length_rules() {
-        let ok = parse_request(b"POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n").unwrap();
-        assert_eq!(ok.1.framing, Framing::Length(5));
-        let bad =
-            parse_request(b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n");
+    fn request_framing_is_as_strict_as_nginx() {
+        let framing = |headers: &str| parse_request(format!("POST / HTTP/1.1\r\nHost: x\r\n{headers}\r\n").as_bytes()).unwrap().1.framing;
+        use Ambiguity::*;
+        assert_eq!(framing("Content-Length: 5\r\n"), Ok(Framing::Length(5)));
+        assert_eq!(framing("Transfer-Encoding:  Chunked \r\n"), Ok(Framing::Chunked));
+        assert_eq!(framing(""), Ok(Framing::None));
+        assert_eq!(framing("Content-Length: 5\r\nTransfer-Encoding: chunked\r\n"), Err(ContentLengthAndTransferEncoding));
+        assert_eq!(framing("Transfer-Encoding: chunked\r\nContent-Length: x\r\n"), Err(ContentLengthAndTransferEncoding));
+        assert_eq!(framing("Content-Length: 0\r\nContent-Length: 5\r\n"), Err(ConflictingContentLength));
+        assert_eq!(framing("Content-Length: 5, 6\r\n"), Err(ConflictingContentLength));
+        assert_eq!(framing("Content-Length: 5\r\nContent-Length: 5\r\n"), Err(RepeatedContentLength));
+        assert_eq!(framing("Content-Length: 5, 5\r\n"), Err(RepeatedContentLength));
+        assert_eq!(framing("Content-Length: 5x\r\n"), Err(InvalidContentLength));
+        assert_eq!(framing("Content-Length: 99999999999999999999\r\n"), Err(InvalidContentLength));
+        assert_eq!(framing("Transfer-Encoding: gzip, chunked\r\n"), Err(UnsupportedTransferEncoding));
+        assert_eq!(framing("Transfer-Encoding: identity\r\n"), Err(UnsupportedTransferEncoding));
+        assert_eq!(framing("Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n"), Err(UnsupportedTransferEncoding));
+    }
+
+    /// Responses are framed as a client reads them: chunked wins over Content-Length.
+    #[test]
+    fn response_length_rules() {
+        let (_, h) = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").unwrap();
+        assert_eq!(h.framing(Some("GET")), Framing::Chunked);
+        let bad = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n");
         assert_eq!(bad.err(), Some(ParseError::BadContentLength));
-        let bad = parse_request(b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n");
-        assert_eq!(bad.err(), Some(ParseError::BadContentLength));
-        let both = parse_request(
-            b"POST / HTTP/1.1\r\nContent-Length: 9\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
-        )
-        .unwrap();
-        assert_eq!(both.1.framing, Framing::Chunked);
+    }
+
+    #[test]
+    fn request_lines() {
+        assert!(request_line_ok(b"GET /a?b=c HTTP/1.1"));
+        assert!(request_line_ok(b"OPTIONS * HTTP/1.0"));
+        for bad in [
+            &b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3"[..],
+            b"SSH-2.0-OpenSSH_9.2p1",
+            b"EHLO mail.example.com",
+            b"SET key value",
+            b"PRI * HTTP/2.0",
+            b"GET /a HTTP/1.1 extra",
+            b"GET  HTTP/1.1",
+            b"GET /a\x01 HTTP/1.1",
+        ] {
+            assert!(!request_line_ok(bad), "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

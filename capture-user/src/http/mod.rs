@@ -6,29 +6,40 @@
 //! well-formed connection gives back the client stream, and likewise for responses.
 //!
 //! Policies (kept deliberately simple):
-//! - **Pairing**: a final response takes the oldest request whose head was parsed,
-//!   even if that request's body is still arriving (early 413/417). Interim 1xx
-//!   responses take nothing; their bytes start the message of the final response.
+//! - **Pairing** ([`pairing`]): a final response takes the oldest request whose head was
+//!   parsed, even if that request's body is still arriving (early 413/417). Interim 1xx
+//!   responses take nothing; their bytes start the message of the final response. After
+//!   a loss that may have shifted that order, a response is paired only when its request
+//!   is certain by time, otherwise it is emitted unpaired.
 //! - **Gaps**: a gap inside a Content-Length body or a chunk's data damages that message:
 //!   it is not emitted (counted `lost_to_gap`), but framing continues at the exact end of
 //!   the body. A damaged request keeps its place in the pairing FIFO, so the response
 //!   still pairs with the right exchange (and carries that request's method/target).
-//!   A gap anywhere else loses the message in progress and resyncs that direction; a
-//!   request lost before its head was parsed never enters the FIFO, so later responses
-//!   of that connection may pair off by one.
-//! - **Parse errors**: the message in progress is dropped and the direction resyncs to the
-//!   next line that can start a message. A request dropped after its head was parsed keeps
-//!   its FIFO place (the server usually answers it, e.g. with 400).
+//!   A gap anywhere else loses the message in progress, resyncs that direction and
+//!   makes pairing uncertain.
+//! - **Framing errors on requests** (RFC 9112 section 6.3, as strict as nginx): a request
+//!   whose body framing is ambiguous (Content-Length with Transfer-Encoding, conflicting
+//!   or invalid lengths, bad chunks) is emitted flagged `ambiguous` with what was framed
+//!   of it; an invalid or oversized head is dropped. Either way the request direction
+//!   stops there: the server rejected the same bytes and closes, so a request framed
+//!   after them would be one it never ran. After a loss (our bytes, not the client's)
+//!   a request parse error resyncs instead.
+//! - **Parse errors on responses**: the message in progress is dropped and the direction
+//!   resyncs to the next line that can start a message.
 //! - **Close**: a close-delimited response in progress is complete and emitted; any other
 //!   partial message is counted `incomplete_at_close` and not emitted. Requests emitted but
 //!   never answered are counted `unanswered_requests`.
 //! - **Upgrades**: after a 101, or a 2xx to CONNECT, the response is emitted and the whole
 //!   connection is ignored until close (the tunnel is not HTTP).
-//! - **Non-HTTP**: if the first client bytes cannot start a request line (`TOKEN SP`), the
-//!   connection is ignored and all its bytes are counted `non_http_bytes`.
+//! - **Non-HTTP**: if the first client bytes cannot start a request line (`TOKEN SP`) or
+//!   the first line is complete and is not `METHOD SP TARGET SP HTTP/1.x`, or a server
+//!   speaks first with something that is not `HTTP/1.`, the connection is ignored and
+//!   all its bytes are counted `non_http_bytes`.
 
 mod framer;
 mod head;
+pub mod message;
+mod pairing;
 #[cfg(test)]
 mod tests;
 pub mod view;
@@ -104,6 +115,10 @@ pub struct HttpMessage {
     /// Full length on the wire (>= bytes.len()).
     pub original_len: u64,
     pub truncated: bool,
+    /// Requests whose body framing is ambiguous (the server may have read them
+    /// differently; nginx rejects them): the reason token. The message holds what was
+    /// framed (the head, and the chunks before a bad one).
+    pub ambiguous: Option<&'static str>,
     /// Timestamps (ns, as passed to on_data) of the chunk holding the first and the last byte.
     pub start_ns: u64,
     pub end_ns: u64,
@@ -148,9 +163,19 @@ stats_struct! {
     responses,
     /// Responses emitted paired with a request.
     paired,
+    /// Responses emitted without a request: none was waiting, or (after a loss) which
+    /// one it answers was not certain. Flagged `unpaired=1` in records.
     unpaired_responses,
     /// Emitted requests whose connection closed before a response.
     unanswered_requests,
+    /// Times a connection's pairing became uncertain after a loss (gap, dropped
+    /// message, stream start not seen).
+    pairing_losses,
+    /// Times pairing became exact again (a response whose request was certain by time).
+    pairing_resumed,
+    /// Requests (head seen) whose response could not be matched with certainty after a
+    /// loss: no response record shares their id.
+    unmatched_requests,
     truncated,
     truncated_bytes,
     /// Messages cut short because all connections together held
@@ -173,10 +198,38 @@ stats_struct! {
     parse_errors_head_too_large,
     parse_errors_bad_content_length,
     parse_errors_bad_chunk,
+    /// Request directions stopped after a framing error (ambiguous framing, invalid or
+    /// oversized head) in step with the server.
+    framing_error_stops,
+    /// Request bytes after such a stop, not framed.
+    framing_error_ignored_bytes,
+    /// Requests emitted flagged `ambiguous=<reason>`, by reason (RFC 9112 section 6.3).
+    ambiguous_content_length_and_transfer_encoding,
+    ambiguous_conflicting_content_length,
+    ambiguous_repeated_content_length,
+    ambiguous_invalid_content_length,
+    ambiguous_unsupported_transfer_encoding,
+    ambiguous_invalid_chunk_size,
+    ambiguous_invalid_chunk,
     /// Requests not kept by the [`ExchangeJudge`] (filters, rate limits).
     dropped_requests,
     /// Responses not kept: their request was dropped, or unpaired ones the judge refused.
     dropped_responses,
+}
+
+impl HttpStats {
+    fn count_ambiguous(&mut self, reason: head::Ambiguity) {
+        use head::Ambiguity::*;
+        *match reason {
+            ContentLengthAndTransferEncoding => &mut self.ambiguous_content_length_and_transfer_encoding,
+            ConflictingContentLength => &mut self.ambiguous_conflicting_content_length,
+            RepeatedContentLength => &mut self.ambiguous_repeated_content_length,
+            InvalidContentLength => &mut self.ambiguous_invalid_content_length,
+            UnsupportedTransferEncoding => &mut self.ambiguous_unsupported_transfer_encoding,
+            InvalidChunkSize => &mut self.ambiguous_invalid_chunk_size,
+            InvalidChunk => &mut self.ambiguous_invalid_chunk,
+        } += 1;
+    }
 }
 
 /// Framing state of one TCP connection (both directions) plus request/response pairing.
@@ -264,6 +317,15 @@ impl HttpConnection {
         self.after_event(stats);
     }
 
+    /// The stream of that direction did not start with a SYN: its first bytes (which
+    /// follow) may be anywhere inside a message. Call before its first data.
+    pub fn on_unknown_start(&mut self, dir: Direction, stats: &mut HttpStats) {
+        if self.closed || self.is_ignored() {
+            return;
+        }
+        self.framers[dir.index()].unknown_start(&mut self.shared, stats);
+    }
+
     /// `len` bytes of that direction's stream are missing at this point.
     pub fn on_gap(
         &mut self,
@@ -297,9 +359,7 @@ impl HttpConnection {
         let [req, resp] = &mut self.framers;
         resp.close(&mut self.shared, stats, out);
         req.close(&mut self.shared, stats, out);
-        stats.unanswered_requests +=
-            self.shared.pending.iter().filter(|p| p.emitted).count() as u64;
-        self.shared.pending.clear();
+        self.shared.pairing.close(stats);
     }
 
     /// True when the connection was found not to be HTTP (or was upgraded) and is being ignored.
@@ -335,7 +395,6 @@ impl HttpConnection {
         for f in &mut self.framers {
             f.stop();
         }
-        self.shared.pending.clear();
-        self.shared.answering = None;
+        self.shared.pairing.clear();
     }
 }

@@ -10,7 +10,7 @@ use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfLoader};
 use capture_common::{
-    IfaceCounters, SampleConfig, GLOBAL_SAMPLING, MAP_COUNTERS, MAP_EVENTS, MAP_IFACE_COUNTERS, MAP_OWNERS, MAP_PORTS,
+    IfaceCounters, SampleConfig, GLOBAL_SAMPLE_K0, GLOBAL_SAMPLE_K1, GLOBAL_SAMPLE_THRESHOLD, MAP_COUNTERS, MAP_EVENTS, MAP_IFACE_COUNTERS, MAP_OWNERS, MAP_PORTS,
     MAP_SKIPS, MAX_PORTS, PROG_EGRESS, PROG_INGRESS,
 };
 use log::{debug, info, warn};
@@ -181,7 +181,9 @@ impl KernelCapture {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(MAP_EVENTS, ring_bytes)
             .map_max_entries(MAP_OWNERS, owner_entries.max(1024))
-            .override_global(GLOBAL_SAMPLING, &sampling, true)
+            .override_global(GLOBAL_SAMPLE_K0, &sampling.k0, true)
+            .override_global(GLOBAL_SAMPLE_K1, &sampling.k1, true)
+            .override_global(GLOBAL_SAMPLE_THRESHOLD, &sampling.threshold, true)
             .load(OBJECT)
             .map_err(|e| KernelError::Load(Box::new(e)))?;
 
@@ -222,6 +224,11 @@ impl KernelCapture {
             attached: BTreeMap::new(),
             shared_reported: BTreeSet::new(),
         })
+    }
+
+    /// The loaded object, for the TLS probes (`kernel::tls`) that live in it too.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
     }
 
     /// `Tcx` or `Netlink`.

@@ -10,6 +10,7 @@ pub mod loader;
 pub mod ownership;
 pub mod ring;
 pub mod tc_netlink;
+pub mod tls;
 pub mod watched;
 
 pub use loader::{KernelCapture, KernelError};

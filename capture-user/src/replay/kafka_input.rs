@@ -19,7 +19,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::input::{Exchange, InputStats, Pairer};
+use super::input::{Exchange, InputStats, Pairer, PendingParts};
 
 #[derive(Clone, Debug)]
 pub struct KafkaInput {
@@ -78,8 +78,8 @@ fn add(pairer: &mut Pairer, msg: &rdkafka::message::BorrowedMessage<'_>) {
         h.iter().find(|h| h.key == "capture-server").and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
     });
     match msg.payload() {
-        Some(value) => pairer.add_value(value, server),
-        None => pairer.stats.bad_records += 1,
+        Some(value) => pairer.add_value_from(value, server, Some((msg.partition(), msg.offset()))),
+        None => pairer.add_null(),
     }
 }
 
@@ -168,8 +168,10 @@ pub fn consume_group(
     consumer.subscribe(&[&input.topic]).map_err(input.err("subscribing"))?;
     let mut total = InputStats::default();
     let mut last_record = Instant::now();
+    // Continuation records whose other parts come in a later batch.
+    let mut parts = PendingParts::default();
     loop {
-        let mut pairer = Pairer::default();
+        let mut pairer = Pairer::with_parts(std::mem::take(&mut parts));
         let batch_start = Instant::now();
         let mut n = 0;
         // A batch: up to 1 s or 10,000 records; a response is usually close behind its request.
@@ -180,23 +182,33 @@ pub fn consume_group(
             n += 1;
             last_record = Instant::now();
         }
-        let (exchanges, stats) = pairer.finish();
-        total.records += stats.records;
-        total.bad_records += stats.bad_records;
-        total.responses_without_request += stats.responses_without_request;
-        total.ignored_records += stats.ignored_records;
+        let (exchanges, stats, waiting) = pairer.finish_batch();
+        parts = waiting;
+        total.add(&stats);
         if !exchanges.is_empty() {
             replay(exchanges);
         }
         if n > 0 {
-            // Everything polled so far was replayed: at-least-once.
-            match consumer.commit_consumer_state(CommitMode::Sync) {
-                Ok(()) => {}
-                Err(e) => warn!("kafka://{}/{}: commit failed ({e}); these records may be replayed again", input.brokers, input.topic),
+            // Everything polled so far was replayed (at-least-once), except messages
+            // whose continuation records are still coming: commit no further than them.
+            let waiting = parts.earliest_offsets();
+            let committed = consumer.position().and_then(|position| {
+                let mut tpl = TopicPartitionList::new();
+                for e in position.elements() {
+                    if let Offset::Offset(next) = e.offset() {
+                        let next = waiting.get(&e.partition()).map_or(next, |&w| w.min(next));
+                        tpl.add_partition_offset(e.topic(), e.partition(), Offset::Offset(next))?;
+                    }
+                }
+                consumer.commit(&tpl, CommitMode::Sync)
+            });
+            if let Err(e) = committed {
+                warn!("kafka://{}/{}: commit failed ({e}); these records may be replayed again", input.brokers, input.topic);
             }
         }
         if last_record.elapsed() >= input.idle {
             info!("kafka://{}/{}: no new record for {:?}, stopping", input.brokers, input.topic, input.idle);
+            total.parts_incomplete += parts.waiting_records();
             return Ok(total);
         }
     }

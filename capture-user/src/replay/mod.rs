@@ -4,95 +4,128 @@
 //! Exchanges are dispatched by captured connection to a fixed pool of workers, so
 //! requests of one connection replay in order on one keep-alive connection per
 //! target, and concurrency is bounded by the pool. Each request waits for its
-//! scheduled time (original pacing divided by `--speed`, or a fixed `--rate`).
-//! Nothing is retried.
+//! scheduled time ([`schedule`]). Nothing is sent twice ([`target`]); requests the
+//! capture cut or found ambiguous are not sent; nothing is sent to the captured
+//! production server ([`safety`]).
 
 pub mod input;
 #[cfg(feature = "kafka")]
 pub mod kafka_input;
 pub mod request;
+pub mod safety;
+pub mod schedule;
+pub mod target;
+pub mod tls;
 
-use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::compare::{self, CompareConfig, Outcome, Report};
-use crate::flow::Direction;
-use crate::http::{HttpConfig, HttpConnection, HttpMessage, HttpStats, MessageKind};
+use crate::compare::{self, CompareConfig, Outcome, Report, Response};
+use crate::http::message;
 use input::Exchange;
-use request::{RewriteOptions, TargetUrl};
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Pacing {
-    /// The captured gaps between requests divided by this factor (1.0 = original timing).
-    Original { speed: f64 },
-    /// A fixed number of requests per second, in capture order.
-    Rate(f64),
-}
+use request::RewriteOptions;
+use safety::ProductionCheck;
+pub use schedule::Pacing;
+use schedule::Schedule;
+use target::{Connections, Target};
 
 #[derive(Clone, Debug)]
 pub struct ReplayConfig {
-    pub targets: Vec<TargetUrl>,
+    pub targets: Vec<Target>,
     /// A second copy of production: differences it shows too are noise.
-    pub baseline: Option<TargetUrl>,
+    pub baseline: Option<Target>,
     pub pacing: Pacing,
+    /// Longest wait between two requests under `Pacing::Original`.
+    pub max_wait: Duration,
     /// Upper-case methods that may be replayed.
     pub allow_methods: Vec<String>,
+    /// Also send requests whose framing the capture found ambiguous.
+    pub replay_ambiguous: bool,
     pub rewrite: RewriteOptions,
     pub concurrency: usize,
+    /// Bound on connecting, and on each exchange (writing the request, reading the response).
     pub timeout: Duration,
     /// Compare candidate responses with production's (None: replay only).
     pub compare: Option<CompareConfig>,
+    pub production: ProductionCheck,
 }
 
 /// Methods replayed without explicit opt-in: they must not have side effects.
 pub const SAFE_METHODS: &[&str] = &["GET", "HEAD", "OPTIONS"];
+
+/// Pacing gaps shortened by `--max-wait` that are logged one by one; the rest are counted.
+const LOGGED_CAPPED_GAPS: u64 = 3;
 
 struct Job {
     exchange: Exchange,
     at: Instant,
 }
 
+/// What the workers tell the collector.
+enum Event {
+    Outcome(Box<Outcome>),
+    /// A request not sent, by reason.
+    Skipped(String),
+    /// One request sent to the baseline, and its error if it failed.
+    Baseline { target: String, error: Option<String> },
+    Counter(&'static str, u64),
+}
+
 /// Replays `exchanges` (in capture order), adding every outcome to `report`.
 pub fn run(exchanges: impl IntoIterator<Item = Exchange>, config: &ReplayConfig, mut report: Report) -> Report {
     let workers = config.concurrency.max(1);
-    let (out_tx, out_rx) = sync_channel::<Result<Outcome, String>>(1024);
+    let config = Arc::new(config.clone());
+    let (out_tx, out_rx) = sync_channel::<Event>(1024);
     let mut senders: Vec<SyncSender<Job>> = Vec::new();
     let mut handles = Vec::new();
     for _ in 0..workers {
         let (tx, rx) = sync_channel::<Job>(256);
         senders.push(tx);
         let (cfg, out) = (config.clone(), out_tx.clone());
-        handles.push(std::thread::spawn(move || worker(rx, cfg, out)));
+        handles.push(std::thread::spawn(move || worker(rx, &cfg, out)));
     }
+    let counters = out_tx.clone();
     drop(out_tx);
     let collector = std::thread::spawn(move || {
-        for item in out_rx {
-            match item {
-                Ok(outcome) => report.add(outcome),
-                Err(reason) => report.count_skipped(&reason),
+        for event in out_rx {
+            match event {
+                Event::Outcome(outcome) => report.add(*outcome),
+                Event::Skipped(reason) => report.count_skipped(&reason),
+                Event::Baseline { target, error } => report.add_baseline(&target, error.as_deref()),
+                Event::Counter(name, n) => report.add_counter(name, n),
             }
         }
         report
     });
     let start = Instant::now() + Duration::from_millis(50);
-    let mut first_ts = None;
-    for (i, exchange) in exchanges.into_iter().enumerate() {
-        let offset = match config.pacing {
-            Pacing::Original { speed } => {
-                let first = *first_ts.get_or_insert(exchange.ts_ns);
-                let gap = exchange.ts_ns.saturating_sub(first) as f64 / speed.max(1e-9);
-                Duration::from_nanos(gap as u64)
-            }
-            Pacing::Rate(rate) => Duration::from_secs_f64(i as f64 / rate.max(1e-9)),
-        };
+    let mut schedule = Schedule::new(config.pacing, config.max_wait);
+    let mut without_server = 0u64;
+    for exchange in exchanges {
+        let (offset, capped) = schedule.next(&exchange.id, exchange.ts_ns);
+        if let Some(gap) = capped.filter(|_| schedule.capped <= LOGGED_CAPPED_GAPS) {
+            log::warn!(
+                "pacing: the {:?} gap before request {} was shortened to --max-wait {:?}{}",
+                gap.wanted,
+                gap.id,
+                config.max_wait,
+                if schedule.capped == LOGGED_CAPPED_GAPS { " (further ones are only counted: replay_gaps_capped)" } else { "" }
+            );
+        }
+        without_server += u64::from(exchange.server.is_none());
         let slot = worker_for(&exchange.connection, workers);
         if senders[slot].send(Job { exchange, at: start + offset }).is_err() {
             break;
         }
     }
+    if without_server > 0 && !config.production.allow {
+        log::warn!(
+            "{without_server} request(s) carry no captured server address (GoReplay files): the production-server check could not run for them"
+        );
+    }
+    let _ = counters.send(Event::Counter("replay_gaps_capped", schedule.capped));
+    let _ = counters.send(Event::Counter("replay_requests_without_server_address", without_server));
+    drop(counters);
     drop(senders);
     for h in handles {
         let _ = h.join();
@@ -109,172 +142,221 @@ fn worker_for(connection: &str, workers: usize) -> usize {
     (h % workers as u64) as usize
 }
 
-/// A keep-alive connection to one target for one captured connection.
-struct TargetConn {
-    stream: TcpStream,
-    framer: HttpConnection,
+/// Why a captured request is not sent, if it is not.
+fn skip_reason(ex: &Exchange, config: &ReplayConfig) -> Option<String> {
+    if ex.request_cut.is_some() {
+        return Some("request cut at capture (longer than the agent's --max-message-size): not sent".into());
+    }
+    let req = match message::parse_request(&ex.request) {
+        Ok(r) => r,
+        Err(e) => return Some(format!("unreplayable request: {e}")),
+    };
+    if !req.body().is_ok_and(|b| b.complete) {
+        return Some("request body incomplete (shorter than its Content-Length or chunked framing): not sent".into());
+    }
+    // The capture's flag, or the same rule applied here (files from other tools).
+    let found = match req.head.framing {
+        message::BodyFraming::Ambiguous(token) => Some(token),
+        _ => None,
+    };
+    if let Some(reason) = ex.request_ambiguous.as_deref().or(found).filter(|_| !config.replay_ambiguous) {
+        return Some(format!("request framing ambiguous at capture ({reason}): not sent (--replay-ambiguous sends it)"));
+    }
+    if !config.allow_methods.iter().any(|m| m == req.method) {
+        return Some(format!("method {} not allowed (use --allow-method)", req.method));
+    }
+    None
 }
 
-fn worker(rx: Receiver<Job>, config: ReplayConfig, out: SyncSender<Result<Outcome, String>>) {
-    // (captured connection, target) -> open connection.
-    let mut conns: HashMap<(String, String), TargetConn> = HashMap::new();
+/// Production's response to compare with, or why there is none.
+fn production_response(ex: &Exchange, method: &str, config: &ReplayConfig) -> Result<Response, String> {
+    if config.compare.is_none() {
+        return Err("replay only (no --compare)".into());
+    }
+    let Some(captured) = &ex.response else {
+        return Err("no production response captured".into());
+    };
+    if captured.unpaired {
+        return Err("production response not matched to its request with certainty (unpaired)".into());
+    }
+    if let Some(reason) = &captured.ambiguous {
+        return Err(format!("production response framing ambiguous at capture ({reason})"));
+    }
+    let mut response = compare::parse_response(&captured.bytes, Some(method)).map_err(|e| format!("production response unparseable: {e}"))?;
+    // Cut at capture: whatever the framing says, the body is not all there.
+    response.body_complete &= captured.cut.is_none();
+    Ok(response)
+}
+
+fn worker(rx: Receiver<Job>, config: &ReplayConfig, out: SyncSender<Event>) {
+    let mut conns = Connections::default();
+    let mut sent_to_production = 0;
     for job in rx {
         let ex = &job.exchange;
-        let head = match request::parse_head(&ex.request) {
-            Ok(h) => h,
-            Err(e) => {
-                let _ = out.send(Err(format!("unreplayable request: {e}")));
-                continue;
-            }
-        };
-        if !config.allow_methods.iter().any(|m| m == &head.method) {
-            let _ = out.send(Err(format!("method {} not allowed (use --allow-method)", head.method)));
+        if let Some(reason) = skip_reason(ex, config) {
+            let _ = out.send(Event::Skipped(reason));
             continue;
         }
+        let req = message::parse_request(&ex.request).expect("checked by skip_reason");
         let now = Instant::now();
         if job.at > now {
             std::thread::sleep(job.at - now);
         }
-        let path = head.target.split('?').next().unwrap_or("").to_string();
-        let production = ex.response.as_deref().and_then(|r| compare::parse_response(r).ok());
-        let baseline = match (&config.baseline, &config.compare) {
-            (Some(b), Some(_)) => send(&mut conns, ex, &head, b, &config).ok().map(|(resp, _)| resp),
+        let path = req.target.split('?').next().unwrap_or("").to_string();
+        let production = production_response(ex, req.method, config);
+        // Whether `target` is the captured production server (refused unless allowed).
+        let mut refused = |target: &Target| {
+            let server = ex.server.as_deref().and_then(|s| config.production.production_match(&target.addrs, s))?;
+            if config.production.allow {
+                sent_to_production += 1;
+                return None;
+            }
+            Some(format!("{}: refused: it is the captured production server {server} (--allow-production overrides)", target.url))
+        };
+        let baseline = match (&config.baseline, &production) {
+            (Some(b), Ok(prod)) => {
+                let answer = match refused(b) {
+                    Some(reason) => Err(reason),
+                    None => {
+                        let bytes = request::rewrite(&req, &b.url, &config.rewrite);
+                        conns.send(0, b, &ex.connection, &bytes, config.timeout).map_err(|e| format!("{}: {e}", b.url))
+                    }
+                };
+                let response = answer.and_then(|a| candidate_response(&a, req.method));
+                let _ = out.send(Event::Baseline { target: b.url.to_string(), error: response.as_ref().err().cloned() });
+                let cfg = config.compare.as_ref().expect("production compared only with --compare");
+                Some(response.map(|b| compare::compare(prod, &b, cfg)))
+            }
             _ => None,
         };
-        for target in &config.targets {
-            let mut outcome = Outcome {
-                id: ex.id.clone(),
-                method: head.method.clone(),
-                path: path.clone(),
-                target: target.to_string(),
-                production_status: production.as_ref().map(|p| p.status),
-                candidate_status: None,
-                production_latency_ms: ex.production_latency_ns.map(|n| n as f64 / 1e6),
-                candidate_latency_ms: None,
-                error: None,
-                differences: Vec::new(),
-                noise: Vec::new(),
+        for (i, target) in config.targets.iter().enumerate() {
+            let mut o = Outcome::new(&ex.id, req.method, &path, &target.url.to_string());
+            o.production_status = production.as_ref().ok().map(|p| p.status);
+            o.production_latency_ms = ex.response.as_ref().and_then(|r| r.latency_ns).map(|n| n as f64 / 1e6);
+            let answer = match refused(target) {
+                Some(reason) => Err(reason),
+                None => {
+                    let bytes = request::rewrite(&req, &target.url, &config.rewrite);
+                    conns.send(i + 1, target, &ex.connection, &bytes, config.timeout).map_err(|e| format!("{}: {e}", target.url))
+                }
             };
-            match send(&mut conns, ex, &head, target, &config) {
-                Ok((resp, latency)) => {
-                    outcome.candidate_latency_ms = Some(latency.as_secs_f64() * 1e3);
-                    outcome.candidate_status = resp.as_ref().map(|r| r.status);
-                    if let (Some(cfg), Some(prod), Some(cand)) = (&config.compare, &production, &resp) {
-                        let diffs = compare::compare(prod, cand, cfg);
-                        let base_diffs = baseline.as_ref().and_then(|b| b.as_ref()).map(|b| compare::compare(prod, b, cfg));
-                        match base_diffs {
-                            Some(base) => (outcome.differences, outcome.noise) = compare::split_noise(diffs, &base),
-                            None => outcome.differences = diffs,
+            match answer {
+                Ok(answer) => {
+                    o.candidate_latency_ms = Some(answer.latency.as_secs_f64() * 1e3);
+                    match (candidate_response(&answer, req.method), &production) {
+                        (Err(e), _) => o.error = Some(format!("{}: {e}", target.url)),
+                        (Ok(cand), Err(reason)) => {
+                            o.candidate_status = Some(cand.status);
+                            o.not_compared = Some(reason.clone());
+                        }
+                        (Ok(cand), Ok(prod)) => {
+                            o.candidate_status = Some(cand.status);
+                            let cfg = config.compare.as_ref().expect("production compared only with --compare");
+                            let diffs = compare::compare(prod, &cand, cfg);
+                            o.compared_body_bytes = compare::compared_body_bytes(prod, &cand).map(|n| n as u64);
+                            match &baseline {
+                                Some(Ok(noise)) => (o.differences, o.noise) = compare::split_noise(diffs, noise),
+                                Some(Err(e)) => {
+                                    o.differences = diffs;
+                                    o.baseline_error = Some(e.clone());
+                                }
+                                None => o.differences = diffs,
+                            }
                         }
                     }
                 }
-                Err(e) => outcome.error = Some(e),
+                Err(e) => o.error = Some(e),
             }
-            if out.send(Ok(outcome)).is_err() {
+            if out.send(Event::Outcome(Box::new(o))).is_err() {
                 return;
             }
         }
     }
+    let _ = out.send(Event::Counter("replay_connections_reopened", conns.reopened));
+    let _ = out.send(Event::Counter("replay_sent_to_production", sent_to_production));
 }
 
-/// Sends one request to `target` on the captured connection's keep-alive connection
-/// (opened on demand) and reads one response. Latency: request written to first
-/// response byte, like the capture's (request end to response start).
-fn send(
-    conns: &mut HashMap<(String, String), TargetConn>,
-    ex: &Exchange,
-    head: &request::RequestHead,
-    target: &TargetUrl,
-    config: &ReplayConfig,
-) -> Result<(Option<compare::Response>, Duration), String> {
-    let addr = resolve(target)?;
-    if let Some(server) = &ex.server {
-        if server.parse::<SocketAddr>().ok() == Some(addr) {
-            return Err(format!("refused: {target} is the captured production server {server}"));
-        }
-    }
-    let key = (ex.connection.clone(), target.to_string());
-    let bytes = request::rewrite(&ex.request, head, target, &config.rewrite);
-    // A reused connection may have been closed by the target: retry once on a fresh one
-    // only if nothing was read (the request was not processed).
-    for attempt in 0..2 {
-        if !conns.contains_key(&key) {
-            let stream = TcpStream::connect_timeout(&addr, config.timeout).map_err(|e| format!("connect {target}: {e}"))?;
-            let _ = stream.set_nodelay(true);
-            let _ = stream.set_read_timeout(Some(config.timeout));
-            let framer = HttpConnection::new(HttpConfig { max_message_bytes: 64 << 20, ..HttpConfig::default() });
-            conns.insert(key.clone(), TargetConn { stream, framer });
-        }
-        let conn = conns.get_mut(&key).expect("inserted");
-        match exchange_once(conn, &bytes, config.timeout) {
-            Ok(r) => {
-                if r.2 {
-                    conns.remove(&key);
-                }
-                return Ok((r.0, r.1));
-            }
-            Err((e, nothing_read)) => {
-                conns.remove(&key);
-                if !(nothing_read && attempt == 0) {
-                    return Err(format!("{target}: {e}"));
-                }
-            }
-        }
-    }
-    Err(format!("{target}: connection closed"))
+/// A target's answer as a response to compare.
+fn candidate_response(answer: &target::Answer, method: &str) -> Result<Response, String> {
+    let mut response = compare::parse_response(&answer.bytes, Some(method)).map_err(|e| format!("response unparseable: {e}"))?;
+    response.body_complete &= !answer.truncated;
+    Ok(response)
 }
 
-fn resolve(target: &TargetUrl) -> Result<SocketAddr, String> {
-    (target.host.as_str(), target.port)
-        .to_socket_addrs()
-        .map_err(|e| format!("resolve {target}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("resolve {target}: no address"))
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use input::CapturedResponse;
 
-/// Writes the request and frames one response. Returns (response, latency, closed)
-/// or (error, whether no byte of a response was read).
-#[allow(clippy::type_complexity)]
-fn exchange_once(conn: &mut TargetConn, bytes: &[u8], timeout: Duration) -> Result<(Option<compare::Response>, Duration, bool), (String, bool)> {
-    let mut stats = HttpStats::default();
-    let mut msgs: Vec<HttpMessage> = Vec::new();
-    conn.stream.write_all(bytes).map_err(|e| (format!("write: {e}"), true))?;
-    let sent = Instant::now();
-    conn.framer.on_data(Direction::ClientToServer, bytes, 0, &mut stats, &mut msgs);
-    msgs.retain(|m| m.kind == MessageKind::Response);
-    let mut first_byte: Option<Instant> = None;
-    let mut buf = vec![0u8; 64 * 1024];
-    let deadline = sent + timeout;
-    let mut closed = false;
-    while msgs.is_empty() {
-        if Instant::now() > deadline {
-            return Err((format!("timeout after {timeout:?}"), first_byte.is_none()));
-        }
-        match conn.stream.read(&mut buf) {
-            Ok(0) => {
-                closed = true;
-                conn.framer.on_close(0, &mut stats, &mut msgs);
-                msgs.retain(|m| m.kind == MessageKind::Response);
-                if msgs.is_empty() {
-                    return Err(("connection closed before a response".into(), first_byte.is_none()));
-                }
-            }
-            Ok(n) => {
-                first_byte.get_or_insert_with(Instant::now);
-                conn.framer.on_data(Direction::ServerToClient, &buf[..n], 0, &mut stats, &mut msgs);
-                msgs.retain(|m| m.kind == MessageKind::Response);
-            }
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                return Err((format!("timeout after {timeout:?}"), first_byte.is_none()));
-            }
-            Err(e) => return Err((format!("read: {e}"), first_byte.is_none())),
+    fn config() -> ReplayConfig {
+        ReplayConfig {
+            targets: vec![],
+            baseline: None,
+            pacing: Pacing::Rate(100.0),
+            max_wait: Duration::from_secs(10),
+            allow_methods: SAFE_METHODS.iter().map(|m| m.to_string()).collect(),
+            replay_ambiguous: false,
+            rewrite: RewriteOptions { keep_host: false, mark: ("X-Capture-Replay".into(), "1".into()), set: vec![], drop: vec![] },
+            concurrency: 1,
+            timeout: Duration::from_secs(1),
+            compare: Some(CompareConfig::default()),
+            production: ProductionCheck { local: safety::LocalAddresses::new(vec![]), allow: false },
         }
     }
-    let latency = first_byte.unwrap_or_else(Instant::now) - sent;
-    let response = compare::parse_response(&msgs[0].bytes).ok();
-    // A close-delimited or `Connection: close` response ends this connection.
-    let close_header = response.as_ref().is_some_and(|r| {
-        r.headers.iter().any(|(n, v)| n == "connection" && v.eq_ignore_ascii_case("close"))
-    });
-    Ok((response, latency, closed || close_header))
+
+    fn exchange(request: &str) -> Exchange {
+        Exchange {
+            id: "x".into(),
+            connection: "c".into(),
+            ts_ns: 1,
+            request: request.as_bytes().to_vec(),
+            request_cut: None,
+            request_ambiguous: None,
+            response: None,
+            server: None,
+        }
+    }
+
+    /// Issue 10, item 3 (replay side) and issue 11, bug 1: a request the capture cut,
+    /// or whose framing it found ambiguous, is not sent (unless asked, for ambiguous).
+    #[test]
+    fn cut_and_ambiguous_requests_are_not_sent() {
+        let mut cfg = config();
+        let get = exchange("GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(skip_reason(&get, &cfg), None);
+        let cut = Exchange { request_cut: Some(3_000_000), ..exchange("POST / HTTP/1.1\r\nContent-Length: 3000000\r\n\r\nabc") };
+        assert!(skip_reason(&cut, &cfg).unwrap().starts_with("request cut at capture"));
+        // A GoReplay file has no flag: the body shorter than its Content-Length says it.
+        cfg.allow_methods.push("POST".into());
+        let short = exchange("POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc");
+        assert!(skip_reason(&short, &cfg).unwrap().starts_with("request body incomplete"));
+        let ambiguous = Exchange { request_ambiguous: Some("content_length_and_chunked".into()), ..get.clone() };
+        assert_eq!(
+            skip_reason(&ambiguous, &cfg).as_deref(),
+            Some("request framing ambiguous at capture (content_length_and_chunked): not sent (--replay-ambiguous sends it)")
+        );
+        cfg.replay_ambiguous = true;
+        assert_eq!(skip_reason(&ambiguous, &cfg), None);
+        assert_eq!(skip_reason(&exchange("DELETE / HTTP/1.1\r\n\r\n"), &cfg).as_deref(), Some("method DELETE not allowed (use --allow-method)"));
+        assert!(skip_reason(&exchange("\x16\x03 junk\r\n\r\n"), &cfg).unwrap().starts_with("unreplayable request"));
+    }
+
+    /// Issue 11, bugs 1 and 7: what production answered decides what is compared.
+    #[test]
+    fn only_a_whole_paired_production_response_is_compared_in_full() {
+        let cfg = config();
+        let ok = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+        let with = |response: Option<CapturedResponse>| Exchange { response, ..exchange("GET / HTTP/1.1\r\n\r\n") };
+        let captured = |bytes: &str| CapturedResponse { bytes: bytes.as_bytes().to_vec(), latency_ns: Some(1), cut: None, ambiguous: None, unpaired: false };
+        assert!(production_response(&with(Some(captured(ok))), "GET", &cfg).unwrap().body_complete);
+        assert_eq!(production_response(&with(None), "GET", &cfg).unwrap_err(), "no production response captured");
+        let cut = CapturedResponse { cut: Some(3_000_000), ..captured(ok) };
+        assert!(!production_response(&with(Some(cut)), "GET", &cfg).unwrap().body_complete, "the flag wins over the framing");
+        let unpaired = CapturedResponse { unpaired: true, ..captured(ok) };
+        assert!(production_response(&with(Some(unpaired)), "GET", &cfg).unwrap_err().contains("unpaired"));
+        let ambiguous = CapturedResponse { ambiguous: Some("two_content_lengths".into()), ..captured(ok) };
+        assert!(production_response(&with(Some(ambiguous)), "GET", &cfg).unwrap_err().contains("ambiguous"));
+        let replay_only = ReplayConfig { compare: None, ..config() };
+        assert_eq!(production_response(&with(Some(captured(ok))), "GET", &replay_only).unwrap_err(), "replay only (no --compare)");
+    }
 }

@@ -1,36 +1,59 @@
-//! `.gor` files with size-based rotation.
+//! `.gor` files with size-based rotation, holding only whole records.
 //!
 //! The first file is the configured path; when it reaches the rotation size the
 //! next record goes to `name.1.gor`, then `name.2.gor`, ... Files are never
-//! renamed, so a reader can follow them while they are written.
+//! renamed, so a reader can follow them while they are written. Files are created
+//! new (see [`crate::files`]): an existing capture is never overwritten.
+//!
+//! Whole records or none: records are collected in a buffer of whole records and
+//! written together. If a write fails part-way (a full disk), the file is cut back
+//! to the end of the last record that reached it whole, the records after it are
+//! counted failed, and writing goes on with the next record when space frees up.
+//! A record is counted written only once it is on the file whole.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::{write_gor, RecordSink, SinkError, SinkStats};
+use crate::files::{self, FileOptions};
 use crate::record::Record;
+
+/// Bytes of records collected before they are written.
+const BUFFER_BYTES: usize = 1 << 16;
 
 pub struct FileSink {
     base: PathBuf,
     rotate_bytes: u64,
+    options: FileOptions,
     index: u32,
     current: PathBuf,
-    out: BufWriter<File>,
-    current_bytes: u64,
+    file: File,
+    /// Bytes of whole records in the current file (where the next write goes).
+    committed: u64,
+    /// The file may hold a torn tail past `committed` (cutting it back failed).
+    torn: bool,
+    /// Whole records not written yet, and where each one ends in `buf`.
+    buf: Vec<u8>,
+    ends: Vec<usize>,
     stats: SinkStats,
 }
 
 impl FileSink {
-    pub fn create(base: &Path, rotate_bytes: u64) -> Result<Self, SinkError> {
-        let out = open(base)?;
+    /// Creates the file at `base` (which must not exist yet).
+    pub fn create(base: &Path, rotate_bytes: u64, options: FileOptions) -> Result<Self, SinkError> {
+        let file = open(base, &options)?;
         Ok(FileSink {
             base: base.to_path_buf(),
             rotate_bytes: rotate_bytes.max(1),
+            options,
             index: 0,
             current: base.to_path_buf(),
-            out,
-            current_bytes: 0,
+            file,
+            committed: 0,
+            torn: false,
+            buf: Vec::with_capacity(BUFFER_BYTES),
+            ends: Vec::new(),
             stats: SinkStats::default(),
         })
     }
@@ -40,14 +63,90 @@ impl FileSink {
         &self.current
     }
 
-    fn rotate(&mut self) -> Result<(), SinkError> {
-        self.flush()?;
-        self.index += 1;
-        let path = rotated_path(&self.base, self.index);
-        self.out = open(&path)?;
-        self.current = path;
-        self.current_bytes = 0;
+    /// Starts the next rotated file; a name that already exists is skipped (never
+    /// overwritten).
+    fn open_next(&mut self) -> Result<(), SinkError> {
+        let mut skipped = 0;
+        let file = loop {
+            self.index += 1;
+            let path = rotated_path(&self.base, self.index);
+            match files::create_new(&path, &self.options) {
+                Ok(file) => {
+                    self.current = path;
+                    break file;
+                }
+                Err(files::FileError::Exists(_) | files::FileError::Symlink(_)) if skipped < 1000 => skipped += 1,
+                Err(source) => return Err(SinkError::File { sink: format!("file://{}", path.display()), source }),
+            }
+        };
+        self.file = file;
+        self.committed = 0;
+        self.torn = false;
         Ok(())
+    }
+
+    fn error(&self, source: std::io::Error) -> SinkError {
+        SinkError::Io { sink: format!("file://{}", self.current.display()), source }
+    }
+
+    /// Writes the buffered records. On an error, the file is cut back to its last
+    /// whole record and the records that did not reach it whole are counted failed.
+    fn write_buffered(&mut self) -> Result<(), SinkError> {
+        if self.ends.is_empty() {
+            return Ok(());
+        }
+        let mut result = self.cut_back();
+        let mut done = 0;
+        while result.is_ok() && done < self.buf.len() {
+            match self.file.write(&self.buf[done..]) {
+                Ok(0) => result = Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => result = Err(e),
+            }
+        }
+        let whole = self.ends.partition_point(|&end| end <= done);
+        let whole_bytes = whole.checked_sub(1).map_or(0, |i| self.ends[i]);
+        self.stats.records_written += whole as u64;
+        self.stats.bytes_written += whole_bytes as u64;
+        self.committed += whole_bytes as u64;
+        if done > whole_bytes {
+            self.torn = true;
+        }
+        let failed = (self.ends.len() - whole) as u64;
+        self.buf.clear();
+        self.ends.clear();
+        if self.buf.capacity() > 4 * BUFFER_BYTES {
+            self.buf.shrink_to(BUFFER_BYTES);
+        }
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.stats.records_failed += failed;
+                let reason = if e.raw_os_error() == Some(libc::ENOSPC) { "no_space" } else { "write_error" };
+                add_reason(&mut self.stats, reason, failed);
+                // Leave only whole records behind; if that fails, the next write tries again.
+                let _ = self.cut_back();
+                Err(self.error(e))
+            }
+        }
+    }
+
+    /// Cuts a torn tail off the file, back to its last whole record.
+    fn cut_back(&mut self) -> std::io::Result<()> {
+        if self.torn {
+            self.file.set_len(self.committed)?;
+            self.file.seek(SeekFrom::Start(self.committed))?;
+            self.torn = false;
+        }
+        Ok(())
+    }
+}
+
+fn add_reason(stats: &mut SinkStats, reason: &str, n: u64) {
+    match stats.reasons.iter_mut().find(|(r, _)| r == reason) {
+        Some((_, count)) => *count += n,
+        None => stats.reasons.push((reason.to_string(), n)),
     }
 }
 
@@ -61,10 +160,8 @@ pub fn rotated_path(base: &Path, index: u32) -> PathBuf {
     base.with_file_name(name)
 }
 
-fn open(path: &Path) -> Result<BufWriter<File>, SinkError> {
-    let file = File::create(path)
-        .map_err(|source| SinkError::Io { sink: format!("file://{}", path.display()), source })?;
-    Ok(BufWriter::with_capacity(1 << 16, file))
+fn open(path: &Path, options: &FileOptions) -> Result<File, SinkError> {
+    files::create_new(path, options).map_err(|e| SinkError::File { sink: format!("file://{}", path.display()), source: e })
 }
 
 impl RecordSink for FileSink {
@@ -73,37 +170,40 @@ impl RecordSink for FileSink {
     }
 
     fn write(&mut self, record: &Record) -> Result<(), SinkError> {
-        if self.current_bytes >= self.rotate_bytes {
-            self.rotate()?;
-        }
-        match write_gor(&mut self.out, record) {
-            Ok(n) => {
-                self.current_bytes += n;
-                self.stats.records_written += 1;
-                self.stats.bytes_written += n;
-                Ok(())
-            }
-            Err(source) => {
-                self.stats.records_failed += 1;
-                Err(SinkError::Io { sink: format!("file://{}", self.current.display()), source })
+        let mut result = Ok(());
+        if self.committed + self.buf.len() as u64 >= self.rotate_bytes {
+            result = self.write_buffered();
+            if self.committed >= self.rotate_bytes {
+                if let Err(e) = self.open_next() {
+                    self.stats.records_failed += 1;
+                    add_reason(&mut self.stats, "write_error", 1);
+                    return Err(e);
+                }
             }
         }
+        // Writing into a Vec cannot fail.
+        let _ = write_gor(&mut self.buf, record);
+        self.ends.push(self.buf.len());
+        if self.buf.len() >= BUFFER_BYTES {
+            result = result.and(self.write_buffered());
+        }
+        result
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {
-        self.out
-            .flush()
-            .map_err(|source| SinkError::Io { sink: format!("file://{}", self.current.display()), source })
+        self.write_buffered()
     }
 
     fn stats(&self) -> SinkStats {
-        self.stats.clone()
+        let mut stats = self.stats.clone();
+        stats.records_pending = self.ends.len() as u64;
+        stats
     }
 }
 
 impl Drop for FileSink {
     fn drop(&mut self) {
-        let _ = self.out.flush();
+        let _ = self.write_buffered();
     }
 }
 
@@ -117,7 +217,7 @@ mod tests {
         use crate::http::{HttpMessage, MessageKind};
         use crate::record::{RecordContext, RunId};
         let addr = "127.0.0.1:1".parse().unwrap();
-        let conn = ConnectionInfo { id: 1, flow: crate::flow::FlowKey { client: addr, server: addr }, ifindex: 1, opened_ns: 0, saw_syn: true };
+        let conn = ConnectionInfo { id: 1, flow: crate::flow::FlowKey { client: addr, server: addr }, ifindex: 1, opened_ns: 0, saw_syn: true, tls: false };
         let ctx = RecordContext { run: RunId(7), node: "n".into(), wall_offset_ns: 0 };
         let msg = HttpMessage {
             kind: MessageKind::Request,
@@ -126,6 +226,7 @@ mod tests {
             bytes: bytes::Bytes::from(vec![b'x'; 100]),
             original_len: 100,
             truncated: false,
+            ambiguous: None,
             start_ns: 1,
             end_ns: 2,
             request_start_ns: None,
@@ -142,7 +243,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("capture-rotate-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let base = dir.join("out.gor");
-        let mut sink = FileSink::create(&base, 300).unwrap();
+        let mut sink = FileSink::create(&base, 300, FileOptions::default()).unwrap();
         for n in 0..5 {
             sink.write(&record(n)).unwrap();
         }

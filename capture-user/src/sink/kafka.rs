@@ -11,6 +11,13 @@
 //! records that the broker has not acknowledged within `message.timeout.ms`
 //! (librdkafka default 300 s) fail and are counted by reason. librdkafka reconnects
 //! on its own.
+//!
+//! Continuation records: a record whose payload is larger than `part_size` (kept
+//! whole by a raised `--max-message-size`) is sent as N Kafka messages with the same
+//! id, key and headers, each carrying `part=I/N` and a slice of the payload, so no
+//! single message exceeds the broker's limit. One partition keeps their order; the
+//! replayer joins them. The record counts as written once every part is acknowledged,
+//! as failed if any part fails, as dropped if a part could not be queued.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -36,8 +43,9 @@ pub const HEADERS: &[(&str, &str)] = &[
     ("capture-client", "client `ip:port`"),
     ("capture-server", "server `ip:port`"),
     ("capture-node", "node name"),
-    ("capture-iface", "interface the segment was seen on"),
+    ("capture-iface", "interface the segment was seen on (empty for TLS plaintext)"),
     ("capture-truncated", "`1` if the message was cut at --max-message-size, else `0`"),
+    ("capture-tls", "`1` if captured as TLS plaintext at the TLS library (`--tls-lib`), else `0`"),
     ("capture-original-length", "message length on the wire, bytes"),
     ("capture-redacted", "`1` if secrets in it were replaced by tokens, else `0`"),
     ("capture-start-ns", "wall-clock ns of the first byte"),
@@ -47,6 +55,7 @@ pub const HEADERS: &[(&str, &str)] = &[
     ("capture-method", "request method (responses: their request's)"),
     ("capture-target", "request target (responses: their request's)"),
     ("capture-status", "responses: final status code"),
+    ("capture-part", "`I/N`: continuation record I of N of one message larger than --kafka-part-size"),
 ];
 
 #[derive(Clone, Debug)]
@@ -60,6 +69,8 @@ pub struct KafkaConfig {
     /// How long shutdown waits for acknowledgements.
     pub flush_timeout: Duration,
     pub client_id: String,
+    /// Largest payload per Kafka message; a larger record is sent as continuation records.
+    pub part_size: usize,
 }
 
 /// Producer defaults: throughput (batching, linger, zstd) and ordered, durable delivery.
@@ -82,6 +93,17 @@ fn defaults(config: &KafkaConfig) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// The parts of one record sent as continuation records, until all are delivered.
+#[derive(Debug, Default)]
+struct PartSet {
+    /// Parts queued and not yet delivered.
+    in_flight: u32,
+    /// First delivery failure of a part.
+    failed: Option<String>,
+    /// A part could not be queued: the record was counted dropped already.
+    dropped: bool,
+}
+
 #[derive(Default)]
 struct Delivery {
     acked: AtomicU64,
@@ -90,6 +112,11 @@ struct Delivery {
     reasons: Mutex<BTreeMap<String, u64>>,
     /// librdkafka error codes already logged (each is logged once, then counted).
     logged: Mutex<BTreeMap<String, u64>>,
+    /// Records split into parts, by the delivery opaque of their parts (never 0).
+    part_sets: Mutex<HashMap<usize, PartSet>>,
+    /// Parts queued and not yet delivered (of every set).
+    parts_in_flight: AtomicU64,
+    parts_acked: AtomicU64,
 }
 
 impl Delivery {
@@ -116,18 +143,49 @@ impl ClientContext for Context {
 }
 
 impl ProducerContext for Context {
-    type DeliveryOpaque = ();
+    /// 0 for a whole record; for a part, the key of its record's [`PartSet`].
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    fn delivery(&self, result: &DeliveryResult<'_>, set: usize) {
+        let d = &self.delivery;
+        if let Ok(msg) = result {
+            d.acked_bytes.fetch_add(msg.payload_len() as u64, Ordering::Relaxed);
+        }
+        if set == 0 {
+            match result {
+                Ok(_) => d.acked.fetch_add(1, Ordering::Relaxed),
+                Err((e, _)) => {
+                    d.count_reason(&reason_name(e));
+                    d.failed.fetch_add(1, Ordering::Relaxed)
+                }
+            };
+            return;
+        }
+        d.parts_in_flight.fetch_sub(1, Ordering::Relaxed);
+        let mut sets = d.part_sets.lock().unwrap();
+        let Some(parts) = sets.get_mut(&set) else { return };
         match result {
-            Ok(msg) => {
-                self.delivery.acked.fetch_add(1, Ordering::Relaxed);
-                let len = msg.payload_len() as u64;
-                self.delivery.acked_bytes.fetch_add(len, Ordering::Relaxed);
+            Ok(_) => {
+                d.parts_acked.fetch_add(1, Ordering::Relaxed);
             }
             Err((e, _)) => {
-                self.delivery.failed.fetch_add(1, Ordering::Relaxed);
-                self.delivery.count_reason(&reason_name(e));
+                parts.failed.get_or_insert_with(|| reason_name(e));
+            }
+        }
+        parts.in_flight -= 1;
+        if parts.in_flight > 0 {
+            return;
+        }
+        let parts = sets.remove(&set).expect("present");
+        drop(sets);
+        match (parts.dropped, parts.failed) {
+            (true, _) => {}
+            (false, Some(reason)) => {
+                d.count_reason(&reason);
+                d.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            (false, None) => {
+                d.acked.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -162,6 +220,9 @@ pub struct KafkaSink {
     /// Reused per record: the value (header line + payload) and the header values.
     value_buf: Vec<u8>,
     header_buf: String,
+    /// Opaque of the next record sent as parts (never 0).
+    next_part_set: usize,
+    records_split: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -230,6 +291,8 @@ impl KafkaSink {
             iface_names: HashMap::new(),
             value_buf: Vec::new(),
             header_buf: String::new(),
+            next_part_set: 1,
+            records_split: 0,
         })
     }
 
@@ -258,8 +321,8 @@ impl KafkaSink {
     }
 }
 
-/// Most headers a record carries.
-const MAX_HEADERS: usize = 16;
+/// Most headers a record carries: every one in [`HEADERS`].
+const MAX_HEADERS: usize = HEADERS.len();
 
 /// Builds the metadata headers of a record. Values are formatted into `scratch`
 /// (reused across records; librdkafka copies them), not into one String each.
@@ -286,6 +349,7 @@ pub fn headers(record: &Record, iface: &str, scratch: &mut String) -> OwnedHeade
     add("capture-node", format_args!("{}", m.node));
     add("capture-iface", format_args!("{iface}"));
     add("capture-truncated", format_args!("{}", if m.truncated { "1" } else { "0" }));
+    add("capture-tls", format_args!("{}", if m.tls { "1" } else { "0" }));
     add("capture-original-length", format_args!("{}", m.original_len));
     add("capture-redacted", format_args!("{}", if m.redacted { "1" } else { "0" }));
     add("capture-start-ns", format_args!("{}", m.start_ns));
@@ -305,11 +369,50 @@ pub fn headers(record: &Record, iface: &str, scratch: &mut String) -> OwnedHeade
     if let Some(v) = m.status {
         add("capture-status", format_args!("{v}"));
     }
+    if let Some((index, count)) = m.part {
+        add("capture-part", format_args!("{index}/{count}"));
+    }
     let mut h = OwnedHeaders::new_with_capacity(n);
     for &(key, start, end) in &spans[..n] {
         h = h.insert(Header { key, value: Some(&scratch[start..end]) });
     }
     h
+}
+
+impl KafkaSink {
+    /// Queues one Kafka message for `record` with delivery opaque `set` (0: a whole
+    /// record). On failure returns the drop reason and its detail.
+    fn send(&mut self, record: &Record, set: usize) -> Result<(), (String, String)> {
+        // librdkafka copies key, value and headers: build them in reused buffers.
+        let value = &mut self.value_buf;
+        value.clear();
+        record.write_header_line(value);
+        value.extend_from_slice(&record.payload);
+        // TLS plaintext is read at the library, on no interface.
+        let iface = if record.meta.tls { "" } else { Self::iface_name(&mut self.iface_names, record.meta.ifindex) };
+        let headers = headers(record, iface, &mut self.header_buf);
+        let sent = self.producer.send(
+            BaseRecord::with_opaque_to(&self.config.topic, set)
+                .key(record.connection_id().as_bytes())
+                .payload(&value[..])
+                .headers(headers)
+                .timestamp((record.ts_ns / 1_000_000) as i64),
+        );
+        sent.map_err(|(e, _)| match e.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::QueueFull) => (
+                "buffer_full".to_string(),
+                format!("the send buffer (--kafka-buffer {} bytes) is full: the broker is down or slow", self.config.buffer_bytes),
+            ),
+            Some(RDKafkaErrorCode::MessageSizeTooLarge) => (
+                "too_large".to_string(),
+                format!(
+                    "a record of {} bytes exceeds message.max.bytes; lower --max-message-size or --kafka-part-size, or raise it with --kafka-opt message.max.bytes=N (and the topic's max.message.bytes)",
+                    value.len()
+                ),
+            ),
+            _ => (reason_name(&e), e.to_string()),
+        })
+    }
 }
 
 impl RecordSink for KafkaSink {
@@ -318,41 +421,42 @@ impl RecordSink for KafkaSink {
     }
 
     fn write(&mut self, record: &Record) -> Result<(), SinkError> {
-        // librdkafka copies key, value and headers: build them in reused buffers.
-        let value = &mut self.value_buf;
-        value.clear();
-        record.write_header_line(value);
-        value.extend_from_slice(&record.payload);
-        let iface = Self::iface_name(&mut self.iface_names, record.meta.ifindex);
-        let headers = headers(record, iface, &mut self.header_buf);
-        let sent = self.producer.send(
-            BaseRecord::to(&self.config.topic)
-                .key(record.connection_id().as_bytes())
-                .payload(&value[..])
-                .headers(headers)
-                .timestamp((record.ts_ns / 1_000_000) as i64),
-        );
-        match sent {
-            Ok(()) => Ok(()),
-            Err((e, _)) => {
-                let (reason, detail) = match e.rdkafka_error_code() {
-                    Some(RDKafkaErrorCode::QueueFull) => (
-                        "buffer_full".to_string(),
-                        format!("the send buffer (--kafka-buffer {} bytes) is full: the broker is down or slow", self.config.buffer_bytes),
-                    ),
-                    Some(RDKafkaErrorCode::MessageSizeTooLarge) => (
-                        "too_large".to_string(),
-                        format!(
-                            "a record of {} bytes exceeds message.max.bytes; lower --max-message-size or raise it with --kafka-opt message.max.bytes=N (and the topic's max.message.bytes)",
-                            value.len()
-                        ),
-                    ),
-                    _ => (reason_name(&e), e.to_string()),
-                };
-                self.drop_record(&reason, detail);
-                Ok(())
+        if record.payload.len() <= self.config.part_size {
+            if let Err(reason) = self.send(record, 0) {
+                self.drop_record(&reason.0, reason.1);
+            }
+            return Ok(());
+        }
+        // Continuation records: same id, key and headers, a slice of the payload each.
+        let size = self.config.part_size.max(1);
+        let count = record.payload.len().div_ceil(size) as u32;
+        let set = self.next_part_set;
+        self.next_part_set = self.next_part_set.wrapping_add(1).max(1);
+        self.records_split += 1;
+        self.delivery.part_sets.lock().unwrap().insert(set, PartSet::default());
+        let mut part = record.clone();
+        for index in 1..=count {
+            let start = (index as usize - 1) * size;
+            part.payload = record.payload.slice(start..(start + size).min(record.payload.len()));
+            part.meta.part = Some((index, count));
+            self.delivery.part_sets.lock().unwrap().get_mut(&set).expect("present").in_flight += 1;
+            self.delivery.parts_in_flight.fetch_add(1, Ordering::Relaxed);
+            if let Err(reason) = self.send(&part, set) {
+                self.delivery.parts_in_flight.fetch_sub(1, Ordering::Relaxed);
+                let mut sets = self.delivery.part_sets.lock().unwrap();
+                let parts = sets.get_mut(&set).expect("present");
+                parts.in_flight -= 1;
+                parts.dropped = true;
+                if parts.in_flight == 0 {
+                    sets.remove(&set);
+                }
+                drop(sets);
+                // Parts already queued still go out; the replayer counts the set incomplete.
+                self.drop_record(&reason.0, format!("{} (part {index} of {count})", reason.1));
+                break;
             }
         }
+        Ok(())
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {
@@ -384,7 +488,15 @@ impl RecordSink for KafkaSink {
             bytes_written: self.delivery.acked_bytes.load(Ordering::Relaxed),
             records_failed: self.delivery.failed.load(Ordering::Relaxed),
             records_dropped: self.dropped,
-            records_pending: self.producer.in_flight_count().max(0) as u64,
+            // Messages in flight, each record's parts counted as one record.
+            records_pending: {
+                let messages = self.producer.in_flight_count().max(0) as u64;
+                let parts = self.delivery.parts_in_flight.load(Ordering::Relaxed);
+                let split = self.delivery.part_sets.lock().unwrap().values().filter(|p| !p.dropped).count() as u64;
+                messages.saturating_sub(parts) + split
+            },
+            records_split: self.records_split,
+            parts_written: self.delivery.parts_acked.load(Ordering::Relaxed),
             reasons: self.delivery.reasons.lock().unwrap().iter().map(|(k, v)| (k.clone(), *v)).collect(),
         }
     }
@@ -435,9 +547,11 @@ mod tests {
     #[test]
     fn headers_carry_each_value_exactly() {
         let mut scratch = String::new();
-        let resp = headers(&record(MessageKind::Response, Some(400), Some(200)), "eth0", &mut scratch);
+        let mut tls_record = record(MessageKind::Response, Some(400), Some(200));
+        tls_record.meta.tls = true;
+        let resp = headers(&tls_record, "eth0", &mut scratch);
         let req = headers(&record(MessageKind::Request, None, None), "lo", &mut scratch);
-        let want = |extra: &[(&str, &str)], kind: &str, iface: &str| {
+        let want = |extra: &[(&str, &str)], kind: &str, iface: &str, tls: &str| {
             let mut v: Vec<(String, String)> = [
                 ("capture-type", kind),
                 ("capture-connection", "0123456789abcdef00000002"),
@@ -446,6 +560,7 @@ mod tests {
                 ("capture-node", "node-a"),
                 ("capture-iface", iface),
                 ("capture-truncated", "1"),
+                ("capture-tls", tls),
                 ("capture-original-length", "1000001"),
                 ("capture-redacted", "0"),
                 ("capture-start-ns", "1000"),
@@ -458,10 +573,65 @@ mod tests {
             v.extend([("capture-method".into(), "GET".into()), ("capture-target".into(), "/a?b=ü".into())]);
             v
         };
-        let mut want_resp = want(&[("capture-request-start-ns", "400"), ("capture-request-end-ns", "401")], "response", "eth0");
+        let mut want_resp = want(&[("capture-request-start-ns", "400"), ("capture-request-end-ns", "401")], "response", "eth0", "1");
         want_resp.push(("capture-status".into(), "200".into()));
         assert_eq!(pairs(&resp), want_resp);
-        assert_eq!(pairs(&req), want(&[], "request", "lo"));
+        assert_eq!(pairs(&req), want(&[], "request", "lo", "0"));
+    }
+
+    /// A record larger than the part size leaves as continuation records and is
+    /// accounted as one record: pending while its parts are, failed once if they fail.
+    #[test]
+    fn split_records_count_as_one_record() {
+        let mut sink = KafkaSink::create(KafkaConfig {
+            // Nothing listens there: parts wait, then time out.
+            brokers: "127.0.0.1:1".into(),
+            topic: "t".into(),
+            options: vec![("message.timeout.ms".into(), "1500".into())],
+            buffer_bytes: 64 << 20,
+            flush_timeout: Duration::from_millis(100),
+            client_id: "test".into(),
+            part_size: 1000,
+        })
+        .unwrap();
+        let mut big = record(MessageKind::Request, None, None);
+        big.payload = bytes::Bytes::from(vec![b'x'; 2500]);
+        sink.write(&big).unwrap();
+        sink.write(&record(MessageKind::Request, None, None)).unwrap();
+        let s = sink.stats();
+        assert_eq!((s.records_split, s.records_pending), (1, 2), "3 parts + 1 whole message are 2 records");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while sink.stats().records_pending > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let s = sink.stats();
+        assert_eq!((s.records_failed, s.records_written, s.records_pending, s.parts_written), (2, 0, 0, 0));
+        assert_eq!(s.reasons, [("message_timed_out".to_string(), 2)]);
+    }
+
+    #[test]
+    fn part_header_names_the_part() {
+        let mut rec = record(MessageKind::Request, None, None);
+        rec.meta.part = Some((2, 3));
+        let mut scratch = String::new();
+        let h = pairs(&headers(&rec, "lo", &mut scratch));
+        assert_eq!(h.last().unwrap(), &("capture-part".to_string(), "2/3".to_string()));
+        assert!(rec.header_line().ends_with(" part=2/3\n"));
+    }
+
+    /// Regression: capture-tls and capture-part both arrived in one merge and a TLS
+    /// continuation record carried one header more than the room for them (a panic in
+    /// the pipeline thread).
+    #[test]
+    fn a_tls_continuation_response_carries_every_header() {
+        let mut rec = record(MessageKind::Response, Some(400), Some(200));
+        rec.meta.tls = true;
+        rec.meta.part = Some((1, 2));
+        let mut scratch = String::new();
+        let h = pairs(&headers(&rec, "", &mut scratch));
+        let names: Vec<&str> = h.iter().map(|(k, _)| k.as_str()).collect();
+        let all: Vec<&str> = HEADERS.iter().map(|(k, _)| *k).collect();
+        assert_eq!(names, all);
     }
 
     #[test]

@@ -30,6 +30,10 @@ pub struct SinkStats {
     pub records_dropped: u64,
     /// Records still queued (Kafka: waiting for the broker).
     pub records_pending: u64,
+    /// Kafka: records larger than --kafka-part-size, sent as continuation records.
+    pub records_split: u64,
+    /// Kafka: continuation records acknowledged (parts of the split records).
+    pub parts_written: u64,
     /// Failures and drops by reason, e.g. `("message_timed_out", 3)`.
     pub reasons: Vec<(String, u64)>,
 }
@@ -44,6 +48,13 @@ pub enum SinkError {
     },
     #[error("{sink}: {message}")]
     Kafka { sink: String, message: String },
+    /// An output file could not be created safely.
+    #[error("{sink}: {source}")]
+    File {
+        sink: String,
+        #[source]
+        source: crate::files::FileError,
+    },
 }
 
 pub trait RecordSink: Send {

@@ -106,6 +106,7 @@ impl Sim {
             flags,
             ts_ns: self.ts,
             ifindex: 1,
+            tls: false,
             data: Bytes::copy_from_slice(data),
         });
         // Ranges registered meanwhile reach the kernel `lag` segments later.
