@@ -404,3 +404,84 @@ fn redaction_leaves_no_secret_in_the_file_or_kafka_and_replay_still_sets_headers
     assert_eq!(body["password"], t("PW-SECRET-4"), "the candidate got the redacted JSON, framed right");
     assert_eq!(login["headers"]["cookie"], format!("sid={}", t("SID-SECRET-2")));
 }
+
+/// With `--tls-lib`, the uprobes follow the classifiers' sampling verdict: a connection's
+/// plaintext is captured whole or not at all.
+#[test]
+fn tls_plaintext_follows_the_sampling_verdict() {
+    let test = "tls_plaintext_follows_the_sampling_verdict";
+    if !kernel_tests_enabled(test) {
+        return;
+    }
+    const LIBSSL: &str = "/usr/lib/x86_64-linux-gnu/libssl.so.3";
+    for tool in ["nginx", "openssl"] {
+        assert!(have(tool), "{test}: {tool} missing (cargo xtask test installs it)");
+    }
+    assert!(std::path::Path::new(LIBSSL).exists(), "{test}: {LIBSSL} missing (Debian's libssl3)");
+    let net = NetPair::new();
+    let dir = TempDir::new("tls-sample");
+    let (cert, key, www) = (dir.path("cert.pem"), dir.path("key.pem"), dir.path("www"));
+    sh(&format!(
+        "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=capture-test -keyout {} -out {} 2>/dev/null",
+        key.display(),
+        cert.display()
+    ));
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("hello.txt"), "hello over TLS\n").unwrap();
+    let access_log = dir.path("access.log");
+    let conf = dir.path("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nuser root;\nworker_processes 1;\npid {pid};\nerror_log {err} warn;\nevents {{ worker_connections 1024; }}\n\
+             http {{ access_log {log}; server {{ listen {PORT} ssl; ssl_certificate {cert}; ssl_certificate_key {key}; root {www}; }} }}\n",
+            pid = dir.path("nginx.pid").display(),
+            err = dir.path("error.log").display(),
+            log = access_log.display(),
+            cert = cert.display(),
+            key = key.display(),
+            www = www.display(),
+        ),
+    )
+    .unwrap();
+    /// Stops nginx (master and worker) also when the test fails.
+    struct Stopped(std::process::Child);
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            stop_gracefully(&mut self.0);
+        }
+    }
+    let nginx = Stopped(Command::new("ip").args(["netns", "exec", &net.server_ns, "nginx", "-c"]).arg(&conf).stdout(Stdio::null()).spawn().unwrap());
+    wait_tcp(&net.server_ns, "127.0.0.1", PORT);
+    let mut agent = Agent::start(&net.server_ns, &net.server_if, &[PORT], &dir, &["--no-stream-log", "--sample", "50", "--tls-lib", LIBSSL]);
+    let n = 200;
+    sh(&format!(
+        "ip netns exec {} sh -c 'for i in $(seq {n}); do curl -sk -o /dev/null https://{}:{PORT}/hello.txt; done'",
+        net.client_ns, net.server_v4
+    ));
+    let s = summary(&agent.stop());
+    drop(nginx);
+    let served = std::fs::read_to_string(&access_log).unwrap().lines().count() as u64;
+    assert_eq!(served, n);
+    let records = parse_gor(&agent.records());
+    let conns = by_connection(&records);
+    for (id, recs) in &conns {
+        let kinds: Vec<u8> = recs.iter().map(|r| r.ty).collect();
+        assert_eq!(kinds, [b'1', b'2'], "connection {id}: one whole exchange");
+        assert!(recs.iter().all(|r| r.meta.get("tls").map(String::as_str) == Some("1")), "connection {id}: plaintext");
+        assert!(recs[1].payload.ends_with(b"hello over TLS\n"));
+    }
+    let k = conns.len() as u64;
+    let (lo, hi) = binomial_interval(n, 0.5, 0.001);
+    eprintln!(
+        "TLS sampling: kept {k} of {n} connections; interval [{lo}, {hi}]; kernel_tls_sampled_out_calls={} kernel_sampled_out_connections={}",
+        s["kernel_tls_sampled_out_calls"], s["kernel_sampled_out_connections"]
+    );
+    assert!((lo..=hi).contains(&k), "kept {k} of {n}");
+    // The left-out connections' SSL calls were seen by the probes and not emitted, and
+    // their TCP segments stopped at the classifiers.
+    assert!(s["kernel_tls_sampled_out_calls"] >= 2 * (n - k), "a read and a write per left-out connection");
+    assert_eq!(s["kernel_sampled_out_connections"], n - k);
+    assert_eq!(s["http_requests"], k, "only the kept connections' plaintext was framed");
+    assert!(s["tls_ciphertext_connections"] <= k, "a left-out connection's ciphertext never reached userspace");
+}
