@@ -361,7 +361,26 @@ impl Agent {
         Self::start_with(ns, iface, ports, dir, extra, false, output.to_path_buf())
     }
 
+    /// Like `start`, with `RUST_LOG` set to `log` (e.g. to see one module's debug lines).
+    pub fn start_logging(ns: &str, iface: &str, ports: &[u16], dir: &TempDir, extra: &[&str], log: &str) -> Agent {
+        Self::start_with_env(ns, iface, ports, dir, extra, false, unused(dir, "records", "gor"), log)
+    }
+
     fn start_with(ns: &str, iface: &str, ports: &[u16], dir: &TempDir, extra: &[&str], stdout: bool, output: PathBuf) -> Agent {
+        Self::start_with_env(ns, iface, ports, dir, extra, stdout, output, "info")
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_with_env(
+        ns: &str,
+        iface: &str,
+        ports: &[u16],
+        dir: &TempDir,
+        extra: &[&str],
+        stdout: bool,
+        output: PathBuf,
+        log: &str,
+    ) -> Agent {
         // The agent never overwrites a file: each start in a directory gets new names.
         let stream_log = unused(dir, "streams", "log");
         let mut cmd = Command::new("ip");
@@ -381,7 +400,7 @@ impl Agent {
             cmd.stdout(Stdio::null());
         }
         cmd.args(extra.iter().filter(|a| **a != "--no-stream-log"));
-        cmd.stderr(Stdio::piped()).env("RUST_LOG", "info");
+        cmd.stderr(Stdio::piped()).env("RUST_LOG", log);
         let mut child = cmd.spawn().expect("starting capture agent");
         let stderr = child.stderr.take().unwrap();
         let buf = std::sync::Arc::new(std::sync::Mutex::new(String::new()));

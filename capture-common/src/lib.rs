@@ -5,6 +5,12 @@
 //! breaking change of the kernel/user contract; bump [`EVENT_VERSION`].
 #![cfg_attr(not(test), no_std)]
 
+mod control;
+pub use control::{
+    connection_hash, copy_window, is_sampled, siphash24_40, SampleConfig, SkipRange, DEFAULT_SKIP_ENTRIES,
+    MAX_SKIP_LEN, SAMPLE_ALL,
+};
+
 /// Layout version written in every [`EventHeader`]; userspace refuses other versions.
 /// 2: `direction` is client->server / server->client (from the watched port), `hook` added.
 pub const EVENT_VERSION: u8 = 2;
@@ -150,9 +156,20 @@ pub enum Counter {
     /// Times a hook took over a flow direction another hook owned (a new SYN on the
     /// 4-tuple, or the owner saw nothing for [`OWNER_STALE_NS`]).
     OwnerChanges = 12,
+    /// Connections left out by `--sample` (client SYNs of unsampled connections).
+    SampledOutConnections = 13,
+    /// Segments of unsampled connections (not emitted; not a loss).
+    SampledOutSegments = 14,
+    /// Payload bytes of those segments.
+    SampledOutBytes = 15,
+    /// Segments whose payload was skipped in part or whole (userspace said it keeps
+    /// none of those bytes; not a loss).
+    SkippedSegments = 16,
+    /// Payload bytes not copied because of a skip.
+    SkippedBytes = 17,
 }
 
-pub const COUNTER_COUNT: u32 = 13;
+pub const COUNTER_COUNT: u32 = 18;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -169,6 +186,11 @@ impl Counter {
         Counter::DuplicateSegments,
         Counter::DuplicateBytes,
         Counter::OwnerChanges,
+        Counter::SampledOutConnections,
+        Counter::SampledOutSegments,
+        Counter::SampledOutBytes,
+        Counter::SkippedSegments,
+        Counter::SkippedBytes,
     ];
 
     /// Stable snake_case name used in logs and metrics.
@@ -187,6 +209,11 @@ impl Counter {
             Counter::DuplicateSegments => "kernel_duplicate_segments",
             Counter::DuplicateBytes => "kernel_duplicate_bytes",
             Counter::OwnerChanges => "kernel_flow_owner_changes",
+            Counter::SampledOutConnections => "kernel_sampled_out_connections",
+            Counter::SampledOutSegments => "kernel_sampled_out_segments",
+            Counter::SampledOutBytes => "kernel_sampled_out_bytes",
+            Counter::SkippedSegments => "kernel_skipped_segments",
+            Counter::SkippedBytes => "kernel_skipped_bytes",
         }
     }
 
@@ -213,6 +240,11 @@ pub const MAP_PORTS: &str = "PORTS";
 pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_OWNERS: &str = "OWNERS";
 pub const MAP_IFACE_COUNTERS: &str = "IFACE_COUNTERS";
+pub const MAP_SKIPS: &str = "FLOW_SKIPS";
+/// Globals of the kernel program holding the [`SampleConfig`] (u64 each).
+pub const GLOBAL_SAMPLE_K0: &str = "SAMPLE_K0";
+pub const GLOBAL_SAMPLE_K1: &str = "SAMPLE_K1";
+pub const GLOBAL_SAMPLE_THRESHOLD: &str = "SAMPLE_THRESHOLD";
 
 /// Default entries of the flow-owner map (one per flow direction); userspace sizes it
 /// from `--max-connections` at load time. An LRU: a live flow evicted under pressure is
@@ -411,9 +443,13 @@ pub enum TlsCounter {
     CiphertextBytes = 17,
     /// A call's return probe found no entry (lost to a full call map or a nested call).
     CallsUnmatched = 18,
+    /// Calls (and plaintext bytes) of connections `--sample` leaves out: not emitted,
+    /// not a loss.
+    SampledOutCalls = 19,
+    SampledOutBytes = 20,
 }
 
-pub const TLS_COUNTER_COUNT: u32 = 19;
+pub const TLS_COUNTER_COUNT: u32 = 21;
 
 impl TlsCounter {
     pub const ALL: [TlsCounter; TLS_COUNTER_COUNT as usize] = [
@@ -436,6 +472,8 @@ impl TlsCounter {
         TlsCounter::CiphertextSegments,
         TlsCounter::CiphertextBytes,
         TlsCounter::CallsUnmatched,
+        TlsCounter::SampledOutCalls,
+        TlsCounter::SampledOutBytes,
     ];
 
     /// Stable snake_case name used in logs and metrics.
@@ -460,6 +498,8 @@ impl TlsCounter {
             TlsCounter::CiphertextSegments => "kernel_tls_ciphertext_segments",
             TlsCounter::CiphertextBytes => "kernel_tls_ciphertext_bytes",
             TlsCounter::CallsUnmatched => "kernel_tls_calls_unmatched",
+            TlsCounter::SampledOutCalls => "kernel_tls_sampled_out_calls",
+            TlsCounter::SampledOutBytes => "kernel_tls_sampled_out_bytes",
         }
     }
 
@@ -490,11 +530,14 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::IfaceCounters {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for super::SkipRange {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::TlsOffsets {}
 }
 
 const _: () = assert!(core::mem::size_of::<FlowTuple>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowOwner>() == 24);
+const _: () = assert!(core::mem::size_of::<SkipRange>() == 8);
 
 #[cfg(test)]
 mod tests {

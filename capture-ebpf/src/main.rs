@@ -7,6 +7,11 @@
 //! is emitted once, by the hook that owns its flow direction (`OWNERS`, rule in
 //! `capture_common::owner_verdict`); the others count it as a duplicate.
 //!
+//! What need not be copied is not: connections left out by `--sample` (a keyed hash of
+//! the connection's canonical 4-tuple, so every hook and both directions agree; the
+//! rule is `capture_common::is_sampled`), and payload ranges userspace registered in
+//! `FLOW_SKIPS` (bodies of exchanges it does not keep; rule `capture_common::copy_window`).
+//!
 //! The programs never change a packet and always return `TC_ACT_UNSPEC` (`TCX_NEXT`),
 //! so other classifiers on the same hook still run.
 #![no_std]
@@ -20,13 +25,30 @@ use aya_ebpf::{
     macros::{classifier, map},
     maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::TcContext,
+    Global,
 };
 use capture_common::{
-    direction_of, new_owner, owner_verdict, Counter, EventHeader, FlowOwner, FlowTuple,
-    IfaceCounters, OwnerVerdict, Scratch, CHUNK_SIZE, COUNTER_COUNT, DEFAULT_OWNER_ENTRIES,
-    DEFAULT_RING_BYTES, EVENT_HEADER_SIZE, EVENT_VERSION, FAMILY_IPV4, FAMILY_IPV6, HOOK_EGRESS,
-    HOOK_INGRESS, MAX_CHUNKS, MAX_INTERFACES, MAX_PORTS, TCP_FIN, TCP_RST, TCP_SYN,
+    connection_hash, copy_window, direction_of, is_sampled, new_owner, owner_verdict, Counter,
+    EventHeader, FlowOwner, FlowTuple, IfaceCounters, OwnerVerdict, Scratch,
+    SkipRange, CHUNK_SIZE, COUNTER_COUNT, DEFAULT_OWNER_ENTRIES, DEFAULT_RING_BYTES,
+    DEFAULT_SKIP_ENTRIES, DIR_CLIENT_TO_SERVER, EVENT_HEADER_SIZE, EVENT_VERSION, FAMILY_IPV4,
+    FAMILY_IPV6, HOOK_EGRESS, HOOK_INGRESS, MAX_CHUNKS, MAX_INTERFACES, MAX_PORTS, SAMPLE_ALL,
+    TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
+
+/// `--sample` (`capture_common::SampleConfig`): set by the loader (`override_global`);
+/// the default keeps everything.
+#[unsafe(no_mangle)]
+static SAMPLE_K0: Global<u64> = Global::new(0);
+#[unsafe(no_mangle)]
+static SAMPLE_K1: Global<u64> = Global::new(0);
+#[unsafe(no_mangle)]
+static SAMPLE_THRESHOLD: Global<u64> = Global::new(SAMPLE_ALL);
+
+/// Flow direction (the packet's 4-tuple) -> sequence range whose payload is not copied.
+/// Written by userspace only; a SYN on the 4-tuple drops the entry (a new connection).
+#[map(name = "FLOW_SKIPS")]
+static FLOW_SKIPS: LruHashMap<FlowTuple, SkipRange> = LruHashMap::with_max_entries(DEFAULT_SKIP_ENTRIES, 0);
 
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
@@ -90,6 +112,14 @@ fn iface_counters(ifindex: u32) -> Option<*mut IfaceCounters> {
     // Fails harmlessly if another CPU created it first.
     let _ = IFACE_COUNTERS.insert(&ifindex, &IfaceCounters::default(), BPF_NOEXIST as u64);
     IFACE_COUNTERS.get_ptr_mut(&ifindex)
+}
+
+/// Whether `--sample` keeps the connection (canonical 4-tuple: client side, server side).
+#[inline(always)]
+pub(crate) fn sampled(client: &[u8; 16], server: &[u8; 16], cport: u16, sport: u16, family: u8) -> bool {
+    let threshold = SAMPLE_THRESHOLD.load();
+    threshold >= SAMPLE_ALL
+        || is_sampled(threshold, connection_hash(SAMPLE_K0.load(), SAMPLE_K1.load(), client, server, cport, sport, family))
 }
 
 #[inline(always)]
@@ -216,6 +246,19 @@ fn capture(ctx: &TcContext, hook: u8) {
         }
     }
 
+    // Sampling: unsampled connections stop here, on every hook and in both directions.
+    let to_server = direction == DIR_CLIENT_TO_SERVER;
+    let (client, server) = if to_server { (&hdr.saddr, &hdr.daddr) } else { (&hdr.daddr, &hdr.saddr) };
+    let (cport, sport) = if to_server { (hdr.sport, hdr.dport) } else { (hdr.dport, hdr.sport) };
+    if !sampled(client, server, cport, sport, hdr.family) {
+        if to_server && hdr.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+            count(Counter::SampledOutConnections, 1);
+        }
+        count(Counter::SampledOutSegments, 1);
+        count(Counter::SampledOutBytes, payload_len as u64);
+        return;
+    }
+
     // Emit only at the hook that owns this flow direction.
     let tuple = FlowTuple {
         saddr: hdr.saddr,
@@ -270,12 +313,30 @@ fn capture(ctx: &TcContext, hook: u8) {
         let _ = tls::TLS_FLOWS.remove(&tuple);
     }
 
+    // Payload userspace will not keep: copy only the window outside its skip range.
+    if syn {
+        let _ = FLOW_SKIPS.remove(&tuple);
+    }
+    let (copy_lo, copy_hi) = if payload_len == 0 {
+        (0, 0)
+    } else {
+        copy_window(hdr.seq, payload_len, hdr.tcp_flags, unsafe { FLOW_SKIPS.get(&tuple) })
+    };
+    let skipped = payload_len - (copy_hi - copy_lo);
+    if skipped > 0 {
+        count(Counter::SkippedSegments, 1);
+        count(Counter::SkippedBytes, skipped as u64);
+        if copy_lo == copy_hi {
+            return;
+        }
+    }
+
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return };
     let scratch = scratch as *mut u8;
     let limit = MAX_CHUNKS * CHUNK_SIZE as u32;
-    if payload_len > limit {
+    if copy_hi - copy_lo > limit {
         count(Counter::Truncated, 1);
-        count(Counter::TruncatedBytes, (payload_len - limit) as u64);
+        count(Counter::TruncatedBytes, (copy_hi - copy_lo - limit) as u64);
     }
 
     // The header goes into the scratch buffer once; each chunk only rewrites its two
@@ -285,12 +346,12 @@ fn capture(ctx: &TcContext, hook: u8) {
     let (mut emitted_events, mut emitted_bytes) = (0u64, 0u64);
     let mut i: u32 = 0;
     while i < MAX_CHUNKS {
-        let offset = i * CHUNK_SIZE as u32;
+        let offset = copy_lo + i * CHUNK_SIZE as u32;
         // A segment without payload still emits one event (SYN/FIN/RST).
-        if offset >= payload_len && !(i == 0 && payload_len == 0) {
+        if offset >= copy_hi && !(i == 0 && payload_len == 0) {
             break;
         }
-        let remaining = payload_len - offset;
+        let remaining = copy_hi - offset;
         let want = if remaining > CHUNK_SIZE as u32 { CHUNK_SIZE as u32 } else { remaining };
         unsafe {
             (*event).chunk_offset = offset;

@@ -82,6 +82,9 @@ const AF_INET6: u16 = 10;
 const ROLE_SERVER: u8 = 1;
 const ROLE_CLIENT: u8 = 2;
 const ROLE_UNWATCHED: u8 = 3;
+/// A server-side connection `--sample` leaves out (the classifiers leave out its
+/// ciphertext by the same hash).
+const ROLE_SAMPLED_OUT: u8 = 4;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -349,6 +352,12 @@ fn map_socket(key: &SslKey, sk: u64, now: u64) -> Option<*mut TlsConn> {
     if !socket_tuple(sk, new) {
         return None;
     }
+    if new.role == ROLE_SERVER {
+        let t = &new.c2s;
+        if !crate::sampled(&t.saddr, &t.daddr, t.sport, t.dport, t.family) {
+            new.role = ROLE_SAMPLED_OUT;
+        }
+    }
     if let Some(conn) = TLS_CONNS.get_ptr_mut(key) {
         let c = unsafe { &*conn };
         if c.role == new.role && c.c2s == new.c2s {
@@ -429,6 +438,11 @@ pub fn ssl_ret(ctx: RetProbeContext) -> u32 {
         ROLE_SERVER => {}
         ROLE_CLIENT => {
             count(TlsCounter::ClientSide, 1);
+            return 0;
+        }
+        ROLE_SAMPLED_OUT => {
+            count(TlsCounter::SampledOutCalls, 1);
+            count(TlsCounter::SampledOutBytes, n);
             return 0;
         }
         _ => {

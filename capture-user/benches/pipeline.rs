@@ -12,6 +12,7 @@ use capture::flow::{Direction, FlowKey};
 use capture::http::HttpConfig;
 use capture::pipeline::Pipeline;
 use capture::record::{Record, RecordContext, RunId};
+use capture::redact::{RedactConfig, RedactKey, Redactor};
 use capture::segment::Segment;
 use capture::sink::{RecordSink, SinkError, SinkStats};
 use capture_common::{TCP_ACK, TCP_FIN, TCP_SYN};
@@ -73,8 +74,17 @@ fn connection(port: u16, exchanges: &[(Vec<u8>, Vec<u8>)], mss: usize) -> Vec<Se
 }
 
 fn run(segments: &[Segment]) -> u64 {
+    run_with(segments, false)
+}
+
+/// `redact`: with the agent's default redaction (as `capture agent` runs).
+fn run_with(segments: &[Segment], redact: bool) -> u64 {
     let ctx = RecordContext { run: RunId(1), node: "bench".into(), wall_offset_ns: 0 };
     let mut p = Pipeline::new(TableLimits::default(), HttpConfig::default(), ctx, vec![Box::new(NullSink(0))]);
+    if redact {
+        let key = RedactKey::new(vec![7; 32]).unwrap();
+        p = p.with_redactor(Redactor::new(RedactConfig::new(&[], &[], &[], &[], &[], &[], key)));
+    }
     for s in segments {
         p.on_segment(s.clone());
     }
@@ -102,6 +112,12 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("small_keepalive");
     g.throughput(Throughput::Elements(40_000));
     g.bench_function("messages", |b| b.iter(|| assert_eq!(run(&small), 20_000)));
+    g.bench_function("messages+redaction", |b| b.iter(|| assert_eq!(run_with(&small, true), 20_000)));
+    // The same with a session cookie and a bearer token in every request (two tokens each).
+    let req = b"GET /api/v1/items/42?x=1 HTTP/1.1\r\nHost: service.local\r\nAuthorization: Bearer abc.def.ghi\r\nCookie: sid=0123456789abcdef\r\n\r\n".to_vec();
+    let resp = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: application/json\r\nContent-Length: 27\r\n\r\n{\"id\":42,\"name\":\"example\"}\n".to_vec();
+    let secrets = connection(3000, &vec![(req, resp); 20_000], 1460);
+    g.bench_function("messages+redaction, secrets", |b| b.iter(|| assert_eq!(run_with(&secrets, true), 20_000)));
     g.finish();
 }
 

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use capture_common::{Counter, TlsCounter};
+use capture_common::{Counter, SampleConfig, TlsCounter};
 use log::{info, warn};
 
 use crate::connections::TableLimits;
@@ -29,9 +29,12 @@ use crate::kernel::tls::TlsProbes;
 use crate::kernel::{counters, KernelCapture, KernelError};
 use crate::metrics::agent::AgentMetrics;
 use crate::pipeline::{Pipeline, PipelineStats};
+use crate::policy::ExchangePolicy;
 use crate::record::{clock_ns, RecordContext};
+use crate::redact::{RedactConfig, Redactor};
 use crate::segment::Segment;
 use crate::sink::RecordSink;
+use crate::skip::Skipper;
 use crate::tls_libs::{Discovery, TlsLibSpec};
 
 pub struct AgentConfig {
@@ -53,6 +56,12 @@ pub struct AgentConfig {
     pub metrics: Arc<AgentMetrics>,
     /// `--tls-lib`: OpenSSL libraries to probe for plaintext (empty: no TLS capture).
     pub tls_libs: Vec<TlsLibSpec>,
+    /// `--sample`: which connections the kernel copies.
+    pub sampling: SampleConfig,
+    /// Filters and rate limits.
+    pub policy: ExchangePolicy,
+    /// What is redacted, with which key.
+    pub redaction: RedactConfig,
 }
 
 enum Msg {
@@ -168,12 +177,19 @@ pub fn run(
     config: AgentConfig,
     open_outputs: impl FnOnce() -> anyhow::Result<Vec<Box<dyn RecordSink>>>,
 ) -> anyhow::Result<AgentSummary> {
-    let mut kernel = KernelCapture::load(&config.ports, config.ring_bytes, config.owner_entries, config.attach)?;
+    let mut kernel =
+        KernelCapture::load(&config.ports, config.ring_bytes, config.owner_entries, config.sampling, config.attach)?;
 
     let ctx = RecordContext::new(config.node.clone());
-    let mut pipeline = Pipeline::new(config.limits, config.http, ctx, open_outputs()?);
+    let mut pipeline = Pipeline::new(config.limits, config.http, ctx, open_outputs()?)
+        .with_policy(config.policy)
+        .with_redactor(Redactor::new(config.redaction));
     if !config.tls_libs.is_empty() {
         pipeline = pipeline.with_tls(config.limits);
+    }
+    // The stream log hashes every byte, so nothing is skipped when it is written.
+    if config.stream_log.is_none() {
+        pipeline = pipeline.with_skipper(Skipper::new(Box::new(kernel.take_skips()?)));
     }
     if let Some(path) = &config.stream_log {
         let file = files::create_new(path, &config.file_options).context("creating the stream log")?;

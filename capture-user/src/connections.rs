@@ -141,6 +141,9 @@ impl TableStats {
             ("stream_duplicate_bytes", self.streams.duplicate_bytes),
             ("stream_gaps", self.streams.gaps),
             ("stream_gap_bytes", self.streams.gap_bytes),
+            ("stream_skips", self.streams.skips),
+            ("stream_skip_bytes", self.streams.skip_bytes),
+            ("stream_skipped_bytes_arrived", self.streams.skipped_bytes_arrived),
             ("stream_unknown_starts", self.streams.unknown_starts),
             ("stream_unknown_ends", self.unknown_ends),
         ]
@@ -155,6 +158,9 @@ fn add_stream_stats(total: &mut StreamStats, s: &StreamStats) {
     total.gaps += s.gaps;
     total.gap_bytes += s.gap_bytes;
     total.forced_gaps += s.forced_gaps;
+    total.skips += s.skips;
+    total.skip_bytes += s.skip_bytes;
+    total.skipped_bytes_arrived += s.skipped_bytes_arrived;
     total.unknown_starts += s.unknown_starts;
 }
 
@@ -404,6 +410,32 @@ impl ConnectionTable {
         sink.on_close(&conn.info, reason, ts_ns);
     }
 
+    /// The consumer does not want the next `len` bytes of `dir` on connection `id`
+    /// (see [`StreamReassembler::skip`]); what follows them is handed on at once if held.
+    /// Returns the skipped range's sequence numbers, or `None` if the connection is gone.
+    pub fn skip(
+        &mut self,
+        flow: FlowKey,
+        id: ConnectionId,
+        dir: Direction,
+        len: u64,
+        sink: &mut dyn StreamSink,
+    ) -> Option<(u32, u32)> {
+        let conn = self.conns.get_mut(&flow).filter(|c| c.info.id == id)?;
+        let stream = &mut conn.streams[dir.index()];
+        let before = stream.buffered_bytes();
+        let range = stream.skip(len, &mut self.chunks);
+        self.total_buffered = self.total_buffered + stream.buffered_bytes() - before;
+        for chunk in self.chunks.drain(..) {
+            sink.on_chunk(&conn.info, dir, chunk);
+        }
+        if conn.streams[0].is_finished() && conn.streams[1].is_finished() {
+            let ts = conn.last_seen_ns;
+            self.close(flow, CloseReason::Fin, ts, sink);
+        }
+        range
+    }
+
     /// Periodic housekeeping: closes idle connections and gives up on old holes.
     pub fn on_tick(&mut self, now_ns: u64, sink: &mut dyn StreamSink) {
         let idle: Vec<FlowKey> = self
@@ -472,6 +504,7 @@ mod tests {
         opened: Vec<ConnectionId>,
         data: HashMap<(ConnectionId, usize), Vec<u8>>,
         gaps: HashMap<(ConnectionId, usize), u64>,
+        skips: HashMap<(ConnectionId, usize), u64>,
         unknown_starts: HashMap<(ConnectionId, usize), u64>,
         closed: Vec<(ConnectionId, CloseReason)>,
     }
@@ -486,6 +519,7 @@ mod tests {
                     self.data.entry((conn.id, dir.index())).or_default().extend_from_slice(&bytes)
                 }
                 StreamChunk::Gap { len } => *self.gaps.entry((conn.id, dir.index())).or_default() += len,
+                StreamChunk::Skip { len } => *self.skips.entry((conn.id, dir.index())).or_default() += len,
                 StreamChunk::UnknownStart => *self.unknown_starts.entry((conn.id, dir.index())).or_default() += 1,
             }
         }

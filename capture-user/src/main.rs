@@ -12,11 +12,14 @@ use clap::{Args, Parser, Subcommand};
 use capture::agent::{self, AgentConfig};
 use capture::connections::TableLimits;
 use capture::files::{self, FileOptions};
+use capture::filter::{self, Filters, HeaderRule};
 use capture::http::HttpConfig;
 use capture::metrics::agent::AgentMetrics;
 use capture::compare::{html, junit, terminal, CompareSettings, JunitRun, OutcomeLog, PathPattern, Report, ReportView, Risk};
 use capture::export::write_har;
 use capture::output::{parse_size, OutputSpec};
+use capture::policy::ExchangePolicy;
+use capture::redact::{JsonField, RedactConfig, RedactKey};
 use capture::replay::input::{GorInput, InputStats, PairingWindow};
 use capture::replay::kafka_input::{consume_group, parse_time, read_window, GroupEvent, KafkaInput};
 use capture::replay::request::{RewriteOptions, TargetUrl};
@@ -736,7 +739,8 @@ struct AgentArgs {
     duration: Option<f64>,
 
     /// Diagnostics: write one line per closed connection with the byte count and
-    /// SHA-256 of each rebuilt direction to this file.
+    /// SHA-256 of each rebuilt direction to this file. Every byte is then copied: bodies
+    /// nobody keeps are not skipped in the kernel.
     #[arg(long, env = "CAPTURE_STREAM_LOG")]
     stream_log: Option<PathBuf>,
 
@@ -766,6 +770,111 @@ struct AgentArgs {
     /// sticky bit (refused by default: they could swap the files).
     #[arg(long, env = "CAPTURE_ALLOW_UNSAFE_DIR", value_parser = clap::builder::BoolishValueParser::new())]
     allow_unsafe_dir: bool,
+
+    /// Keep this percentage of connections (more than 0, up to 100; e.g. 10 or 0.5). The
+    /// kernel decides once per connection with a keyed hash of its addresses and ports
+    /// (random key per start, so the choice cannot be predicted from outside); a kept
+    /// connection is kept whole, the others never reach the ring buffer.
+    #[arg(long, default_value_t = 100.0, env = "CAPTURE_SAMPLE", value_parser = parse_percent, help_heading = "Controlling what is captured", value_name = "PERCENT")]
+    sample: f64,
+
+    /// Keep only exchanges whose request has this method (repeatable; comma-separated in
+    /// the env var). Filters decide on the request head; the response follows.
+    #[arg(long = "allow-method", env = "CAPTURE_ALLOW_METHOD", value_delimiter = ',', value_parser = filter::parse_method, help_heading = "Controlling what is captured", value_name = "METHOD")]
+    allow_methods: Vec<String>,
+
+    /// Keep only exchanges whose request-target (path and query, as sent) matches this
+    /// regex; repeatable, any may match (newline-separated in the env var). Unanchored:
+    /// use `^/api/` to anchor.
+    #[arg(long = "allow-path", env = "CAPTURE_ALLOW_PATH", value_delimiter = '\n', value_parser = filter::parse_regex, help_heading = "Controlling what is captured", value_name = "REGEX")]
+    allow_paths: Vec<regex::bytes::Regex>,
+
+    /// Drop exchanges whose request-target matches this regex, e.g. `^/health` (repeatable;
+    /// newline-separated in the env var).
+    #[arg(long = "deny-path", env = "CAPTURE_DENY_PATH", value_delimiter = '\n', value_parser = filter::parse_regex, help_heading = "Controlling what is captured", value_name = "REGEX")]
+    deny_paths: Vec<regex::bytes::Regex>,
+
+    /// Keep only exchanges whose Host header matches this regex (repeatable, any may match;
+    /// newline-separated in the env var).
+    #[arg(long = "allow-host", env = "CAPTURE_ALLOW_HOST", value_delimiter = '\n', value_parser = filter::parse_regex, help_heading = "Controlling what is captured", value_name = "REGEX")]
+    allow_hosts: Vec<regex::bytes::Regex>,
+
+    /// `Name: regex`: keep only exchanges with a header of that name whose value matches
+    /// (repeatable: every rule must hold; a missing header fails the rule; newline-separated
+    /// in the env var).
+    #[arg(long = "allow-header", env = "CAPTURE_ALLOW_HEADER", value_delimiter = '\n', value_parser = HeaderRule::parse, help_heading = "Controlling what is captured", value_name = "NAME: REGEX")]
+    allow_headers: Vec<HeaderRule>,
+
+    /// `Name: regex`: drop exchanges with a header of that name whose value matches
+    /// (repeatable; newline-separated in the env var).
+    #[arg(long = "deny-header", env = "CAPTURE_DENY_HEADER", value_delimiter = '\n', value_parser = HeaderRule::parse, help_heading = "Controlling what is captured", value_name = "NAME: REGEX")]
+    deny_headers: Vec<HeaderRule>,
+
+    /// Keep at most this many exchanges per second (token bucket, bursts up to one second);
+    /// the others are dropped whole, at their request head, and counted.
+    #[arg(long, env = "CAPTURE_RATE", value_parser = parse_rate, help_heading = "Controlling what is captured", value_name = "EXCHANGES_PER_S")]
+    rate: Option<f64>,
+
+    /// Keep at most this many record bytes per second (each record's header line and HTTP
+    /// bytes, counted once whatever the number of outputs), e.g. `20MB`: protects Kafka.
+    /// An exchange starts only while the budget is not in debt and is then kept whole.
+    #[arg(long, env = "CAPTURE_MAX_BYTES_PER_SEC", value_parser = parse_size, help_heading = "Controlling what is captured", value_name = "BYTES")]
+    max_bytes_per_sec: Option<u64>,
+
+    /// Also redact this header's value (repeatable). Always redacted unless kept:
+    /// Authorization, Proxy-Authorization, Cookie, Set-Cookie, X-Api-Key, X-Auth-Token,
+    /// X-Access-Token, X-Amz-Security-Token, X-CSRF-Token, X-XSRF-Token.
+    #[arg(long = "redact-header", env = "CAPTURE_REDACT_HEADER", value_delimiter = ',', help_heading = "Controlling what is captured", value_name = "HEADER")]
+    redact_headers: Vec<String>,
+
+    /// Do not redact this header (one of the defaults), e.g. `Cookie` (repeatable).
+    #[arg(long = "keep-header", env = "CAPTURE_KEEP_HEADER", value_delimiter = ',', help_heading = "Controlling what is captured", value_name = "HEADER")]
+    keep_headers: Vec<String>,
+
+    /// Also redact this query parameter (request-target, Referer and Location URLs;
+    /// repeatable). Always redacted unless kept: password, passwd, client_secret,
+    /// access_token, refresh_token, id_token, api_key, apikey.
+    #[arg(long = "redact-query", env = "CAPTURE_REDACT_QUERY", value_delimiter = ',', help_heading = "Controlling what is captured", value_name = "PARAM")]
+    redact_query: Vec<String>,
+
+    /// Also redact this field of urlencoded form bodies (repeatable; same defaults).
+    #[arg(long = "redact-form-field", env = "CAPTURE_REDACT_FORM_FIELD", value_delimiter = ',', help_heading = "Controlling what is captured", value_name = "FIELD")]
+    redact_form_fields: Vec<String>,
+
+    /// Also redact this JSON body field: a key name at any depth (`password`) or a path
+    /// (`$.user.password`, `$.items[*].token`); repeatable, newline-separated in the env
+    /// var. The same default names are redacted at any depth.
+    #[arg(long = "redact-json-field", env = "CAPTURE_REDACT_JSON_FIELD", value_delimiter = '\n', value_parser = JsonField::parse, help_heading = "Controlling what is captured", value_name = "NAME|PATH")]
+    redact_json_fields: Vec<JsonField>,
+
+    /// Do not redact this default parameter or field name (repeatable).
+    #[arg(long = "keep-field", env = "CAPTURE_KEEP_FIELD", value_delimiter = ',', help_heading = "Controlling what is captured", value_name = "NAME")]
+    keep_fields: Vec<String>,
+
+    /// File holding the redaction key (at least 16 bytes; one trailing newline is
+    /// ignored). Tokens are HMAC-SHA256 of the value under this key: give every agent the
+    /// same file and equal secrets get equal tokens across nodes and restarts. Default: a
+    /// random key per start (tokens match only within one run).
+    #[arg(long = "redact-key-file", env = "CAPTURE_REDACT_KEY_FILE", value_parser = parse_key_file, help_heading = "Controlling what is captured", value_name = "FILE")]
+    redact_key: Option<RedactKey>,
+}
+
+fn parse_percent(s: &str) -> Result<f64, String> {
+    match s.trim().trim_end_matches('%').parse::<f64>() {
+        Ok(p) if p > 0.0 && p <= 100.0 => Ok(p),
+        _ => Err(format!("{s:?}: expected a percentage above 0 and at most 100, e.g. 10 or 0.5")),
+    }
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if r > 0.0 && r.is_finite() => Ok(r),
+        _ => Err(format!("{s:?}: expected a positive number of exchanges per second")),
+    }
+}
+
+fn parse_key_file(s: &str) -> Result<RedactKey, String> {
+    RedactKey::from_file(std::path::Path::new(s))
 }
 
 fn parse_metrics_addr(s: &str) -> Result<SocketAddr, String> {
@@ -793,6 +902,15 @@ fn parse_ring_size(s: &str) -> Result<u32, String> {
         return Err(format!("{s:?}: the ring size must be a power of two between 4KiB and 1GiB"));
     }
     Ok(n as u32)
+}
+
+/// 64 random bits from the kernel (the sampling key).
+fn random_u64() -> u64 {
+    let mut buf = [0u8; 8];
+    // SAFETY: writes at most 8 bytes into the buffer.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr() as *mut libc::c_void, 8, 0) };
+    assert_eq!(n, 8, "getrandom failed");
+    u64::from_le_bytes(buf)
 }
 
 fn hostname() -> String {
@@ -853,6 +971,41 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
             }
         }
     }
+    let (k0, k1) = (random_u64(), random_u64());
+    let sampling = capture_common::SampleConfig::new(args.sample, k0, k1);
+    if args.sample < 100.0 {
+        eprintln!("capture: sampling: keeping {}% of connections (decided in the kernel, once per connection)", args.sample);
+    }
+    let filters = Filters {
+        allow_methods: args.allow_methods,
+        allow_paths: args.allow_paths,
+        deny_paths: args.deny_paths,
+        allow_hosts: args.allow_hosts,
+        allow_headers: args.allow_headers,
+        deny_headers: args.deny_headers,
+    };
+    let policy = ExchangePolicy::new(filters, args.rate, args.max_bytes_per_sec);
+    let key_note = match &args.redact_key {
+        Some(_) => "key from --redact-key-file".to_string(),
+        None => "key: random for this run (tokens match only within this run; --redact-key-file keeps them stable across restarts and nodes)".to_string(),
+    };
+    let key = args.redact_key.unwrap_or_else(RedactKey::random);
+    let redaction = RedactConfig::new(
+        &args.redact_headers,
+        &args.keep_headers,
+        &args.redact_query,
+        &args.redact_form_fields,
+        &args.redact_json_fields,
+        &args.keep_fields,
+        key,
+    );
+    eprintln!(
+        "capture: redacting {} header(s), {} query parameter(s), {} form field(s), {} JSON field(s) before any output; {key_note}",
+        redaction.headers.len(),
+        redaction.query_params.len(),
+        redaction.form_fields.len(),
+        redaction.json_fields.len()
+    );
     if let Some(path) = &args.stream_log {
         files::check_new(path, &file_options).context("--stream-log")?;
     }
@@ -868,6 +1021,9 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         Ok(sinks)
     };
     let config = AgentConfig {
+        sampling,
+        policy,
+        redaction,
         interfaces: args.ifaces,
         ports: args.ports,
         ring_bytes: args.ring_size,

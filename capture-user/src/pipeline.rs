@@ -1,6 +1,8 @@
 //! The userspace pipeline after the ring buffer: segments -> connection table ->
-//! HTTP framing -> records -> sinks. Pure: fed by the kernel reader in the agent
-//! and by recorded segments in tests and benchmarks.
+//! HTTP framing (exchanges kept or not by the [`ExchangePolicy`]) -> records
+//! (redacted) -> sinks. Bodies nobody keeps are skipped, down to the kernel
+//! ([`crate::skip`]). Pure: fed by the kernel reader in the agent and by recorded
+//! segments in tests and benchmarks.
 
 use std::collections::HashMap;
 
@@ -13,12 +15,15 @@ use prometheus_client::metrics::histogram::Histogram;
 use sha2::{Digest, Sha256};
 
 use crate::connections::{CloseReason, ConnectionId, ConnectionInfo, ConnectionTable, StreamSink, TableLimits, TableStats};
-use crate::flow::Direction;
+use crate::flow::{Direction, FlowKey};
 use crate::http::{HttpConfig, HttpConnection, HttpMessage, HttpStats, MessageKind};
+use crate::policy::{ExchangePolicy, PolicyStats};
 use crate::reassembly::StreamChunk;
 use crate::record::{clock_ns, Record, RecordContext};
+use crate::redact::{RedactStats, Redactor};
 use crate::segment::Segment;
 use crate::sink::{RecordSink, SinkStats};
+use crate::skip::{SkipStats, Skipper, MIN_SKIP_BYTES};
 use crate::tls_streams::{TlsStats, TlsStreams};
 
 /// Frames HTTP on every connection and collects the finished messages.
@@ -32,6 +37,12 @@ pub struct HttpLayer {
     /// Bytes held by all framers, kept up to date per event (bounded by
     /// `config.max_total_buffered_bytes` plus the partial heads).
     buffered: usize,
+    /// Which exchanges are kept.
+    pub policy: ExchangePolicy,
+    /// Look for bodies to skip (only when something registers skips).
+    skips_enabled: bool,
+    /// Directions that may have a body to skip since the caller last looked.
+    skip_candidates: Vec<(FlowKey, ConnectionId, Direction)>,
 }
 
 impl HttpLayer {
@@ -43,7 +54,16 @@ impl HttpLayer {
             messages: Vec::new(),
             scratch: Vec::new(),
             buffered: 0,
+            policy: ExchangePolicy::default(),
+            skips_enabled: false,
+            skip_candidates: Vec::new(),
         }
+    }
+
+    /// Bytes of `dir` on connection `id` that may be skipped now (see
+    /// [`HttpConnection::skippable`]).
+    pub fn skippable(&self, id: ConnectionId, dir: Direction) -> Option<u64> {
+        self.conns.get(&id)?.skippable(dir)
     }
 
     fn collect(&mut self, conn: &ConnectionInfo) {
@@ -67,9 +87,15 @@ impl StreamSink for HttpLayer {
         let Some(http) = self.conns.get_mut(&conn.id) else { return };
         let before = http.buffered_bytes();
         match chunk {
-            StreamChunk::Data { bytes, ts_ns } => http.on_data(dir, &bytes, ts_ns, &mut self.stats, &mut self.scratch),
+            StreamChunk::Data { bytes, ts_ns } => {
+                http.on_data_judged(dir, &bytes, ts_ns, &mut self.policy, &mut self.stats, &mut self.scratch)
+            }
             StreamChunk::Gap { len } => http.on_gap(dir, len, &mut self.stats, &mut self.scratch),
             StreamChunk::UnknownStart => http.on_unknown_start(dir, &mut self.stats),
+            StreamChunk::Skip { len } => http.on_skip(dir, len, &mut self.stats, &mut self.scratch),
+        }
+        if self.skips_enabled && http.skippable(dir).is_some_and(|n| n >= MIN_SKIP_BYTES) {
+            self.skip_candidates.push((conn.flow, conn.id, dir));
         }
         let mut after = http.buffered_bytes();
         let total = self.buffered + after - before;
@@ -140,7 +166,9 @@ impl StreamSink for StreamDigest {
                 state.hashes[dir.index()].update(&bytes);
                 state.bytes[dir.index()] += bytes.len() as u64;
             }
-            StreamChunk::Gap { len } => state.gap_bytes[dir.index()] += len,
+            // A skipped range is not in the digest either (the agent keeps every byte
+            // when it writes digests, so this does not happen there).
+            StreamChunk::Gap { len } | StreamChunk::Skip { len } => state.gap_bytes[dir.index()] += len,
             StreamChunk::UnknownStart => {}
         }
     }
@@ -150,10 +178,12 @@ impl StreamSink for StreamDigest {
     }
 }
 
-/// Hands each stream event to the HTTP layer and, if enabled, the digest.
+/// Hands each stream event to the HTTP layer and, if enabled, the digest; tells the
+/// skipper when a connection closes.
 struct Fanout<'a> {
     http: &'a mut HttpLayer,
     digest: Option<&'a mut StreamDigest>,
+    skipper: Option<&'a mut Skipper>,
 }
 
 impl StreamSink for Fanout<'_> {
@@ -176,6 +206,9 @@ impl StreamSink for Fanout<'_> {
         if let Some(d) = self.digest.as_deref_mut() {
             d.on_close(conn, reason, ts_ns);
         }
+        if let Some(s) = self.skipper.as_deref_mut() {
+            s.on_close(&conn.flow);
+        }
     }
 }
 
@@ -191,6 +224,9 @@ pub struct PipelineStats {
     pub decode_errors: u64,
     pub table: TableStats,
     pub http: HttpStats,
+    pub policy: PolicyStats,
+    pub redaction: RedactStats,
+    pub skips: SkipStats,
     pub sinks: Vec<(String, SinkStats)>,
     /// With TLS capture on.
     pub tls: Option<TlsStats>,
@@ -202,6 +238,9 @@ impl PipelineStats {
         let mut out = vec![("decode_errors".to_string(), self.decode_errors)];
         out.extend(self.table.fields().into_iter().map(|(k, v)| (k.to_string(), v)));
         out.extend(self.http.fields().into_iter().map(|(k, v)| (format!("http_{k}"), v)));
+        for (k, v) in self.policy.fields().into_iter().chain(self.redaction.fields()).chain(self.skips.fields()) {
+            out.push((k.to_string(), v));
+        }
         if let Some(tls) = &self.tls {
             out.extend(tls.fields());
         }
@@ -243,6 +282,8 @@ pub struct Pipeline {
     ctx: RecordContext,
     outputs: Vec<Output>,
     histograms: Option<OutputHistograms>,
+    redactor: Option<Redactor>,
+    skipper: Option<Skipper>,
     pub decode_errors: u64,
 }
 
@@ -256,8 +297,29 @@ impl Pipeline {
             ctx,
             outputs: sinks.into_iter().map(|sink| Output { sink, error_logged: false }).collect(),
             histograms: None,
+            redactor: None,
+            skipper: None,
             decode_errors: 0,
         }
+    }
+
+    /// Keeps only the exchanges `policy` keeps.
+    pub fn with_policy(mut self, policy: ExchangePolicy) -> Self {
+        self.http.policy = policy;
+        self
+    }
+
+    /// Redacts every record before any output sees it.
+    pub fn with_redactor(mut self, redactor: Redactor) -> Self {
+        self.redactor = Some(redactor);
+        self
+    }
+
+    /// Skips bodies nobody keeps, and registers them with `skipper` (the kernel).
+    pub fn with_skipper(mut self, skipper: Skipper) -> Self {
+        self.skipper = Some(skipper);
+        self.http.skips_enabled = true;
+        self
     }
 
     /// Also observe message sizes and capture-to-output delay (see [`OutputHistograms`]).
@@ -280,27 +342,43 @@ impl Pipeline {
     }
 
     pub fn on_segment(&mut self, seg: Segment) {
-        let mut fan = Fanout { http: &mut self.http, digest: self.digest.as_mut() };
+        let mut fan = Fanout { http: &mut self.http, digest: self.digest.as_mut(), skipper: self.skipper.as_mut() };
         match &mut self.tls {
             Some(tls) => tls.on_segment(seg, &mut self.table, &mut fan),
             None => self.table.on_segment(seg, &mut fan),
         }
+        self.apply_skips();
         self.emit();
     }
 
     pub fn on_tick(&mut self, now_ns: u64) {
-        let mut fan = Fanout { http: &mut self.http, digest: self.digest.as_mut() };
+        let mut fan = Fanout { http: &mut self.http, digest: self.digest.as_mut(), skipper: self.skipper.as_mut() };
         match &mut self.tls {
             Some(tls) => tls.on_tick(now_ns, &mut self.table, &mut fan),
             None => self.table.on_tick(now_ns, &mut fan),
         }
+        self.apply_skips();
         self.emit();
         self.flush();
     }
 
+    /// Skips the rest of each body nobody keeps, in the reassembler and the kernel. The
+    /// length is asked again here: the framer has seen everything delivered so far, so
+    /// it is exactly the bytes after the reassembler's position.
+    fn apply_skips(&mut self) {
+        let Some(skipper) = self.skipper.as_mut() else { return };
+        while let Some((flow, id, dir)) = self.http.skip_candidates.pop() {
+            let Some(len) = self.http.skippable(id, dir).filter(|&n| n >= MIN_SKIP_BYTES) else { continue };
+            let mut fan = Fanout { http: &mut self.http, digest: self.digest.as_mut(), skipper: None };
+            if let Some((from, until)) = self.table.skip(flow, id, dir, len, &mut fan) {
+                skipper.register(flow, dir, from, until);
+            }
+        }
+    }
+
     /// Closes every connection and closes the sinks (each bounded by its own timeout).
     pub fn shutdown(&mut self, now_ns: u64) {
-        let mut fan = Fanout { http: &mut self.http, digest: self.digest.as_mut() };
+        let mut fan = Fanout { http: &mut self.http, digest: self.digest.as_mut(), skipper: self.skipper.as_mut() };
         match &mut self.tls {
             Some(tls) => tls.close_all(now_ns, &mut self.table, &mut fan),
             None => self.table.close_all(now_ns, &mut fan),
@@ -316,7 +394,16 @@ impl Pipeline {
     fn emit(&mut self) {
         for (conn, msg) in self.http.messages.drain(..) {
             let (kind, wire_size, end_ns) = (msg.kind, msg.original_len, msg.end_ns);
-            let record = Record::from_message(msg, &conn, &self.ctx);
+            let mut record = Record::from_message(msg, &conn, &self.ctx);
+            // Before any output sees it.
+            if let Some(r) = self.redactor.as_mut() {
+                r.redact(&mut record);
+            }
+            if self.http.policy.counts_bytes() {
+                let mut line = Vec::with_capacity(128);
+                record.write_header_line(&mut line);
+                self.http.policy.charge_record((line.len() + record.payload.len()) as u64);
+            }
             for out in &mut self.outputs {
                 if let Err(e) = out.sink.write(&record) {
                     if !out.error_logged {
@@ -352,6 +439,9 @@ impl Pipeline {
             decode_errors: self.decode_errors,
             table,
             http: self.http.stats.clone(),
+            policy: self.http.policy.stats.clone(),
+            redaction: self.redactor.as_ref().map(|r| r.stats.clone()).unwrap_or_default(),
+            skips: self.skipper.as_ref().map(|s| s.stats.clone()).unwrap_or_default(),
             sinks: self.outputs.iter().map(|o| (o.sink.describe(), o.sink.stats())).collect(),
             tls: self.tls.as_ref().map(TlsStreams::stats),
         }

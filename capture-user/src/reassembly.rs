@@ -37,6 +37,9 @@ pub enum StreamChunk {
     Data { bytes: Bytes, ts_ns: u64 },
     /// `len` bytes of the stream are missing here (never seen); later Data continues after them.
     Gap { len: u64 },
+    /// `len` bytes were skipped on purpose ([`StreamReassembler::skip`]): not a loss;
+    /// later Data continues after them.
+    Skip { len: u64 },
     /// Comes once, before the first Data, when no SYN anchored the stream (the agent
     /// joined mid-connection or the SYN was lost): an unknown number of bytes before
     /// the first Data were never seen.
@@ -63,6 +66,13 @@ pub struct StreamStats {
     pub gap_bytes: u64,
     /// Of those, gaps forced by max_buffered_bytes (the rest come from flush).
     pub forced_gaps: u64,
+    /// Skip chunks emitted (ranges the consumer said it does not want).
+    pub skips: u64,
+    /// Their total length.
+    pub skip_bytes: u64,
+    /// Bytes of skipped ranges that arrived anyway (copied before the kernel learned of
+    /// the skip); dropped here, not counted as duplicates.
+    pub skipped_bytes_arrived: u64,
 }
 
 /// A segment (or the part of one not already covered) held until its hole fills.
@@ -86,6 +96,9 @@ pub struct StreamReassembler {
     buffered: usize,
     /// Absolute offset of the FIN (the stream's length), once seen.
     fin_off: Option<u64>,
+    /// The most recent skipped range (absolute offsets): late arrivals inside it are
+    /// counted as skipped, not as duplicates.
+    skipped: Option<(u64, u64)>,
     /// `base_seq` came from a SYN: offset 0 is the true start of the stream.
     anchored_by_syn: bool,
     stats: StreamStats,
@@ -107,6 +120,7 @@ impl StreamReassembler {
             pending: BTreeMap::new(),
             buffered: 0,
             fin_off: None,
+            skipped: None,
             anchored_by_syn: false,
             stats: StreamStats::default(),
         }
@@ -166,15 +180,15 @@ impl StreamReassembler {
         let end = start + len;
 
         if end <= next {
-            // Entirely before what we already handed on: a retransmit.
-            self.stats.duplicate_bytes += data.len() as u64;
+            // Entirely before what we already handed on: a retransmit (or skipped bytes).
+            self.count_stale(start, data.len() as u64);
             return;
         }
 
         if start <= next {
             // In order, possibly with an already-delivered head to trim.
             let skip = (next - start) as usize;
-            self.stats.duplicate_bytes += skip as u64;
+            self.count_stale(start, skip as u64);
             self.emit_data(data.slice(skip..), ts_ns, out);
             self.drain(out);
             return;
@@ -260,6 +274,41 @@ impl StreamReassembler {
         }
     }
 
+    /// The consumer does not want the next `len` bytes (it knows their length from the
+    /// framing): hands on a [`StreamChunk::Skip`] at once and drops those bytes, whether
+    /// held already or arriving later. Returns the sequence numbers `[from, until)` of
+    /// the range, for the kernel to skip too; `None` (nothing done) before the stream
+    /// has a starting point or for `len` 0.
+    pub fn skip(&mut self, len: u64, out: &mut Vec<StreamChunk>) -> Option<(u32, u32)> {
+        let base = self.base_seq?;
+        if len == 0 {
+            return None;
+        }
+        let (from, until) = (self.next_off, self.next_off + len);
+        while let Some(entry) = self.pending.first_entry() {
+            let start = *entry.key();
+            if start >= until {
+                break;
+            }
+            let held = entry.remove();
+            self.buffered -= held.data.len();
+            let inside = (start + held.data.len() as u64).min(until) - start;
+            self.stats.skipped_bytes_arrived += inside;
+            if (inside as usize) < held.data.len() {
+                // Entries never overlap, so the tail past the range stays alone.
+                self.insert_held(until, held.data.slice(inside as usize..), held.ts_ns);
+            }
+        }
+        self.next_off = until;
+        self.skipped = Some((from, until));
+        self.stats.skips += 1;
+        self.stats.skip_bytes += len;
+        out.push(StreamChunk::Skip { len });
+        self.drain(out);
+        // Truncating offsets is intended: sequence numbers are offsets mod 2^32.
+        Some((base.wrapping_add(from as u32), base.wrapping_add(until as u32)))
+    }
+
     /// Timestamp (ts_ns as given to on_data) of the oldest segment currently held out of order.
     pub fn oldest_pending_ts(&self) -> Option<u64> {
         // A linear scan: the held set is bounded by max_buffered_bytes and this is
@@ -282,6 +331,21 @@ impl StreamReassembler {
         // Truncating next_off is intended: sequence numbers are offsets mod 2^32.
         let expected = base.wrapping_add(self.next_off as u32);
         seq.wrapping_sub(expected) as i32
+    }
+
+    /// `len` bytes starting at absolute offset `start` (may be negative: before the
+    /// stream) were already handed on: those inside the last skipped range are counted
+    /// as skipped arrivals, the rest as duplicates.
+    fn count_stale(&mut self, start: i128, len: u64) {
+        let in_skip = match self.skipped {
+            Some((a, b)) => {
+                let (lo, hi) = (start.max(a as i128), (start + len as i128).min(b as i128));
+                (hi - lo).max(0) as u64
+            }
+            None => 0,
+        };
+        self.stats.skipped_bytes_arrived += in_skip;
+        self.stats.duplicate_bytes += len - in_skip;
     }
 
     fn emit_data(&mut self, bytes: Bytes, ts_ns: u64, out: &mut Vec<StreamChunk>) {
@@ -320,7 +384,7 @@ impl StreamReassembler {
             self.buffered -= held.data.len();
             // In-order data may have overtaken part or all of this entry.
             let already = (self.next_off - start).min(held.data.len() as u64) as usize;
-            self.stats.duplicate_bytes += already as u64;
+            self.count_stale(start as i128, already as u64);
             self.emit_data(held.data.slice(already..), held.ts_ns, out);
         }
     }
@@ -401,6 +465,7 @@ mod tests {
             match c {
                 StreamChunk::Data { bytes, .. } => v.extend_from_slice(bytes),
                 StreamChunk::Gap { len } => panic!("unexpected gap of {len}"),
+                StreamChunk::Skip { len } => panic!("unexpected skip of {len}"),
                 StreamChunk::UnknownStart => panic!("unexpected unknown start"),
             }
         }
@@ -416,7 +481,7 @@ mod tests {
                     assert!(!bytes.is_empty(), "empty Data chunk");
                     v.extend(bytes.iter().map(|&b| Some(b)));
                 }
-                StreamChunk::Gap { len } => {
+                StreamChunk::Gap { len } | StreamChunk::Skip { len } => {
                     assert!(*len > 0, "empty Gap chunk");
                     v.extend(std::iter::repeat_n(None, *len as usize));
                 }
@@ -471,7 +536,7 @@ mod tests {
             .iter()
             .map(|c| match c {
                 StreamChunk::Data { ts_ns, .. } => *ts_ns,
-                StreamChunk::Gap { .. } | StreamChunk::UnknownStart => unreachable!(),
+                StreamChunk::Gap { .. } | StreamChunk::Skip { .. } | StreamChunk::UnknownStart => unreachable!(),
             })
             .collect();
         assert_eq!(ts, vec![4, 3, 2]);

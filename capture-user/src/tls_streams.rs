@@ -212,7 +212,7 @@ mod tests {
         fn on_chunk(&mut self, conn: &ConnectionInfo, dir: Direction, chunk: StreamChunk) {
             match chunk {
                 StreamChunk::Data { bytes, .. } => self.data.entry((conn.id, dir.index())).or_default().extend_from_slice(&bytes),
-                StreamChunk::Gap { len } => *self.gaps.entry((conn.id, dir.index())).or_default() += len,
+                StreamChunk::Gap { len } | StreamChunk::Skip { len } => *self.gaps.entry((conn.id, dir.index())).or_default() += len,
                 StreamChunk::UnknownStart => {}
             }
         }

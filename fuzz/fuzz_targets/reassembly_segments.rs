@@ -53,7 +53,7 @@ fuzz_target!(|input: &[u8]| {
                 }
                 pos += bytes.len() as u64;
             }
-            StreamChunk::Gap { len } => pos += len,
+            StreamChunk::Gap { len } | StreamChunk::Skip { len } => pos += len,
             StreamChunk::UnknownStart => panic!("a stream anchored by its SYN has a known start"),
         }
     }

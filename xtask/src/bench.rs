@@ -3,7 +3,8 @@
 //! In a network namespace it creates (loopback only), nginx serves a small and a
 //! 64 KiB response to wrk for a fixed time, interleaved and repeated:
 //!   A  no capture
-//!   B  `capture agent` writing a .gor file (B-kafka: to a local tansu broker)
+//!   B  `capture agent` writing a .gor file (B-kafka: to a local tansu broker;
+//!      B-sample: `--sample 10`; B-filtered: a filter that drops every exchange)
 //!   C  `tcpdump -w /dev/null` with the same port filter (the libpcap path)
 //! and prints medians (min..max) of requests/s, ratios to A, completeness, CPU per
 //! 100k requests, peak RSS and drop counters.
@@ -39,15 +40,25 @@ pub struct BenchOptions {
 enum Variant {
     NoCapture,
     AgentFile,
+    /// `--sample 10`: 10 % of the connections, chosen in the kernel.
+    AgentSample,
+    /// `--deny-path` matching every request: framed, judged, nothing written.
+    AgentFiltered,
     AgentKafka,
     Tcpdump,
 }
 
 impl Variant {
+    fn is_agent(self) -> bool {
+        !matches!(self, Variant::NoCapture | Variant::Tcpdump)
+    }
+
     fn label(self) -> &'static str {
         match self {
             Variant::NoCapture => "A  no capture",
             Variant::AgentFile => "B  agent -> file",
+            Variant::AgentSample => "B  file --sample 10",
+            Variant::AgentFiltered => "B  file, all filtered",
             Variant::AgentKafka => "B  agent -> kafka",
             Variant::Tcpdump => "C  tcpdump",
         }
@@ -183,17 +194,23 @@ fn run_variant(
         Variant::NoCapture => {
             (run.rps, run.completed) = wrk(ns, url, opts)?;
         }
-        Variant::AgentFile | Variant::AgentKafka => {
-            let output = if variant == Variant::AgentFile {
-                format!("file://{}", dir.join("bench.gor").display())
-            } else {
+        Variant::AgentFile | Variant::AgentSample | Variant::AgentFiltered | Variant::AgentKafka => {
+            let output = if variant == Variant::AgentKafka {
                 format!("kafka://127.0.0.1:{KAFKA_PORT}/bench")
+            } else {
+                format!("file://{}", dir.join("bench.gor").display())
+            };
+            let controls: &[&str] = match variant {
+                Variant::AgentSample => &["--sample", "10"],
+                Variant::AgentFiltered => &["--deny-path", "^/"],
+                _ => &[],
             };
             let mut child = Command::new("ip")
                 .args(["netns", "exec", ns])
                 .arg(bin)
                 .args(["agent", "--iface", "lo", "--port", &port, "--output", &output])
                 .args(if https { vec!["--tls-lib", LIBSSL] } else { vec![] })
+                .args(controls)
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .env("RUST_LOG", "warn")
@@ -303,7 +320,7 @@ pub fn bench(root: &Path, opts: BenchOptions) -> Result<()> {
         Command::new("ip").args(["netns", "exec", &ns.0, "nginx", "-c"]).arg(&conf).stdout(Stdio::null()).spawn()?,
     );
     wait_port(&ns.0, PORT)?;
-    let mut variants = vec![Variant::NoCapture, Variant::AgentFile, Variant::Tcpdump];
+    let mut variants = vec![Variant::NoCapture, Variant::AgentFile, Variant::AgentSample, Variant::AgentFiltered, Variant::Tcpdump];
     let _broker = if opts.kafka {
         let url = format!("tcp://127.0.0.1:{KAFKA_PORT}");
         let broker = Killed(
@@ -317,7 +334,7 @@ pub fn bench(root: &Path, opts: BenchOptions) -> Result<()> {
         );
         wait_port(&ns.0, KAFKA_PORT)?;
         sh(&format!("ip netns exec {} tansu topic create bench --broker {url} --partitions 3", ns.0))?;
-        variants.insert(2, Variant::AgentKafka);
+        variants.insert(4, Variant::AgentKafka);
         Some(broker)
     } else {
         None
@@ -365,7 +382,7 @@ pub fn bench(root: &Path, opts: BenchOptions) -> Result<()> {
             );
             let kdrops: u64 = runs.iter().map(|r| r.kernel_drops).sum();
             let udrops: u64 = runs.iter().map(|r| r.user_drops).sum();
-            let is_agent = matches!(v, Variant::AgentFile | Variant::AgentKafka);
+            let is_agent = v.is_agent();
             println!(
                 "{:<20} {:>26} {:>8.3} {:>26} {:>24} {:>12} {:>12}",
                 v.label(),
@@ -378,7 +395,7 @@ pub fn bench(root: &Path, opts: BenchOptions) -> Result<()> {
             );
         }
         for &v in &variants {
-            if matches!(v, Variant::AgentFile | Variant::AgentKafka) {
+            if v.is_agent() {
                 let runs = &results[&v];
                 let captured: u64 = runs.iter().map(|r| r.captured).sum();
                 let logged: u64 = runs.iter().map(|r| r.nginx_logged).sum();

@@ -36,8 +36,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Benchmark (root): nginx + wrk with no capture (A), with the agent (B: file, and
-    /// Kafka unless --no-kafka) and with tcpdump (C), interleaved; prints one table.
+    /// Benchmark (root): nginx + wrk with no capture (A), with the agent (B: file, file
+    /// with --sample 10, file with every exchange filtered out, and Kafka unless
+    /// --no-kafka) and with tcpdump (C), interleaved; prints one table.
     Bench {
         /// Seconds of wrk load per run.
         #[arg(long, default_value_t = 5)]
@@ -164,7 +165,7 @@ fn main() -> Result<()> {
 
 /// cargo-fuzz release used for the fuzz targets.
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
-const FUZZ_TARGETS: &[&str] = &["http_segments", "reassembly_segments", "compare_responses", "record_reader", "record_round_trip"];
+const FUZZ_TARGETS: &[&str] = &["http_segments", "reassembly_segments", "compare_responses", "record_reader", "record_round_trip", "controls"];
 
 /// Runs every fuzz target for CAPTURE_FUZZ_SECONDS (default 20; 0 skips) with
 /// libFuzzer; a crash, a panic or a memory blow-up fails the run.

@@ -9,7 +9,8 @@ use bytes::Bytes;
 
 use super::head::{self, Ambiguity, Framing, ParseError, Prefix};
 use super::pairing::{Pairing, Pending};
-use super::{HttpConfig, HttpMessage, HttpStats, MessageKind};
+use super::view::RequestHead;
+use super::{ExchangeJudge, HttpConfig, HttpMessage, HttpStats, MessageKind};
 
 /// Connection-wide state both directions need.
 #[derive(Debug, Default)]
@@ -68,13 +69,15 @@ struct Msg {
     keep: usize,
     /// Kept bytes up to the end of the final head (set when the body starts).
     head_len: usize,
+    /// Its exchange was dropped by the judge: framed, but neither kept nor emitted.
+    discard: bool,
 }
 
 impl Msg {
     fn push(&mut self, data: &[u8], ts: u64) {
         self.original_len += data.len() as u64;
         self.end_ns = ts;
-        if !self.damaged {
+        if !self.damaged && !self.discard {
             let room = self.keep.saturating_sub(self.bytes.len());
             self.bytes.extend_from_slice(&data[..data.len().min(room)]);
         }
@@ -84,7 +87,10 @@ impl Msg {
         if !self.damaged {
             self.damaged = true;
             self.bytes = Vec::new();
-            stats.lost_to_gap += 1;
+            // A dropped exchange loses nothing anyone keeps.
+            if !self.discard {
+                stats.lost_to_gap += 1;
+            }
         }
     }
 }
@@ -163,7 +169,7 @@ impl Framer {
     pub(crate) fn stop_keeping(&mut self, excess: usize) -> Option<usize> {
         let in_body = !matches!(self.state, State::Head | State::Resync | State::Stopped);
         match self.msg.as_mut() {
-            Some(m) if in_body && !m.damaged && m.keep > m.head_len => {
+            Some(m) if in_body && !m.damaged && !m.discard && m.keep > m.head_len => {
                 let len = m.bytes.len();
                 m.keep = len.saturating_sub(excess).max(m.head_len);
                 m.bytes.truncate(m.keep);
@@ -185,6 +191,7 @@ impl Framer {
         &mut self,
         data: &[u8],
         ts: u64,
+        judge: &mut dyn ExchangeJudge,
         sh: &mut Shared,
         stats: &mut HttpStats,
         out: &mut Vec<HttpMessage>,
@@ -204,7 +211,7 @@ impl Framer {
             owned.extend_from_slice(data);
         }
         let input: &[u8] = if old_len > 0 { &owned } else { data };
-        let consumed = self.run(input, old_len, ts, sh, stats, out);
+        let consumed = self.run(input, old_len, ts, judge, sh, stats, out);
         if self.state == State::Stopped {
             return;
         }
@@ -235,11 +242,13 @@ impl Framer {
     }
 
     /// Frames as much of `input` as possible; returns the bytes consumed.
+    #[allow(clippy::too_many_arguments)]
     fn run(
         &mut self,
         input: &[u8],
         old_len: usize,
         ts: u64,
+        judge: &mut dyn ExchangeJudge,
         sh: &mut Shared,
         stats: &mut HttpStats,
         out: &mut Vec<HttpMessage>,
@@ -276,6 +285,7 @@ impl Framer {
                             ambiguous: None,
                             keep: max_msg,
                             head_len: 0,
+                            discard: false,
                         });
                     }
                     // Empty lines before a message are allowed; they ride along with it.
@@ -324,8 +334,8 @@ impl Framer {
                         continue;
                     }
                     let result = match self.kind {
-                        MessageKind::Request => self.request_head(&avail[..end], ts, sh),
-                        MessageKind::Response => self.response_head(&avail[..end], ts, sh, stats),
+                        MessageKind::Request => self.request_head(&avail[..end], ts, judge, sh),
+                        MessageKind::Response => self.response_head(&avail[..end], ts, judge, sh, stats),
                     };
                     match result {
                         Ok((len, framing)) => {
@@ -498,13 +508,15 @@ impl Framer {
         }
     }
 
-    /// Parses a request head: registers it for pairing. Returns (head length, framing).
+    /// Parses a request head: registers it for pairing and asks the judge whether its
+    /// exchange is kept. Returns (head length, framing).
     /// A head whose body framing is ambiguous ends its message: it is emitted flagged
     /// and the direction stops (see [`Framer::finish`]).
     fn request_head(
         &mut self,
         s: &[u8],
         ts: u64,
+        judge: &mut dyn ExchangeJudge,
         sh: &mut Shared,
     ) -> Result<(usize, Framing), ParseError> {
         let (len, h) = head::parse_request(s)?;
@@ -521,6 +533,12 @@ impl Framer {
             Framing::None
         });
         let start_ns = msg.start_ns;
+        let view = RequestHead { method: &h.method, target: &h.target, head: &s[..len] };
+        let dropped = !judge.keep_request(&view, start_ns);
+        if dropped {
+            msg.discard = true;
+            msg.bytes = Vec::new();
+        }
         sh.pairing.request_started(Pending {
             exchange,
             method: h.method,
@@ -528,6 +546,7 @@ impl Framer {
             start_ns,
             end_ns: None,
             emitted: false,
+            dropped,
         });
         Ok((len, framing))
     }
@@ -538,6 +557,7 @@ impl Framer {
         &mut self,
         s: &[u8],
         ts: u64,
+        judge: &mut dyn ExchangeJudge,
         sh: &mut Shared,
         stats: &mut HttpStats,
     ) -> Result<(usize, Framing), ParseError> {
@@ -551,15 +571,21 @@ impl Framer {
         msg.status = Some(h.status);
         match sh.pairing.take_for_response(msg.start_ns, stats) {
             Some(req) => {
+                // A response follows its request's fate.
+                msg.discard = req.dropped;
                 msg.exchange = req.exchange;
                 // The request's strings move to its response; `answering` keeps the times.
                 msg.method = Some(std::mem::take(&mut req.method));
                 msg.target = Some(std::mem::take(&mut req.target));
             }
             None => {
+                msg.discard = !judge.keep_unpaired_response();
                 msg.exchange = sh.next_exchange;
                 sh.next_exchange += 1;
             }
+        }
+        if msg.discard {
+            msg.bytes = Vec::new();
         }
         let method = msg.method.as_deref();
         let upgrade = h.status == 101 || (method == Some("CONNECT") && (200..300).contains(&h.status));
@@ -598,7 +624,7 @@ impl Framer {
         self.state = State::Head;
         self.scan = 0;
         let Some(msg) = self.msg.take() else { return };
-        let emitted = !msg.damaged;
+        let emitted = !msg.damaged && !msg.discard;
         let paired_req = match self.kind {
             MessageKind::Request => {
                 sh.pairing.request_done(msg.exchange, msg.end_ns, emitted);
@@ -615,6 +641,17 @@ impl Framer {
             self.stop_on_error(stats);
         }
         if !emitted {
+            if msg.discard {
+                match self.kind {
+                    MessageKind::Request => stats.dropped_requests += 1,
+                    MessageKind::Response => stats.dropped_responses += 1,
+                }
+                if msg.upgrade {
+                    stats.upgraded_connections += 1;
+                    sh.upgraded = true;
+                    self.stop();
+                }
+            }
             return;
         }
         let truncated = msg.original_len > msg.bytes.len() as u64;
@@ -767,7 +804,7 @@ impl Framer {
             _ => {
                 let in_progress = self.msg.as_ref().is_some_and(|m| m.original_len > 0)
                     || self.buf.iter().any(|&b| b != b'\r' && b != b'\n');
-                if in_progress && !self.msg.as_ref().is_some_and(|m| m.damaged) {
+                if in_progress && !self.msg.as_ref().is_some_and(|m| m.damaged || m.discard) {
                     stats.lost_to_gap += 1;
                 }
                 if self.kind == MessageKind::Response
@@ -786,6 +823,30 @@ impl Framer {
         }
     }
 
+    /// Bytes that may be skipped after what was fed: the rest of a length-delimited body
+    /// or chunk of a message that keeps no more bytes (dropped, damaged, or full).
+    pub(crate) fn skippable(&self) -> Option<u64> {
+        let m = self.msg.as_ref()?;
+        let keeps_nothing = m.discard || m.damaged || m.bytes.len() >= m.keep;
+        match self.state {
+            State::Body { remaining } | State::ChunkData { remaining } if keeps_nothing && remaining > 0 => Some(remaining),
+            _ => None,
+        }
+    }
+
+    /// `len` bytes (at most [`Framer::skippable`]) were skipped on purpose: unlike a gap,
+    /// the message is not damaged (it keeps what it has) and framing stays exact.
+    pub(crate) fn skip(&mut self, len: u64, sh: &mut Shared, stats: &mut HttpStats, out: &mut Vec<HttpMessage>) {
+        match self.state {
+            State::Body { remaining } | State::ChunkData { remaining } if len <= remaining && self.msg.is_some() => {
+                self.msg_mut().original_len += len;
+                self.body_advance(remaining - len, sh, stats, out);
+            }
+            // Not what skippable() allowed: treat as loss.
+            _ => self.gap(len, sh, stats, out),
+        }
+    }
+
     /// End of stream: a close-delimited response is complete; anything else partial is
     /// counted as incomplete_at_close and dropped.
     pub(crate) fn close(
@@ -801,12 +862,12 @@ impl Framer {
             State::Head => {
                 let partial = self.msg.as_ref().is_some_and(|m| m.original_len > 0)
                     || self.buf.iter().any(|&b| b != b'\r' && b != b'\n');
-                if partial && !self.msg.as_ref().is_some_and(|m| m.damaged) {
+                if partial && !self.msg.as_ref().is_some_and(|m| m.damaged || m.discard) {
                     stats.incomplete_at_close += 1;
                 }
             }
             _ => {
-                if !self.msg.as_ref().is_some_and(|m| m.damaged) {
+                if !self.msg.as_ref().is_some_and(|m| m.damaged || m.discard) {
                     stats.incomplete_at_close += 1;
                 }
             }

@@ -42,9 +42,32 @@ pub mod message;
 mod pairing;
 #[cfg(test)]
 mod tests;
+pub mod view;
 
 use crate::flow::Direction;
 use framer::{Framer, Shared};
+
+/// Decides on each request head whether its exchange is kept (filters, rate limits).
+/// A dropped request is not emitted, nor is the response paired with it; their bytes
+/// are not kept, and their remaining body can be skipped ([`HttpConnection::skippable`]).
+pub trait ExchangeJudge {
+    /// `ts_ns`: when the request's first byte was seen.
+    fn keep_request(&mut self, request: &view::RequestHead<'_>, ts_ns: u64) -> bool;
+    /// A final response with no request to pair with.
+    fn keep_unpaired_response(&mut self) -> bool;
+}
+
+/// Keeps every exchange.
+pub struct KeepAll;
+
+impl ExchangeJudge for KeepAll {
+    fn keep_request(&mut self, _: &view::RequestHead<'_>, _: u64) -> bool {
+        true
+    }
+    fn keep_unpaired_response(&mut self) -> bool {
+        true
+    }
+}
 
 /// Limits for framing.
 #[derive(Clone, Copy, Debug)]
@@ -188,6 +211,10 @@ stats_struct! {
     ambiguous_unsupported_transfer_encoding,
     ambiguous_invalid_chunk_size,
     ambiguous_invalid_chunk,
+    /// Requests not kept by the [`ExchangeJudge`] (filters, rate limits).
+    dropped_requests,
+    /// Responses not kept: their request was dropped, or unpaired ones the judge refused.
+    dropped_responses,
 }
 
 impl HttpStats {
@@ -237,6 +264,19 @@ impl HttpConnection {
         stats: &mut HttpStats,
         out: &mut Vec<HttpMessage>,
     ) {
+        self.on_data_judged(dir, data, ts_ns, &mut KeepAll, stats, out)
+    }
+
+    /// Like [`HttpConnection::on_data`], with `judge` deciding on each request head.
+    pub fn on_data_judged(
+        &mut self,
+        dir: Direction,
+        data: &[u8],
+        ts_ns: u64,
+        judge: &mut dyn ExchangeJudge,
+        stats: &mut HttpStats,
+        out: &mut Vec<HttpMessage>,
+    ) {
         if self.closed {
             return;
         }
@@ -248,7 +288,32 @@ impl HttpConnection {
             return;
         }
         self.seen_bytes += data.len() as u64;
-        self.framers[dir.index()].feed(data, ts_ns, &mut self.shared, stats, out);
+        self.framers[dir.index()].feed(data, ts_ns, judge, &mut self.shared, stats, out);
+        self.after_event(stats);
+    }
+
+    /// Bytes of `dir` that may be skipped right after what was fed so far: the rest of a
+    /// length-delimited body (or chunk) of a message that keeps no more bytes (dropped
+    /// by the judge, damaged, or full at `max_message_bytes`). `None` otherwise.
+    pub fn skippable(&self, dir: Direction) -> Option<u64> {
+        if self.closed || self.is_ignored() {
+            return None;
+        }
+        self.framers[dir.index()].skippable()
+    }
+
+    /// The next `len` bytes of `dir` were skipped on purpose (at most what
+    /// [`HttpConnection::skippable`] said): framing goes on exactly after them.
+    pub fn on_skip(&mut self, dir: Direction, len: u64, stats: &mut HttpStats, out: &mut Vec<HttpMessage>) {
+        if self.closed || self.shared.upgraded {
+            return;
+        }
+        if self.shared.non_http {
+            stats.non_http_bytes += len;
+            return;
+        }
+        self.seen_bytes += len;
+        self.framers[dir.index()].skip(len, &mut self.shared, stats, out);
         self.after_event(stats);
     }
 

@@ -41,6 +41,8 @@ pub(crate) struct Pending {
     pub end_ns: Option<u64>,
     /// The request record was emitted (complete and undamaged).
     pub emitted: bool,
+    /// The judge dropped this exchange: its response is not kept either.
+    pub dropped: bool,
 }
 
 #[derive(Debug)]

@@ -814,7 +814,7 @@ fn stats_add_and_fields() {
     assert_eq!(b.requests, 2);
     assert_eq!(b.parse_errors_bad_chunk, 4);
     let f = b.fields();
-    assert_eq!(f.len(), 32);
+    assert_eq!(f.len(), 34);
     assert_eq!(f[0], ("requests", 2));
     assert!(f.contains(&("parse_errors_bad_chunk", 4)));
 }

@@ -10,11 +10,12 @@ use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfLoader};
 use capture_common::{
-    IfaceCounters, MAP_COUNTERS, MAP_EVENTS, MAP_IFACE_COUNTERS, MAP_OWNERS, MAP_PORTS, MAX_PORTS, PROG_EGRESS,
-    PROG_INGRESS,
+    IfaceCounters, SampleConfig, GLOBAL_SAMPLE_K0, GLOBAL_SAMPLE_K1, GLOBAL_SAMPLE_THRESHOLD, MAP_COUNTERS, MAP_EVENTS, MAP_IFACE_COUNTERS, MAP_OWNERS, MAP_PORTS,
+    MAP_SKIPS, MAX_PORTS, PROG_EGRESS, PROG_INGRESS,
 };
 use log::{debug, info, warn};
 
+use super::flow_control::KernelSkips;
 use super::ownership::{self, Liveness, OwnerLock};
 use super::tc_netlink::{Hook, TcNetlink};
 
@@ -159,9 +160,16 @@ const HOOKS: [(&str, TcAttachType, Hook); 2] =
     [(PROG_INGRESS, TcAttachType::Ingress, Hook::Ingress), (PROG_EGRESS, TcAttachType::Egress, Hook::Egress)];
 
 impl KernelCapture {
-    /// Loads the object with a ring buffer of `ring_bytes` and a flow-owner map of
-    /// `owner_entries`, and loads (verifies) both classifiers. Nothing is attached yet.
-    pub fn load(ports: &[u16], ring_bytes: u32, owner_entries: u32, mode: AttachMode) -> Result<Self, KernelError> {
+    /// Loads the object with a ring buffer of `ring_bytes`, a flow-owner map of
+    /// `owner_entries` and the `sampling` settings, and loads (verifies) both
+    /// classifiers. Nothing is attached yet.
+    pub fn load(
+        ports: &[u16],
+        ring_bytes: u32,
+        owner_entries: u32,
+        sampling: SampleConfig,
+        mode: AttachMode,
+    ) -> Result<Self, KernelError> {
         if OBJECT.is_empty() {
             return Err(KernelError::NoObject);
         }
@@ -173,6 +181,9 @@ impl KernelCapture {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(MAP_EVENTS, ring_bytes)
             .map_max_entries(MAP_OWNERS, owner_entries.max(1024))
+            .override_global(GLOBAL_SAMPLE_K0, &sampling.k0, true)
+            .override_global(GLOBAL_SAMPLE_K1, &sampling.k1, true)
+            .override_global(GLOBAL_SAMPLE_THRESHOLD, &sampling.threshold, true)
             .load(OBJECT)
             .map_err(|e| KernelError::Load(Box::new(e)))?;
 
@@ -191,6 +202,10 @@ impl KernelCapture {
         for (name, _, _) in HOOKS {
             let prog = program_mut(&mut ebpf, name);
             prog.load().map_err(|source| KernelError::Verify { program: name, source: Box::new(source) })?;
+            // How close the program is to the verifier's limit (1M instructions processed).
+            if let Some(n) = prog.info().ok().and_then(|i| i.verified_instruction_count()) {
+                debug!("{name}: verified, {n} instructions processed");
+            }
         }
         let mode = match mode {
             AttachMode::Auto => {
@@ -427,6 +442,13 @@ impl KernelCapture {
     pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, KernelError> {
         let map = self.ebpf.take_map(MAP_EVENTS).ok_or(KernelError::MissingMap(MAP_EVENTS))?;
         RingBuf::try_from(map).map_err(|source| KernelError::Map { name: MAP_EVENTS, source: Box::new(source) })
+    }
+
+    /// Takes the skip map for the pipeline.
+    pub fn take_skips(&mut self) -> Result<KernelSkips, KernelError> {
+        let map = self.ebpf.take_map(MAP_SKIPS).ok_or(KernelError::MissingMap(MAP_SKIPS))?;
+        let map = BpfHashMap::try_from(map).map_err(|source| KernelError::Map { name: MAP_SKIPS, source: Box::new(source) })?;
+        Ok(KernelSkips::new(map))
     }
 
     /// Takes the per-CPU counters.

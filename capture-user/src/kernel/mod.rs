@@ -1,9 +1,10 @@
 //! Everything that touches the kernel: loading the eBPF object, attaching it to
 //! interfaces (TCX or netlink filters with an owner), following link changes,
-//! reading the ring buffer and the counters. Needs root; pure code never depends on
+//! reading the ring buffer and the counters, writing skip ranges. Needs root; pure code never depends on
 //! this module.
 
 pub mod counters;
+pub mod flow_control;
 pub mod links;
 pub mod loader;
 pub mod ownership;

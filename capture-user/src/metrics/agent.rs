@@ -217,6 +217,25 @@ const FAMILIES: &[(&str, &str)] = &[
     ("capture_output_written_bytes", "Bytes written (files, stdout) or acknowledged (Kafka) per output"),
     ("capture_output_lost_records", "Records per output that failed or were dropped, by reason (buffer_full, too_large, message_timed_out, ...)"),
     ("capture_agent_cpu_seconds", "CPU time of the agent process, by mode: user, system"),
+    ("capture_kernel_sampled_out_connections", "Connections --sample left out (their client SYNs), decided in the kernel; not a loss"),
+    ("capture_kernel_sampled_out_segments", "Segments of connections --sample left out, not copied"),
+    ("capture_kernel_sampled_out_bytes", "Payload bytes of connections --sample left out, not copied"),
+    ("capture_kernel_skipped_segments", "Segments whose payload the kernel skipped in part or whole (bodies nobody keeps)"),
+    ("capture_kernel_skipped_bytes", "Payload bytes the kernel did not copy because userspace keeps none of them"),
+    ("capture_kernel_skip_ranges", "Sequence ranges of unwanted bodies registered in the kernel's skip map"),
+    ("capture_kernel_skip_range_bytes", "Total length of those ranges"),
+    ("capture_kernel_skip_errors", "Skip map updates that failed (the bytes are copied and dropped in userspace)"),
+    ("capture_stream_skips", "Ranges skipped on purpose in rebuilt streams (bodies nobody keeps); not a loss"),
+    ("capture_stream_skip_bytes", "Bytes skipped on purpose in rebuilt streams"),
+    ("capture_stream_skipped_arrived_bytes", "Bytes of skipped ranges that reached userspace anyway (copied before the kernel knew)"),
+    ("capture_exchanges_kept", "Exchanges kept by the filters and rate limits (judged on their request head)"),
+    ("capture_exchanges_dropped", "Exchanges dropped whole, by reason: method, path, host, header (filters), unpaired (a response without request while filtering), rate (--rate), bytes (--max-bytes-per-sec)"),
+    ("capture_http_dropped_messages", "Messages not written because their exchange was dropped, by type: request, response"),
+    ("capture_redacted_records", "Records with at least one secret replaced by a token"),
+    ("capture_redacted_values", "Values replaced by tokens"),
+    ("capture_redaction_uninspected_bodies", "JSON or form bodies not inspected for secrets, by reason: encoded (a Content-Encoding)"),
+    ("capture_redaction_incomplete_json", "JSON bodies cut or invalid: values after that point were not looked for"),
+    ("capture_redaction_cut_heads", "Records whose head was cut (--max-message-size below the head): the partial last line was removed"),
 ];
 
 /// Summary key -> counter family and the label that replaces the glued part of the key.
@@ -287,6 +306,32 @@ const EXPORTS: &[(&str, &str, Option<(&str, &str)>)] = &[
     ("http_ambiguous_unsupported_transfer_encoding", "capture_http_ambiguous_requests", Some(("reason", "unsupported_transfer_encoding"))),
     ("http_ambiguous_invalid_chunk_size", "capture_http_ambiguous_requests", Some(("reason", "invalid_chunk_size"))),
     ("http_ambiguous_invalid_chunk", "capture_http_ambiguous_requests", Some(("reason", "invalid_chunk"))),
+    ("kernel_sampled_out_connections", "capture_kernel_sampled_out_connections", None),
+    ("kernel_sampled_out_segments", "capture_kernel_sampled_out_segments", None),
+    ("kernel_sampled_out_bytes", "capture_kernel_sampled_out_bytes", None),
+    ("kernel_skipped_segments", "capture_kernel_skipped_segments", None),
+    ("kernel_skipped_bytes", "capture_kernel_skipped_bytes", None),
+    ("skip_kernel_ranges", "capture_kernel_skip_ranges", None),
+    ("skip_kernel_range_bytes", "capture_kernel_skip_range_bytes", None),
+    ("skip_kernel_errors", "capture_kernel_skip_errors", None),
+    ("stream_skips", "capture_stream_skips", None),
+    ("stream_skip_bytes", "capture_stream_skip_bytes", None),
+    ("stream_skipped_bytes_arrived", "capture_stream_skipped_arrived_bytes", None),
+    ("exchanges_kept", "capture_exchanges_kept", None),
+    ("filter_dropped_method", "capture_exchanges_dropped", Some(("reason", "method"))),
+    ("filter_dropped_path", "capture_exchanges_dropped", Some(("reason", "path"))),
+    ("filter_dropped_host", "capture_exchanges_dropped", Some(("reason", "host"))),
+    ("filter_dropped_header", "capture_exchanges_dropped", Some(("reason", "header"))),
+    ("filter_dropped_unpaired", "capture_exchanges_dropped", Some(("reason", "unpaired"))),
+    ("ratelimit_dropped_rate", "capture_exchanges_dropped", Some(("reason", "rate"))),
+    ("ratelimit_dropped_bytes", "capture_exchanges_dropped", Some(("reason", "bytes"))),
+    ("http_dropped_requests", "capture_http_dropped_messages", Some(("type", "request"))),
+    ("http_dropped_responses", "capture_http_dropped_messages", Some(("type", "response"))),
+    ("redact_records", "capture_redacted_records", None),
+    ("redact_values", "capture_redacted_values", None),
+    ("redact_bodies_encoded", "capture_redaction_uninspected_bodies", Some(("reason", "encoded"))),
+    ("redact_json_incomplete", "capture_redaction_incomplete_json", None),
+    ("redact_heads_cut", "capture_redaction_cut_heads", None),
 ];
 
 fn counter(name: &'static str, labels: Vec<(&'static str, String)>, value: u64) -> Sample {
@@ -476,7 +521,8 @@ mod tests {
             &mut t.closed_shutdown, &mut t.orphan_segments, &mut t.hole_timeouts, &mut t.memory_pressure_flushes,
             &mut t.streams.bytes_delivered, &mut t.streams.out_of_order_segments, &mut t.streams.duplicate_bytes,
             &mut t.streams.gaps, &mut t.streams.gap_bytes, &mut t.closed_tls, &mut t.reused_without_syn,
-            &mut t.unknown_ends, &mut t.streams.unknown_starts,
+            &mut t.unknown_ends, &mut t.streams.unknown_starts, &mut t.streams.skips, &mut t.streams.skip_bytes,
+            &mut t.streams.skipped_bytes_arrived,
         ]
         .into_iter()
         .enumerate()
@@ -516,7 +562,23 @@ mod tests {
             ambiguous_unsupported_transfer_encoding: 3029,
             ambiguous_invalid_chunk_size: 3030,
             ambiguous_invalid_chunk: 3031,
+            dropped_requests: 3032,
+            dropped_responses: 3033,
         };
+        let p = &mut stats.policy;
+        let r = &mut stats.redaction;
+        let k = &mut stats.skips;
+        for (i, field) in [
+            &mut p.exchanges_kept, &mut p.filter_dropped_method, &mut p.filter_dropped_path, &mut p.filter_dropped_host,
+            &mut p.filter_dropped_header, &mut p.filter_dropped_unpaired, &mut p.ratelimit_dropped_rate,
+            &mut p.ratelimit_dropped_bytes, &mut r.records, &mut r.values, &mut r.bodies_encoded, &mut r.json_incomplete,
+            &mut r.heads_cut, &mut k.kernel_skips, &mut k.kernel_skip_bytes, &mut k.kernel_skip_errors,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            *field = 8000 + i as u64;
+        }
         for (i, (_, s)) in stats.sinks.iter_mut().enumerate() {
             let base = 4000 + 100 * i as u64;
             (s.records_written, s.bytes_written, s.records_failed, s.records_dropped, s.records_pending) =

@@ -47,6 +47,7 @@ pub const HEADERS: &[(&str, &str)] = &[
     ("capture-truncated", "`1` if the message was cut at --max-message-size, else `0`"),
     ("capture-tls", "`1` if captured as TLS plaintext at the TLS library (`--tls-lib`), else `0`"),
     ("capture-original-length", "message length on the wire, bytes"),
+    ("capture-redacted", "`1` if secrets in it were replaced by tokens, else `0`"),
     ("capture-start-ns", "wall-clock ns of the first byte"),
     ("capture-end-ns", "wall-clock ns of the last byte"),
     ("capture-request-start-ns", "responses: the request's first byte"),
@@ -350,6 +351,7 @@ pub fn headers(record: &Record, iface: &str, scratch: &mut String) -> OwnedHeade
     add("capture-truncated", format_args!("{}", if m.truncated { "1" } else { "0" }));
     add("capture-tls", format_args!("{}", if m.tls { "1" } else { "0" }));
     add("capture-original-length", format_args!("{}", m.original_len));
+    add("capture-redacted", format_args!("{}", if m.redacted { "1" } else { "0" }));
     add("capture-start-ns", format_args!("{}", m.start_ns));
     add("capture-end-ns", format_args!("{}", m.end_ns));
     if let Some(v) = m.request_start_ns {
@@ -560,6 +562,7 @@ mod tests {
                 ("capture-truncated", "1"),
                 ("capture-tls", tls),
                 ("capture-original-length", "1000001"),
+                ("capture-redacted", "0"),
                 ("capture-start-ns", "1000"),
                 ("capture-end-ns", "2000"),
             ]
