@@ -156,7 +156,7 @@ impl TlsCapture {
         for (pid, path) in discovery.scan(full) {
             if let Err(e) = self.probes.attach_library(kernel.ebpf_mut(), &path) {
                 self.attach_errors += 1;
-                warn!("TLS: libssl of process {pid} not probed: {e}");
+                warn!("TLS: libssl of process {pid} not probed: {}", crate::error_chain::render(&e));
             }
         }
     }

@@ -36,7 +36,8 @@ pub struct KafkaInput {
 
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaInputError {
-    #[error("kafka://{brokers}/{topic}: {what}: {source}")]
+    /// A Kafka client call failed; `what` says which step, the source why.
+    #[error("kafka://{brokers}/{topic}: {what}")]
     Kafka {
         brokers: String,
         topic: String,
@@ -44,6 +45,7 @@ pub enum KafkaInputError {
         #[source]
         source: Box<rdkafka::error::KafkaError>,
     },
+    /// The topic does not exist on the brokers.
     #[error("kafka://{0}/{1}: topic not found")]
     NoTopic(String, String),
 }
