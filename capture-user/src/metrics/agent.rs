@@ -7,20 +7,18 @@
 //! their map at scrape time. Scraped after traffic stopped, the values equal the
 //! summary line's.
 
-use std::borrow::Cow;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use capture_common::{Counter, TlsCounter};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use super::Health;
+use super::{encode_samples, Health, Kind, Sample, Value};
 use crate::iface_watch::{InterfaceStats, LinkStats};
 use crate::pipeline::{OutputHistograms, PipelineStats};
 use crate::usage::{self, ProcessUsage};
@@ -149,29 +147,6 @@ impl Collector for AgentMetrics {
         let (links, interfaces) = self.interfaces.lock().unwrap().clone();
         encode_samples(&samples(&kernel, tls.as_ref(), &links, &interfaces, &pipeline, usage::own()), &mut encoder)
     }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Counter,
-    Gauge,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Value {
-    Int(u64),
-    Float(f64),
-}
-
-/// One exported series.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Sample {
-    /// Family name; counters get `_total` appended when encoded.
-    pub name: Cow<'static, str>,
-    pub kind: Kind,
-    pub help: Cow<'static, str>,
-    pub labels: Vec<(&'static str, String)>,
-    pub value: Value,
 }
 
 /// Counter families: name (without `_total`) and help. Documented in README
@@ -482,35 +457,6 @@ pub fn samples(
         value: Value::Int(usage.max_rss_kb * 1024),
     });
     out
-}
-
-/// Encodes samples family by family (all series of a family together, in order of
-/// first appearance), as the text format requires.
-pub fn encode_samples(samples: &[Sample], encoder: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
-    let mut families: Vec<(&Sample, Vec<&Sample>)> = Vec::new();
-    for s in samples {
-        match families.iter_mut().find(|(first, _)| first.name == s.name) {
-            Some((_, members)) => members.push(s),
-            None => families.push((s, vec![s])),
-        }
-    }
-    for (first, members) in families {
-        let kind = match first.kind {
-            Kind::Counter => MetricType::Counter,
-            Kind::Gauge => MetricType::Gauge,
-        };
-        let mut family = encoder.encode_descriptor(&first.name, &first.help, None, kind)?;
-        for s in members {
-            let mut series = family.encode_family(&s.labels)?;
-            match (s.kind, s.value) {
-                (Kind::Counter, Value::Int(v)) => series.encode_counter::<NoLabelSet, _, u64>(&v, None)?,
-                (Kind::Counter, Value::Float(v)) => series.encode_counter::<NoLabelSet, _, f64>(&v, None)?,
-                (Kind::Gauge, Value::Int(v)) => series.encode_gauge(&v)?,
-                (Kind::Gauge, Value::Float(v)) => series.encode_gauge(&v)?,
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
