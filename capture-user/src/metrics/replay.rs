@@ -45,7 +45,7 @@ pub const SKIP_REASONS: [&str; 5] = ["request_cut", "unreplayable", "body_incomp
 /// of its name, and help. Each is exported from the start; a report counter not listed
 /// is exported as `capture_<name>_total`.
 const COUNTERS: &[(&str, &str, Option<(&str, &str)>, &str)] = &[
-    ("replay_requests_sent", "capture_replay_requests_sent", None, "Captured requests sent to the targets (each to every candidate and the baseline)"),
+    ("replay_requests_sent", "capture_replay_requests_sent", None, "Captured requests replayed, not skipped: each went to every candidate (and the baseline), or was refused there as the production server"),
     ("replay_gaps_capped", "capture_replay_gaps_capped", None, "Pacing gaps shortened to --max-wait"),
     (
         "replay_requests_without_server_address",

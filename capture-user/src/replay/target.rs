@@ -195,7 +195,7 @@ impl Connections {
             conns: Default::default(),
             lru: Default::default(),
             next_stamp: 0,
-            closed: RecentlyClosed::new((4 * keep_alive.max_open).max(1024)),
+            closed: RecentlyClosed::new(keep_alive.max_open.saturating_mul(4).clamp(1024, 16_384)),
             stats: ConnectionStats::default(),
             #[cfg(test)]
             pause_after_write: Duration::ZERO,
