@@ -128,11 +128,31 @@ fn daemonset_configmap_and_binary_agree() {
         }
         let replayer = yaml_documents(&repo_root().join("deploy/replayer-deployment.yaml")).remove(0);
         let args = replayer["spec"]["template"]["spec"]["containers"][0]["args"].as_array().unwrap().clone();
+        replayer_metrics_port_agrees(&replayer);
         assert_eq!(args[0], "replay");
         let replay_help = help("replay");
         for flag in args.iter().filter_map(|a| a.as_str()?.strip_prefix("--")) {
             let name = flag.split('=').next().unwrap();
             assert!(replay_help.contains(&format!("--{name} ")) || replay_help.contains(&format!("--{name}\n")), "--{name} is not a `capture replay` flag");
         }
+    }
+}
+
+/// The replayer example: one metrics port for `--metrics`, the container port, the
+/// probes and the scrape annotation.
+fn replayer_metrics_port_agrees(replayer: &serde_json::Value) {
+    let pod = &replayer["spec"]["template"];
+    let container = &pod["spec"]["containers"][0];
+    let args: Vec<&str> = container["args"].as_array().unwrap().iter().filter_map(|a| a.as_str()).collect();
+    let addr = args.iter().find_map(|a| a.strip_prefix("--metrics=")).expect("the replayer serves --metrics");
+    let port = container["ports"].as_array().unwrap().iter().find(|p| p["name"] == "metrics").expect("a port named metrics");
+    let port_number = port["containerPort"].as_u64().unwrap();
+    assert!(addr.ends_with(&format!(":{port_number}")), "--metrics={addr} vs containerPort {port_number}");
+    assert_eq!(pod["metadata"]["annotations"]["prometheus.io/scrape"], "true");
+    assert_eq!(pod["metadata"]["annotations"]["prometheus.io/port"], port_number.to_string());
+    assert_eq!(pod["metadata"]["annotations"]["prometheus.io/path"], "/metrics");
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        assert_eq!(container[probe]["httpGet"]["path"], path, "{probe}");
+        assert_eq!(container[probe]["httpGet"]["port"], "metrics", "{probe}");
     }
 }

@@ -331,6 +331,101 @@ fn real_differences(report: &serde_json::Value) -> Vec<(String, u64)> {
 /// `--insecure` (self-signed) and with `--ca-file` (a CA-signed candidate, checked, SNI
 /// from the target's name), `--compare` finds exactly the known difference; without
 /// either, the candidate's certificate is refused and nothing is compared.
+/// Summary key -> `/metrics` series of every TLS counter, and whether other processes
+/// on this host can move it (the probes sit on the host's libssl file, so any program's
+/// TLS calls count as calls, unwatched, unmapped or unmatched).
+const TLS_SERIES: &[(&str, &str, bool)] = &[
+    ("kernel_tls_calls", "capture_kernel_tls_calls_total", true),
+    ("kernel_tls_bytes", "capture_kernel_tls_bytes_total", true),
+    ("kernel_tls_events_emitted", "capture_kernel_tls_events_emitted_total", false),
+    ("kernel_tls_bytes_emitted", "capture_kernel_tls_emitted_bytes_total", false),
+    ("kernel_tls_ring_full_events", "capture_kernel_tls_dropped_events_total{reason=\"ring_full\"}", false),
+    ("kernel_tls_copy_errors", "capture_kernel_tls_dropped_events_total{reason=\"copy_error\"}", false),
+    ("kernel_tls_ring_full_bytes", "capture_kernel_tls_dropped_bytes_total{reason=\"ring_full\"}", false),
+    ("kernel_tls_copy_error_bytes", "capture_kernel_tls_dropped_bytes_total{reason=\"copy_error\"}", false),
+    ("kernel_tls_truncated_bytes", "capture_kernel_tls_dropped_bytes_total{reason=\"truncated\"}", false),
+    ("kernel_tls_truncated_calls", "capture_kernel_tls_truncated_calls_total", false),
+    ("kernel_tls_unmapped_calls", "capture_kernel_tls_unmapped_calls_total", true),
+    ("kernel_tls_unmapped_bytes", "capture_kernel_tls_unmapped_bytes_total", true),
+    ("kernel_tls_unwatched_calls", "capture_kernel_tls_unwatched_calls_total", true),
+    ("kernel_tls_client_side_calls", "capture_kernel_tls_client_side_calls_total", true),
+    ("kernel_tls_connections", "capture_kernel_tls_connections_total", false),
+    ("kernel_tls_connections_closed", "capture_kernel_tls_connections_closed_total", false),
+    ("kernel_tls_ciphertext_segments", "capture_kernel_tls_ciphertext_segments_total", false),
+    ("kernel_tls_ciphertext_bytes", "capture_kernel_tls_ciphertext_bytes_total", false),
+    ("kernel_tls_calls_unmatched", "capture_kernel_tls_unmatched_calls_total", true),
+    ("tls_libraries", "capture_tls_libraries", false),
+    ("tls_library_errors", "capture_tls_library_errors_total", false),
+    ("tls_ciphertext_connections", "capture_tls_ciphertext_connections_total", false),
+    ("tls_ciphertext_bytes", "capture_tls_ciphertext_bytes_total", false),
+    ("tls_ciphertext_segments_dropped", "capture_tls_ciphertext_dropped_segments_total", false),
+    ("tls_segments", "capture_tls_segments_total", false),
+    ("tls_connections_opened", "capture_tls_connections_opened_total", false),
+    ("tls_connections_joined_midstream", "capture_tls_connections_joined_midstream_total", false),
+    ("tls_connections_closed_fin", "capture_tls_connections_closed_total{reason=\"fin\"}", false),
+    ("tls_connections_closed_reset", "capture_tls_connections_closed_total{reason=\"reset\"}", false),
+    ("tls_connections_closed_idle", "capture_tls_connections_closed_total{reason=\"idle\"}", false),
+    ("tls_connections_closed_reused", "capture_tls_connections_closed_total{reason=\"reused\"}", false),
+    ("tls_connections_closed_evicted", "capture_tls_connections_closed_total{reason=\"evicted\"}", false),
+    ("tls_connections_closed_shutdown", "capture_tls_connections_closed_total{reason=\"shutdown\"}", false),
+    ("tls_connections_closed_tls", "capture_tls_connections_closed_total{reason=\"tls\"}", false),
+    ("tls_connections_reused_without_syn", "capture_tls_connections_reused_without_syn_total", false),
+    ("tls_orphan_segments", "capture_tls_orphan_segments_total", false),
+    ("tls_hole_timeouts", "capture_tls_stream_hole_timeouts_total", false),
+    ("tls_memory_pressure_flushes", "capture_tls_stream_memory_pressure_flushes_total", false),
+    ("tls_stream_bytes_delivered", "capture_tls_stream_delivered_bytes_total", false),
+    ("tls_stream_out_of_order_segments", "capture_tls_stream_out_of_order_segments_total", false),
+    ("tls_stream_duplicate_bytes", "capture_tls_stream_duplicate_bytes_total", false),
+    ("tls_stream_gaps", "capture_tls_stream_gaps_total", false),
+    ("tls_stream_gap_bytes", "capture_tls_stream_gap_bytes_total", false),
+    ("tls_stream_unknown_starts", "capture_tls_stream_unknown_starts_total", false),
+    ("tls_stream_unknown_ends", "capture_tls_stream_unknown_ends_total", false),
+];
+
+/// The agent's `/metrics` once the TLS traffic is over: both requests framed, every
+/// captured TLS connection freed, and the counters of this test's traffic the same in
+/// two scrapes (the ring reader publishes the TLS counters every 250 ms).
+fn tls_metrics_once_settled(ns: &str, addr: &str) -> std::collections::BTreeMap<String, f64> {
+    let scrape = || parse_metrics(&http_get(Some(ns), addr, "/metrics").1);
+    let ours = |m: &std::collections::BTreeMap<String, f64>| -> Vec<Option<f64>> {
+        TLS_SERIES.iter().filter(|(_, _, host)| !host).map(|(_, series, _)| m.get(*series).copied()).collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut previous = scrape();
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let now = scrape();
+        let connections = now.get("capture_kernel_tls_connections_total").copied().unwrap_or(0.0);
+        let settled = now.get("capture_http_requests_total") == Some(&2.0)
+            && connections > 0.0
+            && now.get("capture_kernel_tls_connections_closed_total") == Some(&connections)
+            && ours(&now) == ours(&previous);
+        if settled {
+            return now;
+        }
+        assert!(std::time::Instant::now() < deadline, "the TLS counters never settled: {now:?}");
+        previous = now;
+    }
+}
+
+/// A scrape after the traffic shows every TLS summary counter under its name, with the
+/// summary's value (counters other programs' TLS can move: at most the summary's).
+fn tls_metrics_equal_the_summary(scraped: &std::collections::BTreeMap<String, f64>, counters: &HashMap<String, u64>) {
+    let mut summary_keys: Vec<&String> = counters.keys().filter(|k| k.starts_with("kernel_tls_") || k.starts_with("tls_")).collect();
+    summary_keys.sort();
+    let mut listed: Vec<&str> = TLS_SERIES.iter().map(|(key, _, _)| *key).collect();
+    listed.sort();
+    assert_eq!(summary_keys, listed, "every TLS summary counter is checked here");
+    for (key, series, host) in TLS_SERIES {
+        let value = *scraped.get(*series).unwrap_or_else(|| panic!("{series} (summary {key}) missing from /metrics"));
+        match host {
+            false => assert_eq!(value as u64, counters[*key], "{series} vs summary {key}"),
+            true => assert!(value as u64 <= counters[*key], "{series} {value} vs summary {key}={}", counters[*key]),
+        }
+    }
+    assert!(counters["kernel_tls_connections"] >= 2 && counters["tls_libraries"] == 1, "{counters:?}");
+}
+
 #[test]
 fn captured_https_replays_to_an_https_candidate_and_compare_finds_the_known_difference() {
     let test = "captured_https_replays_to_an_https_candidate_and_compare_finds_the_known_difference";
@@ -358,12 +453,15 @@ fn captured_https_replays_to_an_https_candidate_and_compare_finds_the_known_diff
     let (prod_port, cand_port) = (18445, 18446);
     let _prod = HttpsNginx::start_with(&net.server_ns, prod_port, &dir, "prod", "", &prod_www, "cert");
     let cand = HttpsNginx::start_with(&net.server_ns, cand_port, &dir, "cand", "", &cand_www, "cand");
-    let mut agent = Agent::start(&net.server_ns, &net.server_if, &[prod_port], &dir, &["--tls-lib", LIBSSL, "--no-stream-log"]);
+    let mut agent =
+        Agent::start(&net.server_ns, &net.server_if, &[prod_port], &dir, &["--tls-lib", LIBSSL, "--no-stream-log", "--metrics", "127.0.0.1:0"]);
     let url = format!("https://{}:{prod_port}", net.server_v4);
     curl(&net, &dir, "plan", &format!("-H 'Accept: application/json' {url}/plan.json"));
     curl(&net, &dir, "same", &format!("{url}/same.txt"));
+    let scraped = tls_metrics_once_settled(&net.server_ns, &metrics_addr(&agent.log()));
     let counters = summary(&agent.stop());
     assert_eq!(counters["http_requests"], 2, "{counters:?}");
+    tls_metrics_equal_the_summary(&scraped, &counters);
     let input = agent.output.to_str().unwrap().to_string();
 
     let _hosts = NetnsHosts::new(&net.client_ns, &format!("{} candidate.test", net.server_v4));

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use capture_common::{Counter, SampleConfig, TlsCounter};
+use capture_common::{Counter, SampleConfig};
 use log::{info, warn};
 
 use crate::connections::TableLimits;
@@ -27,7 +27,7 @@ use crate::kernel::watched::WatchedInterfaces;
 use crate::kernel::ring::RingReader;
 use crate::kernel::tls::TlsProbes;
 use crate::kernel::{counters, KernelCapture, KernelError};
-use crate::metrics::agent::AgentMetrics;
+use crate::metrics::agent::{AgentMetrics, TlsCounters};
 use crate::pipeline::{Pipeline, PipelineStats};
 use crate::policy::ExchangePolicy;
 use crate::record::{clock_ns, RecordContext};
@@ -77,20 +77,17 @@ pub struct AgentSummary {
     /// Every interface that was watched at some point, by name.
     pub interfaces: Vec<InterfaceStats>,
     pub pipeline: PipelineStats,
-    /// TLS probe counters (empty without TLS capture).
-    pub tls: Vec<(TlsCounter, u64)>,
-    /// Library files probed, and libraries found by discovery that could not be probed.
-    pub tls_libraries: u64,
-    pub tls_library_errors: u64,
+    /// TLS probe counters (none without TLS capture).
+    pub tls: TlsCounters,
 }
 
 impl AgentSummary {
     /// One `key=value` line with every counter, plus the agent's own CPU time and peak RSS.
     pub fn line(&self) -> String {
         let mut parts: Vec<String> = self.kernel.iter().map(|(c, v)| format!("{}={v}", c.name())).collect();
-        if !self.tls.is_empty() {
-            parts.extend(self.tls.iter().map(|(c, v)| format!("{}={v}", c.name())));
-            parts.push(format!("tls_libraries={} tls_library_errors={}", self.tls_libraries, self.tls_library_errors));
+        if !self.tls.kernel.is_empty() {
+            parts.extend(self.tls.kernel.iter().map(|(c, v)| format!("{}={v}", c.name())));
+            parts.push(format!("tls_libraries={} tls_library_errors={}", self.tls.libraries, self.tls.library_errors));
         }
         parts.extend(self.links.fields().into_iter().map(|(k, v)| format!("{k}={v}")));
         parts.extend(self.pipeline.fields().into_iter().map(|(k, v)| format!("{k}={v}")));
@@ -108,7 +105,7 @@ impl AgentSummary {
     /// Kernel counters (classifiers and TLS probes) that mean lost bytes, if any are non-zero.
     pub fn kernel_losses(&self) -> Vec<(&'static str, u64)> {
         let tcp = self.kernel.iter().filter(|(c, v)| c.is_loss() && *v > 0).map(|(c, v)| (c.name(), *v));
-        let tls = self.tls.iter().filter(|(c, v)| c.is_loss() && *v > 0).map(|(c, v)| (c.name(), *v));
+        let tls = self.tls.kernel.iter().filter(|(c, v)| c.is_loss() && *v > 0).map(|(c, v)| (c.name(), *v));
         tcp.chain(tls).collect()
     }
 }
@@ -157,6 +154,11 @@ impl TlsCapture {
         Ok(Some(tls))
     }
 
+    /// The probes' counters, as the summary and `/metrics` show them.
+    fn counters(&self) -> TlsCounters {
+        TlsCounters { kernel: self.probes.counters(), libraries: self.probes.libraries().len() as u64, library_errors: self.attach_errors }
+    }
+
     /// Probes libssl files of processes not seen before (all processes now and then).
     fn rescan(&mut self, kernel: &mut KernelCapture) {
         let Some(discovery) = &mut self.discovery else { return };
@@ -165,7 +167,7 @@ impl TlsCapture {
         for (pid, path) in discovery.scan(full) {
             if let Err(e) = self.probes.attach_library(kernel.ebpf_mut(), &path) {
                 self.attach_errors += 1;
-                warn!("TLS: libssl of process {pid} not probed: {e}");
+                warn!("TLS: libssl of process {pid} not probed: {}", crate::error_chain::render(&e));
             }
         }
     }
@@ -261,9 +263,10 @@ pub fn run(
     metrics.health().set_ready(false);
     let pipeline_stats = worker.join().map_err(|_| anyhow::anyhow!("pipeline thread panicked"))?;
     let kernel_counters = counters::read(&counter_map);
-    let tls_counters = tls.as_ref().map(|t| t.probes.counters()).unwrap_or_default();
-    let (tls_libraries, tls_library_errors) =
-        tls.as_ref().map(|t| (t.probes.libraries().len() as u64, t.attach_errors)).unwrap_or_default();
+    let tls_counters = tls.as_ref().map(TlsCapture::counters);
+    if let Some(counters) = &tls_counters {
+        metrics.publish_tls(counters.clone());
+    }
     let (links, interface_stats) = interfaces.finish(&mut kernel);
     metrics.publish_interfaces(links.clone(), interface_stats.clone());
     drop(tls);
@@ -274,9 +277,7 @@ pub fn run(
         links,
         interfaces: interface_stats,
         pipeline: pipeline_stats,
-        tls: tls_counters,
-        tls_libraries,
-        tls_library_errors,
+        tls: tls_counters.unwrap_or_default(),
     })
 }
 
@@ -321,6 +322,9 @@ async fn read_loop(
                 if tx.send(Msg::Tick(clock_ns(libc::CLOCK_MONOTONIC))).is_err() { break; }
                 if metrics.is_served() {
                     metrics.publish_interfaces(interfaces.links.clone(), interfaces.snapshot(kernel));
+                    if let Some(t) = tls.as_deref() {
+                        metrics.publish_tls(t.counters());
+                    }
                 }
                 continue;
             }

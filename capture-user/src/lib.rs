@@ -10,6 +10,7 @@ pub mod btf;
 pub mod compare;
 pub mod connections;
 pub mod files;
+pub mod error_chain;
 pub mod export;
 pub mod content_encoding;
 pub mod filter;

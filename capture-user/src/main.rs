@@ -15,6 +15,7 @@ use capture::files::{self, FileOptions};
 use capture::filter::{self, Filters, HeaderRule};
 use capture::http::HttpConfig;
 use capture::metrics::agent::AgentMetrics;
+use capture::metrics::replay::ReplayMetrics;
 use capture::compare::{html, junit, terminal, CompareSettings, JunitRun, OutcomeLog, PathPattern, Report, ReportView, Risk};
 use capture::export::write_har;
 use capture::output::{parse_size, OutputSpec};
@@ -24,7 +25,7 @@ use capture::replay::input::{GorInput, InputStats, PairingWindow};
 use capture::replay::kafka_input::{consume_group, parse_time, read_window, GroupEvent, KafkaInput};
 use capture::replay::request::{RewriteOptions, TargetUrl};
 use capture::replay::safety::{LocalAddresses, ProductionCheck};
-use capture::replay::target::Target;
+use capture::replay::target::{KeepAlive, Target, IDLE_CLOSE};
 use capture::replay::{self, Pacing, ReplayConfig, Results, SAFE_METHODS};
 use capture::sink::kafka::{self, KafkaConfig, KafkaSink};
 use capture::sink::{file::FileSink, stdout::StdoutSink, RecordSink};
@@ -350,6 +351,30 @@ struct ReplayArgs {
     #[arg(long, default_value = "10", env = "CAPTURE_TIMEOUT", value_parser = positive_seconds)]
     timeout: Duration,
 
+    /// Keep-alive connections to the targets open at once, over all workers (at least
+    /// one per worker). The least recently used is closed to make room, and one unused
+    /// for 30 s is closed; connections are closed only between requests, so nothing is
+    /// re-sent. A captured connection that comes back gets a new one, counted
+    /// (`replay_connections_reopened`).
+    #[arg(long, default_value_t = 512, env = "CAPTURE_MAX_TARGET_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    max_target_connections: u32,
+
+    /// Serve Prometheus metrics on `addr:port` while the replay runs (e.g. `0.0.0.0:9478`,
+    /// `127.0.0.1:0` for any free port): `/metrics` (requests sent and skipped, outcomes
+    /// by class and risk, errors by target role and kind, input and connection
+    /// counters, latency histograms), `/healthz` (200 while the replay makes progress)
+    /// and `/readyz` (200 while replaying). Values are live, and equal the report's
+    /// totals once the replay finished.
+    #[arg(long, env = "CAPTURE_METRICS", value_parser = parse_metrics_addr)]
+    metrics: Option<SocketAddr>,
+
+    /// With --metrics: keep serving the final values this many seconds after the
+    /// replay finished and its reports were written, so a last scrape sees them
+    /// (`capture_replay_finished` is 1 then). SIGTERM or SIGINT ends the wait; the exit
+    /// code is the replay's.
+    #[arg(long, default_value = "0", env = "CAPTURE_METRICS_LINGER", value_parser = seconds, requires = "metrics")]
+    metrics_linger: Duration,
+
     #[command(flatten)]
     gate: Gate,
 }
@@ -537,6 +562,24 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         timeout: args.timeout,
         compare: args.compare.then_some(settings),
         production: ProductionCheck { local: LocalAddresses::of_this_node(), allow: args.allow_production },
+        keep_alive: KeepAlive { max_open: args.max_target_connections as usize, idle: IDLE_CLOSE },
+    };
+    // Bound before anything is sent, so a port in use stops the run first.
+    let metrics = args.metrics.map(|_| ReplayMetrics::new(config.longest_silence(), config.baseline.is_some()));
+    let _metrics_server = match (args.metrics, &metrics) {
+        (Some(addr), Some(m)) => {
+            let mut registry = capture::metrics::Registry::default();
+            m.register(&mut registry);
+            let server = capture::metrics::serve(addr, Arc::new(registry), m.health().clone()).context("--metrics")?;
+            note(format_args!("metrics on http://{}/metrics (also /healthz, /readyz)", server.local_addr()));
+            Some(server)
+        }
+        _ => None,
+    };
+    let publish_input = |stats: &InputStats| {
+        if let Some(m) = &metrics {
+            m.input(&stats.fields());
+        }
     };
     if args.allow_production {
         note(format_args!(
@@ -556,21 +599,36 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         }
         results
     };
-    let results = Results { report: Report::new(title), log };
+    let results = Results { report: Report::new(title), log, metrics: metrics.clone() };
+    if let Some(m) = &metrics {
+        m.health().set_ready(true);
+    }
     let mut input_error = None;
     let results = match input {
         Input::Files(paths) => {
             let paths: Vec<&std::path::Path> = paths.iter().map(PathBuf::as_path).collect();
             let mut input = GorInput::open(&paths, PairingWindow::default()).context("opening the input")?;
             let mut requests = 0u64;
-            let results = replay::run(input.by_ref().inspect(|_| requests += 1), &config, results);
+            let mut published = std::time::Instant::now();
+            let exchanges = std::iter::from_fn(|| {
+                let next = input.next();
+                requests += u64::from(next.is_some());
+                if next.is_none() || published.elapsed() >= INPUT_PROGRESS_EVERY {
+                    publish_input(&input.stats());
+                    published = std::time::Instant::now();
+                }
+                next
+            });
+            let results = replay::run(exchanges, &config, results);
             describe(&input.stats(), requests, &targets);
             input_error = input.error().map(|e| anyhow::anyhow!("{e}"));
+            publish_input(&input.stats());
             with_input(results, &input.stats())
         }
         Input::KafkaWindow(kafka) => {
-            let (exchanges, stats) = read_window(&kafka)?;
+            let (exchanges, stats) = read_window(&kafka, publish_input)?;
             describe(&stats, exchanges.len() as u64, &targets);
+            publish_input(&stats);
             with_input(replay::run(exchanges, &config, results), &stats)
         }
         Input::KafkaGroup(kafka, group) => {
@@ -585,21 +643,57 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
                 GroupEvent::Replayed { partition, from, to } => {
                     results.as_mut().expect("results").report.add_kafka_records(&kafka.topic, partition, from, to);
                 }
+                GroupEvent::Progress(stats) => publish_input(&stats),
             })?;
             describe(&stats, requests, &targets);
+            publish_input(&stats);
             with_input(results.expect("results"), &stats)
         }
     };
-    let Results { report, log } = results;
+    let Results { report, log, .. } = results;
     let code = finish_report(&report.view(), &args.outputs, &args.gate)?;
     if let (Some(log), Some(path)) = (log, &args.report_jsonl) {
         let lines = log.finish().with_context(|| format!("writing {}", path.display()))?;
         note(format_args!("{lines} JSON line(s) written to {}", path.display()));
     }
+    if let Some(m) = &metrics {
+        m.finish();
+        m.health().set_ready(false);
+        if !args.metrics_linger.is_zero() {
+            note(format_args!("replay finished: serving its final metrics for {:?} (SIGTERM ends this)", args.metrics_linger));
+            linger(args.metrics_linger, m)?;
+        }
+    }
     if let Some(e) = input_error {
         return Err(e.context("the input ended early: the report covers what was read"));
     }
     Ok(code)
+}
+
+/// How often a file input's counters are published to the metrics while reading.
+const INPUT_PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// Keeps the process (and its metrics server) alive for `duration`, or until SIGTERM or
+/// SIGINT; the metrics' health stays good meanwhile.
+fn linger(duration: Duration, metrics: &ReplayMetrics) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the tokio runtime")?;
+    runtime.block_on(async {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let end = tokio::time::sleep(duration);
+        tokio::pin!(end);
+        loop {
+            tokio::select! {
+                _ = &mut end => break,
+                _ = term.recv() => break,
+                _ = interrupt.recv() => break,
+                _ = tick.tick() => metrics.health().progress(),
+            }
+        }
+        Ok(())
+    })
 }
 
 fn run_export(args: ExportArgs) -> anyhow::Result<ExitCode> {
@@ -620,7 +714,7 @@ fn run_export(args: ExportArgs) -> anyhow::Result<ExitCode> {
             (written, input.stats())
         }
         Input::KafkaWindow(kafka) => {
-            let (exchanges, stats) = read_window(&kafka)?;
+            let (exchanges, stats) = read_window(&kafka, |_| {})?;
             (write_har(exchanges, &mut out), stats)
         }
         Input::KafkaGroup(..) => unreachable!("export has no --group"),

@@ -34,7 +34,7 @@ impl std::str::FromStr for TlsLibSpec {
 #[derive(Debug, thiserror::Error)]
 pub enum TlsLibError {
     /// The file does not exist or cannot be read.
-    #[error("TLS library {path}: {source}")]
+    #[error("TLS library {path}")]
     Unreadable {
         path: PathBuf,
         #[source]

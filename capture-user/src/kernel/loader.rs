@@ -17,64 +17,87 @@ use log::{debug, info, warn};
 
 use super::flow_control::KernelSkips;
 use super::ownership::{self, Liveness, OwnerLock};
+use crate::error_chain::Cause;
 use super::tc_netlink::{Hook, TcNetlink};
 
 /// The object `cargo xtask build-ebpf` produced, embedded at build time (empty if it was missing).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/capture-ebpf.o"));
 
+/// Errors of loading and attaching the classifiers. Each message says what failed;
+/// the cause is its `source()` (printed after it by `{:#}`), never repeated in it.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
+    /// The binary was built without the eBPF object.
     #[error("this agent was built without its eBPF object: run `cargo xtask build-ebpf`, then rebuild")]
     NoObject,
-    #[error("loading the eBPF object failed (are you root, with CAP_BPF and CAP_NET_ADMIN?): {0}")]
-    Load(#[source] Box<aya::EbpfError>),
-    #[error("the kernel verifier rejected program {program}: {source}")]
+    /// The kernel refused the object (typically its maps: no CAP_BPF).
+    #[error("loading the eBPF object failed (are you root, with CAP_BPF and CAP_NET_ADMIN?)")]
+    Load(#[source] Cause),
+    /// The verifier refused a program (the cause carries its log).
+    #[error("the kernel verifier rejected program {program}")]
     Verify {
         program: &'static str,
         #[source]
-        source: Box<aya::programs::ProgramError>,
+        source: Cause,
     },
-    #[error("attaching {program} to {iface} ({direction}) failed: {source}")]
+    /// A TCX attach (or query) failed.
+    #[error("attaching {program} to {iface} ({direction}) failed")]
     Attach {
         program: &'static str,
         iface: String,
         direction: &'static str,
         #[source]
-        source: Box<aya::programs::ProgramError>,
+        source: Cause,
     },
-    #[error("attaching to {iface} through netlink failed ({step}): {source}")]
+    /// A netlink (clsact filter) request failed at `step`.
+    #[error("attaching to {iface} through netlink failed ({step})")]
     Netlink {
         iface: String,
         step: &'static str,
         #[source]
         source: std::io::Error,
     },
+    /// The interface went away between its notification and the attach.
     #[error("{iface} (ifindex {expected}) vanished while attaching")]
     Vanished { iface: String, expected: u32 },
+    /// The name now belongs to another link.
     #[error("{iface} was replaced by another link while attaching (now ifindex {now}, expected {expected})")]
     Replaced { iface: String, expected: u32, now: u32 },
+    /// A plain `--iface` name that does not exist.
     #[error("no network interface matches {0:?} (see `ip link`)")]
     NoSuchInterface(String),
-    #[error("invalid interface pattern {pattern:?}: {source}")]
+    /// An `--iface` glob that does not parse.
+    #[error("invalid interface pattern {pattern:?}")]
     BadPattern {
         pattern: String,
         #[source]
         source: glob::PatternError,
     },
+    /// More `--port`s than the kernel's port map holds.
     #[error("at most {MAX_PORTS} ports can be watched, got {0}")]
     TooManyPorts(usize),
+    /// The object lacks a map this agent needs (object and agent differ).
     #[error("eBPF map {0} missing from the object")]
     MissingMap(&'static str),
-    #[error("eBPF map {name}: {source}")]
+    /// A map could not be opened, read or written.
+    #[error("eBPF map {name}")]
     Map {
         name: &'static str,
         #[source]
-        source: Box<aya::maps::MapError>,
+        source: Cause,
     },
-    #[error("listening for link changes (rtnetlink) failed: {0}")]
+    /// The rtnetlink link notification socket failed.
+    #[error("listening for link changes (rtnetlink) failed")]
     Links(#[source] std::io::Error),
-    #[error("creating this agent's ownership socket failed: {0}")]
+    /// The socket that proves this agent is alive (attachment ownership) failed.
+    #[error("creating this agent's ownership socket failed")]
     Ownership(#[source] std::io::Error),
+}
+
+impl KernelError {
+    fn map(name: &'static str, error: aya::maps::MapError) -> KernelError {
+        KernelError::Map { name, source: Cause::of(&error) }
+    }
 }
 
 /// How the classifiers are attached.
@@ -185,23 +208,23 @@ impl KernelCapture {
             .override_global(GLOBAL_SAMPLE_K1, &sampling.k1, true)
             .override_global(GLOBAL_SAMPLE_THRESHOLD, &sampling.threshold, true)
             .load(OBJECT)
-            .map_err(|e| KernelError::Load(Box::new(e)))?;
+            .map_err(|e| KernelError::Load(Cause::of(&e)))?;
 
         let map = ebpf.take_map(MAP_PORTS).ok_or(KernelError::MissingMap(MAP_PORTS))?;
         let mut port_map: BpfHashMap<MapData, u16, u8> =
-            BpfHashMap::try_from(map).map_err(|source| KernelError::Map { name: MAP_PORTS, source: Box::new(source) })?;
+            BpfHashMap::try_from(map).map_err(|e| KernelError::map(MAP_PORTS, e))?;
         for port in ports {
             port_map
                 .insert(port, 1, 0)
-                .map_err(|source| KernelError::Map { name: MAP_PORTS, source: Box::new(source) })?;
+                .map_err(|e| KernelError::map(MAP_PORTS, e))?;
         }
         let map = ebpf.take_map(MAP_IFACE_COUNTERS).ok_or(KernelError::MissingMap(MAP_IFACE_COUNTERS))?;
         let iface_counters = PerCpuHashMap::try_from(map)
-            .map_err(|source| KernelError::Map { name: MAP_IFACE_COUNTERS, source: Box::new(source) })?;
+            .map_err(|e| KernelError::map(MAP_IFACE_COUNTERS, e))?;
 
         for (name, _, _) in HOOKS {
             let prog = program_mut(&mut ebpf, name);
-            prog.load().map_err(|source| KernelError::Verify { program: name, source: Box::new(source) })?;
+            prog.load().map_err(|source| KernelError::Verify { program: name, source: Cause::of(&source) })?;
             // How close the program is to the verifier's limit (1M instructions processed).
             if let Some(n) = prog.info().ok().and_then(|i| i.verified_instruction_count()) {
                 debug!("{name}: verified, {n} instructions processed");
@@ -268,7 +291,7 @@ impl KernelCapture {
                         let _ = program_mut(&mut self.ebpf, program).detach(id);
                     }
                     let direction = hook.as_str();
-                    return Err(KernelError::Attach { program, iface: name.to_string(), direction, source: Box::new(source) });
+                    return Err(KernelError::Attach { program, iface: name.to_string(), direction, source: Cause::of(&source) });
                 }
             }
         }
@@ -433,7 +456,7 @@ impl KernelCapture {
         for port in ports {
             self.ports
                 .insert(port, 1, 0)
-                .map_err(|source| KernelError::Map { name: MAP_PORTS, source: Box::new(source) })?;
+                .map_err(|e| KernelError::map(MAP_PORTS, e))?;
         }
         Ok(())
     }
@@ -441,20 +464,20 @@ impl KernelCapture {
     /// Takes the ring buffer for the reader.
     pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, KernelError> {
         let map = self.ebpf.take_map(MAP_EVENTS).ok_or(KernelError::MissingMap(MAP_EVENTS))?;
-        RingBuf::try_from(map).map_err(|source| KernelError::Map { name: MAP_EVENTS, source: Box::new(source) })
+        RingBuf::try_from(map).map_err(|e| KernelError::map(MAP_EVENTS, e))
     }
 
     /// Takes the skip map for the pipeline.
     pub fn take_skips(&mut self) -> Result<KernelSkips, KernelError> {
         let map = self.ebpf.take_map(MAP_SKIPS).ok_or(KernelError::MissingMap(MAP_SKIPS))?;
-        let map = BpfHashMap::try_from(map).map_err(|source| KernelError::Map { name: MAP_SKIPS, source: Box::new(source) })?;
+        let map = BpfHashMap::try_from(map).map_err(|source| KernelError::Map { name: MAP_SKIPS, source: Cause::of(&source) })?;
         Ok(KernelSkips::new(map))
     }
 
     /// Takes the per-CPU counters.
     pub fn take_counters(&mut self) -> Result<PerCpuArray<MapData, u64>, KernelError> {
         let map = self.ebpf.take_map(MAP_COUNTERS).ok_or(KernelError::MissingMap(MAP_COUNTERS))?;
-        PerCpuArray::try_from(map).map_err(|source| KernelError::Map { name: MAP_COUNTERS, source: Box::new(source) })
+        PerCpuArray::try_from(map).map_err(|e| KernelError::map(MAP_COUNTERS, e))
     }
 }
 
@@ -492,7 +515,7 @@ pub fn attached_programs(iface: &str) -> Result<Vec<(&'static str, String)>, Ker
             program: "(query)",
             iface: iface.to_string(),
             direction,
-            source: Box::new(source),
+            source: Cause::of(&source),
         })?;
         for p in programs {
             let name = p.name_as_str().unwrap_or("").to_string();
@@ -502,4 +525,30 @@ pub fn attached_programs(iface: &str) -> Result<Vec<(&'static str, String)>, Ker
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Started without CAP_BPF, the agent said "map error: failed to create map `PORTS`:
+    /// map error: failed to create map `PORTS`: failed to create map `PORTS`: ...".
+    #[test]
+    fn loader_error_messages_repeat_their_cause() {
+        let refused = aya::EbpfError::MapError(aya::maps::MapError::CreateError {
+            name: "PORTS".into(),
+            io_error: std::io::Error::from_raw_os_error(libc::EPERM),
+        });
+        let message = format!("{:#}", anyhow::Error::from(KernelError::Load(Cause::of(&refused))));
+        assert_eq!(
+            message,
+            "loading the eBPF object failed (are you root, with CAP_BPF and CAP_NET_ADMIN?): \
+             map error: failed to create map `PORTS`: Operation not permitted (os error 1)"
+        );
+        let netlink = KernelError::Netlink { iface: "eth0".into(), step: "add filter", source: std::io::Error::from_raw_os_error(libc::EPERM) };
+        assert_eq!(
+            format!("{:#}", anyhow::Error::from(netlink)),
+            "attaching to eth0 through netlink failed (add filter): Operation not permitted (os error 1)"
+        );
+    }
 }

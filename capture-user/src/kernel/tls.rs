@@ -17,6 +17,7 @@ use capture_common::{
 use log::info;
 
 use crate::btf::{self, BtfError};
+use crate::error_chain::Cause;
 use crate::tls_libs::{self, FileId, TlsLibError};
 
 const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
@@ -34,21 +35,22 @@ pub enum TlsError {
     #[error("TLS capture needs the kernel's BTF ({BTF_PATH}: CONFIG_DEBUG_INFO_BTF): {0}")]
     NoBtf(String),
     /// The kernel's BTF lacks what the probes read.
-    #[error("reading kernel field offsets from the kernel's BTF: {0}")]
+    #[error("reading kernel field offsets from the kernel's BTF")]
     Btf(#[from] BtfError),
     /// A TLS program failed to load or the kernel refused to attach it.
-    #[error("TLS probe {program} ({what}): {source}")]
+    #[error("TLS probe {program} ({what})")]
     Program {
         program: &'static str,
         what: String,
         #[source]
-        source: Box<aya::programs::ProgramError>,
+        source: Cause,
     },
-    #[error("eBPF map {name}: {source}")]
+    /// A TLS map could not be opened or written.
+    #[error("eBPF map {name}")]
     Map {
         name: &'static str,
         #[source]
-        source: Box<aya::maps::MapError>,
+        source: Cause,
     },
     #[error(transparent)]
     Library(#[from] TlsLibError),
@@ -112,20 +114,20 @@ impl TlsProbes {
         let offsets = kernel_offsets(&data)?;
         let map = ebpf.map_mut(MAP_TLS_CONFIG).expect("TLS_CONFIG in the object");
         let mut config: Array<&mut MapData, TlsOffsets> =
-            Array::try_from(map).map_err(|source| TlsError::Map { name: MAP_TLS_CONFIG, source: Box::new(source) })?;
-        config.set(0, offsets, 0).map_err(|source| TlsError::Map { name: MAP_TLS_CONFIG, source: Box::new(source) })?;
+            Array::try_from(map).map_err(|source| TlsError::Map { name: MAP_TLS_CONFIG, source: Cause::of(&source) })?;
+        config.set(0, offsets, 0).map_err(|source| TlsError::Map { name: MAP_TLS_CONFIG, source: Cause::of(&source) })?;
 
         for name in [PROG_SSL_READ, PROG_SSL_WRITE, PROG_SSL_READ_EX, PROG_SSL_WRITE_EX, PROG_SSL_RET, PROG_SSL_FREE] {
             let prog: &mut UProbe = program(ebpf, name);
-            prog.load().map_err(|e| TlsError::Program { program: name, what: "loading".into(), source: Box::new(e) })?;
+            prog.load().map_err(|e| TlsError::Program { program: name, what: "loading".into(), source: Cause::of(&e) })?;
         }
         let prog: &mut RawTracePoint = program(ebpf, PROG_SYS_ENTER);
-        let err = |what: &str, source| TlsError::Program { program: PROG_SYS_ENTER, what: what.to_string(), source: Box::new(source) };
+        let err = |what: &str, source| TlsError::Program { program: PROG_SYS_ENTER, what: what.to_string(), source: Cause::of(&source) };
         prog.load().map_err(|e| err("loading", e))?;
         prog.attach("sys_enter").map_err(|e| err("attaching to the raw tracepoint sys_enter", e))?;
         let map = ebpf.take_map(MAP_TLS_COUNTERS).expect("TLS_COUNTERS in the object");
         let counters = PerCpuArray::try_from(map)
-            .map_err(|source| TlsError::Map { name: MAP_TLS_COUNTERS, source: Box::new(source) })?;
+            .map_err(|source| TlsError::Map { name: MAP_TLS_COUNTERS, source: Cause::of(&source) })?;
         Ok(TlsProbes { libraries: HashMap::new(), counters })
     }
 
@@ -151,7 +153,7 @@ impl TlsProbes {
                 prog.attach(*symbol, path, UProbeScope::AllProcesses).map(|_| ()).map_err(|e| TlsError::Program {
                     program: name,
                     what: format!("attaching to {symbol} in {}", path.display()),
-                    source: Box::new(e),
+                    source: Cause::of(&e),
                 })
             };
             match entry {

@@ -52,7 +52,7 @@ impl WatchedInterfaces {
                     Err(e) => {
                         // Typically the link vanished between its notification and the
                         // attach; its deletion follows. Not retried for this link.
-                        warn!("could not attach to {name} (ifindex {ifindex}): {e}");
+                        warn!("could not attach to {name} (ifindex {ifindex}): {}", crate::error_chain::render(&e));
                         self.watch.attach_failed(ifindex);
                         self.links.interface_attach_errors += 1;
                         self.stats_of(&name, ifindex).attach_errors += 1;

@@ -7,20 +7,18 @@
 //! their map at scrape time. Scraped after traffic stopped, the values equal the
 //! summary line's.
 
-use std::borrow::Cow;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use capture_common::Counter;
+use capture_common::{Counter, TlsCounter};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use super::Health;
+use super::{encode_samples, Health, Kind, Sample, Value};
 use crate::iface_watch::{InterfaceStats, LinkStats};
 use crate::pipeline::{OutputHistograms, PipelineStats};
 use crate::usage::{self, ProcessUsage};
@@ -32,10 +30,23 @@ pub type KernelCounterSource = Box<dyn Fn() -> Vec<(Counter, u64)> + Send + Sync
 /// for this long: it is stuck, or the ring reader stopped feeding it.
 pub const STALL_AFTER: Duration = Duration::from_secs(20);
 
+/// The TLS probes' counters (`--tls-lib`), as the exit summary prints them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsCounters {
+    /// The probes' per-CPU counters, summed.
+    pub kernel: Vec<(TlsCounter, u64)>,
+    /// Library files probed (`tls_libraries`).
+    pub libraries: u64,
+    /// Libraries found by discovery that could not be probed (`tls_library_errors`).
+    pub library_errors: u64,
+}
+
 /// What the agent shares with the metrics endpoint.
 pub struct AgentMetrics {
     health: Arc<Health>,
     pipeline: Mutex<PipelineStats>,
+    /// None without TLS capture.
+    tls: Mutex<Option<TlsCounters>>,
     interfaces: Mutex<(LinkStats, Vec<InterfaceStats>)>,
     kernel: Mutex<Option<KernelCounterSource>>,
     histograms: Mutex<Option<OutputHistograms>>,
@@ -52,6 +63,7 @@ impl AgentMetrics {
         Arc::new(AgentMetrics {
             health: Arc::new(Health::new(STALL_AFTER)),
             pipeline: Mutex::new(PipelineStats::default()),
+            tls: Mutex::new(None),
             interfaces: Mutex::new((LinkStats::default(), Vec::new())),
             kernel: Mutex::new(None),
             histograms: Mutex::new(None),
@@ -108,6 +120,11 @@ impl AgentMetrics {
         *self.interfaces.lock().unwrap() = (links, interfaces);
     }
 
+    /// The TLS probe counters, published by the ring reader on each tick (it owns the probes).
+    pub fn publish_tls(&self, counters: TlsCounters) {
+        *self.tls.lock().unwrap() = Some(counters);
+    }
+
     /// The pipeline thread's latest counters; also counts as progress for `/healthz`.
     pub fn publish(&self, stats: PipelineStats) {
         *self.pipeline.lock().unwrap() = stats;
@@ -125,33 +142,11 @@ impl Collector for AgentMetrics {
             Some(read) => read(),
             None => Counter::ALL.iter().map(|&c| (c, 0)).collect(),
         };
+        let tls = self.tls.lock().unwrap().clone();
         let pipeline = self.pipeline.lock().unwrap().clone();
         let (links, interfaces) = self.interfaces.lock().unwrap().clone();
-        encode_samples(&samples(&kernel, &links, &interfaces, &pipeline, usage::own()), &mut encoder)
+        encode_samples(&samples(&kernel, tls.as_ref(), &links, &interfaces, &pipeline, usage::own()), &mut encoder)
     }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Counter,
-    Gauge,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Value {
-    Int(u64),
-    Float(f64),
-}
-
-/// One exported series.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Sample {
-    /// Family name; counters get `_total` appended when encoded.
-    pub name: Cow<'static, str>,
-    pub kind: Kind,
-    pub help: Cow<'static, str>,
-    pub labels: Vec<(&'static str, String)>,
-    pub value: Value,
 }
 
 /// Counter families: name (without `_total`) and help. Documented in README
@@ -169,6 +164,29 @@ const FAMILIES: &[(&str, &str)] = &[
     ("capture_kernel_duplicate_segments", "Segments not emitted because another hook owns their flow direction (seen twice: lo, or a connection crossing two watched interfaces)"),
     ("capture_kernel_duplicate_bytes", "Payload bytes of those duplicate segments"),
     ("capture_kernel_flow_owner_changes", "Times a hook took over a flow direction another hook owned"),
+    ("capture_kernel_tls_calls", "SSL_read/SSL_write calls (and their _ex forms) that returned plaintext, seen by the TLS probes"),
+    ("capture_kernel_tls_bytes", "Plaintext bytes of those calls"),
+    ("capture_kernel_tls_events_emitted", "Plaintext events the TLS probes wrote to the ring buffer"),
+    ("capture_kernel_tls_emitted_bytes", "Plaintext bytes the TLS probes wrote to the ring buffer"),
+    ("capture_kernel_tls_dropped_events", "Plaintext events lost in the kernel, by reason: ring_full (raise --ring-size), copy_error"),
+    ("capture_kernel_tls_dropped_bytes", "Plaintext bytes lost in the kernel, by reason: ring_full, copy_error, truncated (calls longer than the probes copy)"),
+    ("capture_kernel_tls_truncated_calls", "Calls longer than the probes copy (their lost bytes are capture_kernel_tls_dropped_bytes_total{reason=\"truncated\"})"),
+    ("capture_kernel_tls_unmapped_calls", "Calls whose SSL object could not be tied to a TCP socket (memory BIOs, connections joined mid-way), not captured"),
+    ("capture_kernel_tls_unmapped_bytes", "Plaintext bytes of those calls"),
+    ("capture_kernel_tls_unwatched_calls", "Calls on sockets whose ports are not watched (other TLS traffic of the host)"),
+    ("capture_kernel_tls_client_side_calls", "Calls of TLS clients of a watched port (the server side is captured, not the client)"),
+    ("capture_kernel_tls_connections", "TLS connections captured (first call on a server-side socket of a watched port)"),
+    ("capture_kernel_tls_connections_closed", "SSL_free of a captured TLS connection"),
+    ("capture_kernel_tls_ciphertext_segments", "Ciphertext segments of TLS-captured connections the classifiers did not emit (their plaintext comes from the probes)"),
+    ("capture_kernel_tls_ciphertext_bytes", "Payload bytes of those ciphertext segments"),
+    ("capture_kernel_tls_unmatched_calls", "Calls whose return probe found no entry (a full call map or a nested call): not captured"),
+    ("capture_tls_library_errors", "libssl files found by --tls-lib auto that could not be probed"),
+    ("capture_tls_ciphertext_connections", "TCP-path connections recognised as TLS by their first client bytes (their bytes are not framed as HTTP)"),
+    ("capture_tls_ciphertext_bytes", "Ciphertext bytes that reached userspace before the kernel knew the flow was TLS"),
+    ("capture_tls_ciphertext_dropped_segments", "TCP-path segments of flows whose plaintext is captured, dropped in userspace"),
+    ("capture_connections_reused_without_syn", "Connections closed as reused because a segment could not belong to them (a new connection on the same 4-tuple whose SYN was not seen)"),
+    ("capture_stream_unknown_starts", "Streams whose first bytes came without a SYN: an unknown number of bytes before them were never seen"),
+    ("capture_stream_unknown_ends", "Directions closed without their FIN (idle, evicted, reused, shutdown): bytes after the last one seen are in no counter"),
     ("capture_interfaces_attached", "Attaches to interfaces (both hooks), over all interfaces"),
     ("capture_interfaces_forgotten", "Interfaces detached because they vanished or were renamed away"),
     ("capture_interfaces_detached", "Detaches from interfaces (forgotten, or at shutdown)"),
@@ -254,6 +272,32 @@ const EXPORTS: &[(&str, &str, Option<(&str, &str)>)] = &[
     ("kernel_duplicate_segments", "capture_kernel_duplicate_segments", None),
     ("kernel_duplicate_bytes", "capture_kernel_duplicate_bytes", None),
     ("kernel_flow_owner_changes", "capture_kernel_flow_owner_changes", None),
+    ("kernel_tls_calls", "capture_kernel_tls_calls", None),
+    ("kernel_tls_bytes", "capture_kernel_tls_bytes", None),
+    ("kernel_tls_events_emitted", "capture_kernel_tls_events_emitted", None),
+    ("kernel_tls_bytes_emitted", "capture_kernel_tls_emitted_bytes", None),
+    ("kernel_tls_ring_full_events", "capture_kernel_tls_dropped_events", Some(("reason", "ring_full"))),
+    ("kernel_tls_copy_errors", "capture_kernel_tls_dropped_events", Some(("reason", "copy_error"))),
+    ("kernel_tls_ring_full_bytes", "capture_kernel_tls_dropped_bytes", Some(("reason", "ring_full"))),
+    ("kernel_tls_copy_error_bytes", "capture_kernel_tls_dropped_bytes", Some(("reason", "copy_error"))),
+    ("kernel_tls_truncated_bytes", "capture_kernel_tls_dropped_bytes", Some(("reason", "truncated"))),
+    ("kernel_tls_truncated_calls", "capture_kernel_tls_truncated_calls", None),
+    ("kernel_tls_unmapped_calls", "capture_kernel_tls_unmapped_calls", None),
+    ("kernel_tls_unmapped_bytes", "capture_kernel_tls_unmapped_bytes", None),
+    ("kernel_tls_unwatched_calls", "capture_kernel_tls_unwatched_calls", None),
+    ("kernel_tls_client_side_calls", "capture_kernel_tls_client_side_calls", None),
+    ("kernel_tls_connections", "capture_kernel_tls_connections", None),
+    ("kernel_tls_connections_closed", "capture_kernel_tls_connections_closed", None),
+    ("kernel_tls_ciphertext_segments", "capture_kernel_tls_ciphertext_segments", None),
+    ("kernel_tls_ciphertext_bytes", "capture_kernel_tls_ciphertext_bytes", None),
+    ("kernel_tls_calls_unmatched", "capture_kernel_tls_unmatched_calls", None),
+    ("tls_library_errors", "capture_tls_library_errors", None),
+    ("tls_ciphertext_connections", "capture_tls_ciphertext_connections", None),
+    ("tls_ciphertext_bytes", "capture_tls_ciphertext_bytes", None),
+    ("tls_ciphertext_segments_dropped", "capture_tls_ciphertext_dropped_segments", None),
+    ("connections_reused_without_syn", "capture_connections_reused_without_syn", None),
+    ("stream_unknown_starts", "capture_stream_unknown_starts", None),
+    ("stream_unknown_ends", "capture_stream_unknown_ends", None),
     ("interfaces_attached", "capture_interfaces_attached", None),
     ("interfaces_forgotten", "capture_interfaces_forgotten", None),
     ("interfaces_detached", "capture_interfaces_detached", None),
@@ -339,10 +383,24 @@ fn counter(name: &'static str, labels: Vec<(&'static str, String)>, value: u64) 
     Sample { name: name.into(), kind: Kind::Counter, help: help.into(), labels, value: Value::Int(value) }
 }
 
-/// A summary counter (`key=value`) as a sample: from [`EXPORTS`], or `capture_<key>`.
+/// A summary counter (`key=value`) as a sample: from [`EXPORTS`]; `tls_<key>` of the
+/// TLS plaintext connection table as `<key>`'s family renamed `capture_tls_...`; else
+/// `capture_<key>`.
 fn summary_counter(key: &str, value: u64) -> Sample {
-    match EXPORTS.iter().find(|(k, _, _)| *k == key) {
-        Some(&(_, name, label)) => counter(name, label.map(|(k, v)| (k, v.to_string())).into_iter().collect(), value),
+    let exported = |key: &str| EXPORTS.iter().find(|(k, _, _)| *k == key).map(|&(_, name, label)| (name, label));
+    let labels = |label: Option<(&'static str, &str)>| label.map(|(k, v)| (k, v.to_string())).into_iter().collect();
+    if let Some((name, label)) = exported(key) {
+        return counter(name, labels(label), value);
+    }
+    match key.strip_prefix("tls_").and_then(exported) {
+        Some((name, label)) => {
+            let base = counter(name, labels(label), value);
+            Sample {
+                name: format!("capture_tls_{}", name.trim_start_matches("capture_")).into(),
+                help: format!("TLS plaintext connections (--tls-lib): {}", base.help).into(),
+                ..base
+            }
+        }
         None => Sample {
             name: format!("capture_{key}").into(),
             kind: Kind::Counter,
@@ -364,12 +422,24 @@ fn is_output_key(key: &str) -> bool {
 /// bound; the agent-wide counters keep counting what forgotten interfaces saw.
 pub fn samples(
     kernel: &[(Counter, u64)],
+    tls: Option<&TlsCounters>,
     links: &LinkStats,
     interfaces: &[InterfaceStats],
     pipeline: &PipelineStats,
     usage: ProcessUsage,
 ) -> Vec<Sample> {
     let mut out: Vec<Sample> = kernel.iter().map(|&(c, v)| summary_counter(c.name(), v)).collect();
+    if let Some(tls) = tls {
+        out.extend(tls.kernel.iter().map(|&(c, v)| summary_counter(c.name(), v)));
+        out.push(Sample {
+            name: "capture_tls_libraries".into(),
+            kind: Kind::Gauge,
+            help: "OpenSSL library files probed (--tls-lib)".into(),
+            labels: Vec::new(),
+            value: Value::Int(tls.libraries),
+        });
+        out.push(summary_counter("tls_library_errors", tls.library_errors));
+    }
     out.extend(links.fields().into_iter().map(|(k, v)| summary_counter(k, v)));
     for s in interfaces.iter().filter(|s| s.attached) {
         let labels = || vec![("interface", s.name.clone())];
@@ -434,42 +504,15 @@ pub fn samples(
     out
 }
 
-/// Encodes samples family by family (all series of a family together, in order of
-/// first appearance), as the text format requires.
-pub fn encode_samples(samples: &[Sample], encoder: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
-    let mut families: Vec<(&Sample, Vec<&Sample>)> = Vec::new();
-    for s in samples {
-        match families.iter_mut().find(|(first, _)| first.name == s.name) {
-            Some((_, members)) => members.push(s),
-            None => families.push((s, vec![s])),
-        }
-    }
-    for (first, members) in families {
-        let kind = match first.kind {
-            Kind::Counter => MetricType::Counter,
-            Kind::Gauge => MetricType::Gauge,
-        };
-        let mut family = encoder.encode_descriptor(&first.name, &first.help, None, kind)?;
-        for s in members {
-            let mut series = family.encode_family(&s.labels)?;
-            match (s.kind, s.value) {
-                (Kind::Counter, Value::Int(v)) => series.encode_counter::<NoLabelSet, _, u64>(&v, None)?,
-                (Kind::Counter, Value::Float(v)) => series.encode_counter::<NoLabelSet, _, f64>(&v, None)?,
-                (Kind::Gauge, Value::Int(v)) => series.encode_gauge(&v)?,
-                (Kind::Gauge, Value::Float(v)) => series.encode_gauge(&v)?,
-            }
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+    use crate::connections::TableStats;
     use crate::http::HttpStats;
     use crate::pipeline::Pipeline;
+    use crate::tls_streams::TlsStats;
     use crate::sink::SinkStats;
 
     /// Distinct link counters and two interfaces: one attached, one forgotten.
@@ -500,6 +543,33 @@ mod tests {
         (links, vec![attached, forgotten])
     }
 
+    /// Distinct values from `base` on in every connection table counter.
+    fn fill_table(t: &mut TableStats, base: u64) {
+        for (i, field) in [
+            &mut t.segments, &mut t.connections_opened, &mut t.connections_joined_midstream, &mut t.closed_fin,
+            &mut t.closed_reset, &mut t.closed_idle, &mut t.closed_reused, &mut t.closed_evicted,
+            &mut t.closed_shutdown, &mut t.orphan_segments, &mut t.hole_timeouts, &mut t.memory_pressure_flushes,
+            &mut t.streams.bytes_delivered, &mut t.streams.out_of_order_segments, &mut t.streams.duplicate_bytes,
+            &mut t.streams.gaps, &mut t.streams.gap_bytes, &mut t.closed_tls, &mut t.reused_without_syn,
+            &mut t.unknown_ends, &mut t.streams.unknown_starts, &mut t.streams.skips, &mut t.streams.skip_bytes,
+            &mut t.streams.skipped_bytes_arrived,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            *field = base + i as u64;
+        }
+    }
+
+    /// TLS probe counters with distinct values.
+    fn distinct_tls() -> TlsCounters {
+        TlsCounters {
+            kernel: TlsCounter::ALL.iter().enumerate().map(|(i, &c)| (c, 8000 + i as u64)).collect(),
+            libraries: 8100,
+            library_errors: 8101,
+        }
+    }
+
     /// Stats with a distinct non-zero value in every counter, two outputs and drop reasons.
     fn distinct_stats() -> (Vec<(Counter, u64)>, PipelineStats) {
         let kernel = Counter::ALL.iter().enumerate().map(|(i, &c)| (c, 1000 + i as u64)).collect();
@@ -514,21 +584,10 @@ mod tests {
             ],
             ..PipelineStats::default()
         };
-        let t = &mut stats.table;
-        for (i, field) in [
-            &mut t.segments, &mut t.connections_opened, &mut t.connections_joined_midstream, &mut t.closed_fin,
-            &mut t.closed_reset, &mut t.closed_idle, &mut t.closed_reused, &mut t.closed_evicted,
-            &mut t.closed_shutdown, &mut t.orphan_segments, &mut t.hole_timeouts, &mut t.memory_pressure_flushes,
-            &mut t.streams.bytes_delivered, &mut t.streams.out_of_order_segments, &mut t.streams.duplicate_bytes,
-            &mut t.streams.gaps, &mut t.streams.gap_bytes, &mut t.closed_tls, &mut t.reused_without_syn,
-            &mut t.unknown_ends, &mut t.streams.unknown_starts, &mut t.streams.skips, &mut t.streams.skip_bytes,
-            &mut t.streams.skipped_bytes_arrived,
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            *field = 2100 + i as u64;
-        }
+        fill_table(&mut stats.table, 2100);
+        let mut plaintext = TableStats::default();
+        fill_table(&mut plaintext, 8300);
+        stats.tls = Some(TlsStats { ciphertext_connections: 8200, ciphertext_bytes: 8201, ciphertext_segments_dropped: 8202, plaintext });
         stats.http = HttpStats {
             requests: 3000,
             responses: 3001,
@@ -577,7 +636,7 @@ mod tests {
         .into_iter()
         .enumerate()
         {
-            *field = 8000 + i as u64;
+            *field = 9000 + i as u64;
         }
         for (i, (_, s)) in stats.sinks.iter_mut().enumerate() {
             let base = 4000 + 100 * i as u64;
@@ -593,7 +652,7 @@ mod tests {
     const USAGE: ProcessUsage = ProcessUsage { user_ms: 1500, sys_ms: 250, max_rss_kb: 2 };
 
     /// Renders through a real registry and the Prometheus text encoder.
-    fn render(kernel: &[(Counter, u64)], stats: &PipelineStats) -> String {
+    fn render(kernel: &[(Counter, u64)], tls: Option<&TlsCounters>, stats: &PipelineStats) -> String {
         #[derive(Debug)]
         struct Fixed(Vec<Sample>);
         impl Collector for Fixed {
@@ -603,7 +662,7 @@ mod tests {
         }
         let mut registry = Registry::default();
         let (links, interfaces) = distinct_interfaces();
-        registry.register_collector(Box::new(Fixed(samples(kernel, &links, &interfaces, stats, USAGE))));
+        registry.register_collector(Box::new(Fixed(samples(kernel, tls, &links, &interfaces, stats, USAGE))));
         let mut text = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).unwrap();
         text
@@ -623,12 +682,16 @@ mod tests {
     #[test]
     fn every_summary_counter_is_one_series_with_its_value() {
         let (kernel, stats) = distinct_stats();
-        let text = render(&kernel, &stats);
+        let tls = distinct_tls();
+        let text = render(&kernel, Some(&tls), &stats);
         let rendered = series(&text);
         let (links, interfaces) = distinct_interfaces();
+        // In the summary line's order: kernel, TLS probes, links, pipeline, interfaces.
         let summary: Vec<(String, u64)> = kernel
             .iter()
             .map(|(c, v)| (c.name().to_string(), *v))
+            .chain(tls.kernel.iter().map(|(c, v)| (c.name().to_string(), *v)))
+            .chain([("tls_libraries".to_string(), tls.libraries), ("tls_library_errors".to_string(), tls.library_errors)])
             .chain(links.fields().into_iter().map(|(k, v)| (k.to_string(), v)))
             .chain(stats.fields())
             .chain(interfaces[0].fields().into_iter().filter(|(k, _)| !k.ends_with(".attached")))
@@ -648,9 +711,23 @@ mod tests {
     #[test]
     fn names_and_labels_follow_prometheus_conventions() {
         let (kernel, stats) = distinct_stats();
-        let text = render(&kernel, &stats);
+        let text = render(&kernel, Some(&distinct_tls()), &stats);
         let rendered = series(&text);
         for (series, value) in [
+            ("capture_kernel_tls_calls_total", "8000"),
+            ("capture_kernel_tls_emitted_bytes_total", "8003"),
+            ("capture_kernel_tls_dropped_events_total{reason=\"ring_full\"}", "8004"),
+            ("capture_kernel_tls_dropped_bytes_total{reason=\"copy_error\"}", "8007"),
+            ("capture_kernel_tls_dropped_bytes_total{reason=\"truncated\"}", "8009"),
+            ("capture_kernel_tls_unmatched_calls_total", "8018"),
+            ("capture_tls_libraries", "8100"),
+            ("capture_tls_library_errors_total", "8101"),
+            ("capture_tls_ciphertext_connections_total", "8200"),
+            ("capture_tls_ciphertext_dropped_segments_total", "8202"),
+            ("capture_tls_segments_total", "8300"),
+            ("capture_tls_connections_closed_total{reason=\"fin\"}", "8303"),
+            ("capture_tls_stream_gap_bytes_total", "8316"),
+            ("capture_connections_reused_without_syn_total", "2118"),
             ("capture_kernel_segments_seen_total", "1000"),
             ("capture_kernel_seen_bytes_total", "1001"),
             ("capture_kernel_dropped_events_total{reason=\"ring_full\"}", "1004"),
@@ -798,6 +875,7 @@ mod tests {
         assert_eq!(get("capture_http_requests_total"), "1");
         assert_eq!(get("capture_output_records_total{output=\"test://counting\",result=\"written\"}"), "2");
         assert_eq!(get("capture_kernel_segments_seen_total"), "7");
+        assert!(!text.contains("capture_kernel_tls_") && !text.contains("capture_tls_"), "no TLS series without TLS capture:\n{text}");
         assert_eq!(get("capture_http_message_size_bytes_count{type=\"request\"}"), "1");
         assert_eq!(get("capture_http_message_size_bytes_sum{type=\"request\"}"), &format!("{}.0", request.len()));
         assert_eq!(get("capture_http_message_size_bytes_bucket{type=\"response\",le=\"2048\"}"), "0");

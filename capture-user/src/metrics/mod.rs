@@ -2,16 +2,22 @@
 //! format 0.0.4), `/healthz` (alive and making progress) and `/readyz` (ready).
 //!
 //! A command fills a `prometheus_client` registry of its own (the agent registers
-//! [`agent::AgentMetrics`]; the replayer can register its counters and histograms the
-//! same way) and hands it with a [`Health`] to [`serve`], which answers on its own
-//! thread until the returned [`MetricsServer`] is dropped.
+//! [`agent::AgentMetrics`], the replayer [`replay::ReplayMetrics`]) and hands it with
+//! a [`Health`] to [`serve`], which answers on its own thread until the returned
+//! [`MetricsServer`] is dropped. Counters kept as plain numbers are exported as
+//! [`Sample`]s by a collector at scrape time.
 
 pub mod agent;
+pub mod replay;
 pub mod server;
 
+use std::borrow::Cow;
+use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 pub use prometheus_client::registry::Registry;
 pub use server::{serve, MetricsError, MetricsServer};
 
@@ -52,6 +58,60 @@ impl Health {
         let since = self.start.elapsed().saturating_sub(last);
         (since > self.stall_after).then_some(since)
     }
+}
+
+/// Prometheus type of a [`Sample`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// Value of a [`Sample`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Value {
+    Int(u64),
+    Float(f64),
+}
+
+/// One exported series.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    /// Family name; counters get `_total` appended when encoded.
+    pub name: Cow<'static, str>,
+    pub kind: Kind,
+    pub help: Cow<'static, str>,
+    pub labels: Vec<(&'static str, String)>,
+    pub value: Value,
+}
+
+/// Encodes samples family by family (all series of a family together, in order of
+/// first appearance), as the text format requires.
+pub fn encode_samples(samples: &[Sample], encoder: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
+    let mut families: Vec<(&Sample, Vec<&Sample>)> = Vec::new();
+    for s in samples {
+        match families.iter_mut().find(|(first, _)| first.name == s.name) {
+            Some((_, members)) => members.push(s),
+            None => families.push((s, vec![s])),
+        }
+    }
+    for (first, members) in families {
+        let kind = match first.kind {
+            Kind::Counter => MetricType::Counter,
+            Kind::Gauge => MetricType::Gauge,
+        };
+        let mut family = encoder.encode_descriptor(&first.name, &first.help, None, kind)?;
+        for s in members {
+            let mut series = family.encode_family(&s.labels)?;
+            match (s.kind, s.value) {
+                (Kind::Counter, Value::Int(v)) => series.encode_counter::<NoLabelSet, _, u64>(&v, None)?,
+                (Kind::Counter, Value::Float(v)) => series.encode_counter::<NoLabelSet, _, f64>(&v, None)?,
+                (Kind::Gauge, Value::Int(v)) => series.encode_gauge(&v)?,
+                (Kind::Gauge, Value::Float(v)) => series.encode_gauge(&v)?,
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -36,7 +36,8 @@ pub struct KafkaInput {
 
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaInputError {
-    #[error("kafka://{brokers}/{topic}: {what}: {source}")]
+    /// A Kafka client call failed; `what` says which step, the source why.
+    #[error("kafka://{brokers}/{topic}: {what}")]
     Kafka {
         brokers: String,
         topic: String,
@@ -44,6 +45,7 @@ pub enum KafkaInputError {
         #[source]
         source: Box<rdkafka::error::KafkaError>,
     },
+    /// The topic does not exist on the brokers.
     #[error("kafka://{0}/{1}: topic not found")]
     NoTopic(String, String),
 }
@@ -87,8 +89,12 @@ fn add(pairer: &mut Pairer, msg: &rdkafka::message::BorrowedMessage<'_>) {
     }
 }
 
-/// Reads the time window; returns exchanges in capture order.
-pub fn read_window(input: &KafkaInput) -> Result<(Vec<Exchange>, InputStats), KafkaInputError> {
+/// How often the input's counters are handed to the caller while reading.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// Reads the time window; returns exchanges in capture order. `progress` gets the
+/// counters so far every [`PROGRESS_EVERY`] while reading.
+pub fn read_window(input: &KafkaInput, mut progress: impl FnMut(&InputStats)) -> Result<(Vec<Exchange>, InputStats), KafkaInputError> {
     let consumer = input.consumer(&format!("capture-replay-window-{}", std::process::id()))?;
     let md = consumer.fetch_metadata(Some(&input.topic), Duration::from_secs(10)).map_err(input.err("reading metadata"))?;
     let topic = md
@@ -132,7 +138,12 @@ pub fn read_window(input: &KafkaInput) -> Result<(Vec<Exchange>, InputStats), Ka
     // Past every partition's reported end, keep reading until a quiet second: some
     // brokers under-report the high watermark (tansu 0.6 counts batches).
     let mut quiet_since: Option<Instant> = None;
+    let mut reported = Instant::now();
     while Instant::now() < deadline {
+        if reported.elapsed() >= PROGRESS_EVERY {
+            progress(&pairer.stats);
+            reported = Instant::now();
+        }
         if done.values().all(|d| *d) && quiet_since.is_some_and(|t| t.elapsed() >= Duration::from_secs(1)) {
             break;
         }
@@ -169,6 +180,8 @@ pub enum GroupEvent {
     /// Records `[from, to)` of a partition were replayed (all but those handed to
     /// another replayer in a rebalance) and their offsets committed.
     Replayed { partition: i32, from: i64, to: i64 },
+    /// The input's counters so far (every [`PROGRESS_EVERY`] while polling).
+    Progress(InputStats),
 }
 
 /// Group mode: remembers the partitions a rebalance takes away, so records of theirs
@@ -209,11 +222,16 @@ pub fn consume_group(input: &KafkaInput, group: &str, mut on: impl FnMut(GroupEv
     let mut handed_over = 0;
     // Per partition, the first offset read and not yet reported replayed.
     let mut unreported: HashMap<i32, i64> = HashMap::new();
+    let mut reported = Instant::now();
     loop {
         let batch_start = Instant::now();
         let mut n = 0;
         // A batch: up to 1 s or 10,000 records.
         while batch_start.elapsed() < Duration::from_secs(1) && n < 10_000 {
+            if reported.elapsed() >= PROGRESS_EVERY {
+                on(GroupEvent::Progress(InputStats { handed_over: pairer.stats.handed_over + handed_over, ..pairer.stats.clone() }));
+                reported = Instant::now();
+            }
             let polled = consumer.poll(Duration::from_millis(200));
             let revoked = std::mem::take(&mut *consumer.context().revoked.lock().unwrap_or_else(|e| e.into_inner()));
             if !revoked.is_empty() {

@@ -3,7 +3,8 @@
 //!
 //! Exchanges are dispatched by captured connection to a fixed pool of workers, so
 //! requests of one connection replay in order on one keep-alive connection per
-//! target, and concurrency is bounded by the pool. Each request waits for its
+//! target (a bounded number open at once, idle ones closed: [`target::Connections`]),
+//! and concurrency is bounded by the pool. Each request waits for its
 //! scheduled time ([`schedule`]). Nothing is sent twice ([`target`]); requests the
 //! capture cut or found ambiguous are not sent; nothing is sent to the captured
 //! production server ([`safety`]).
@@ -17,18 +18,20 @@ pub mod schedule;
 pub mod target;
 pub mod tls;
 
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::fmt;
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::compare::{self, CompareSettings, ErrorKind, Failure, Outcome, OutcomeLog, Report, Response};
 use crate::http::message;
+use crate::metrics::replay::ReplayMetrics;
 use input::Exchange;
 use request::RewriteOptions;
 use safety::ProductionCheck;
 pub use schedule::Pacing;
 use schedule::Schedule;
-use target::{Connections, SendError, Target};
+use target::{ConnectionStats, Connections, KeepAlive, SendError, Target};
 
 #[derive(Clone, Debug)]
 pub struct ReplayConfig {
@@ -49,6 +52,22 @@ pub struct ReplayConfig {
     /// Compare candidate responses with production's (None: replay only).
     pub compare: Option<CompareSettings>,
     pub production: ProductionCheck,
+    /// Keep-alive connections to the targets: `max_open` over all workers.
+    pub keep_alive: KeepAlive,
+}
+
+impl ReplayConfig {
+    /// The longest a healthy replay goes without an event (a request sent, answered or
+    /// skipped): one pacing gap plus connecting and exchanging with every target, with
+    /// room to spare. `/healthz` fails after that long without one.
+    pub fn longest_silence(&self) -> Duration {
+        let gap = match self.pacing {
+            Pacing::Original { .. } => self.max_wait,
+            Pacing::Rate(rate) => Duration::from_secs_f64((1.0 / rate).min(1e6)),
+        };
+        let targets = (self.targets.len() + usize::from(self.baseline.is_some())) as u32;
+        gap + self.timeout * 2 * targets + Duration::from_secs(60)
+    }
 }
 
 /// Methods replayed without explicit opt-in: they must not have side effects.
@@ -57,6 +76,51 @@ pub const SAFE_METHODS: &[&str] = &["GET", "HEAD", "OPTIONS"];
 /// Pacing gaps shortened by `--max-wait` that are logged one by one; the rest are counted.
 const LOGGED_CAPPED_GAPS: u64 = 3;
 
+/// How often a worker without requests closes its idle target connections.
+const IDLE_SWEEP: Duration = Duration::from_secs(1);
+
+/// Why a captured request is not sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SkipReason {
+    /// Cut at capture (longer than the agent's --max-message-size).
+    RequestCut,
+    /// Not a request the HTTP parser accepts.
+    Unreplayable(String),
+    /// The body is shorter than its Content-Length or chunked framing says.
+    BodyIncomplete,
+    /// The capture (or the same rule here) found its framing ambiguous: the reason.
+    Ambiguous(String),
+    /// Its method is not among those allowed.
+    MethodNotAllowed(String),
+}
+
+impl SkipReason {
+    /// Stable label for metrics (one of `metrics::replay::SKIP_REASONS`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            SkipReason::RequestCut => "request_cut",
+            SkipReason::Unreplayable(_) => "unreplayable",
+            SkipReason::BodyIncomplete => "body_incomplete",
+            SkipReason::Ambiguous(_) => "ambiguous",
+            SkipReason::MethodNotAllowed(_) => "method_not_allowed",
+        }
+    }
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SkipReason::RequestCut => f.write_str("request cut at capture (longer than the agent's --max-message-size): not sent"),
+            SkipReason::Unreplayable(e) => write!(f, "unreplayable request: {e}"),
+            SkipReason::BodyIncomplete => f.write_str("request body incomplete (shorter than its Content-Length or chunked framing): not sent"),
+            SkipReason::Ambiguous(reason) => {
+                write!(f, "request framing ambiguous at capture ({reason}): not sent (--replay-ambiguous sends it)")
+            }
+            SkipReason::MethodNotAllowed(method) => write!(f, "method {method} not allowed (use --allow-method)"),
+        }
+    }
+}
+
 struct Job {
     exchange: Exchange,
     at: Instant,
@@ -64,37 +128,67 @@ struct Job {
 
 /// What the workers tell the collector.
 enum Event {
+    /// A captured request goes to the targets; production's latency from the capture.
+    Sent { production_latency_ns: Option<u64> },
     Outcome(Box<Outcome>),
     /// A request not sent: its record id, method and path (when readable), and why.
-    Skipped { id: String, request_line: Option<(String, String)>, reason: String },
-    /// One request sent to the baseline, and its failure if it failed.
-    Baseline { target: String, error: Option<Failure> },
+    Skipped { id: String, request_line: Option<(String, String)>, reason: SkipReason },
+    /// One request sent to the baseline: its failure if it failed, else its latency.
+    Baseline { target: String, error: Option<Failure>, latency: Option<Duration> },
     Counter(&'static str, u64),
 }
 
-/// Where outcomes go: the report, and the per-request JSON lines if asked for.
+/// Where outcomes go: the report, the per-request JSON lines if asked for, and the
+/// live metrics if served.
 pub struct Results {
     pub report: Report,
     pub log: Option<OutcomeLog>,
+    pub metrics: Option<Arc<ReplayMetrics>>,
 }
 
 impl Results {
     fn take(&mut self, event: Event) {
         match event {
+            Event::Sent { production_latency_ns } => {
+                self.count("replay_requests_sent", 1);
+                if let Some(m) = &self.metrics {
+                    m.production_latency(production_latency_ns);
+                }
+            }
             Event::Outcome(outcome) => {
                 if let Some(log) = &mut self.log {
                     log.outcome(&outcome);
                 }
+                if let Some(m) = &self.metrics {
+                    m.outcome(&outcome);
+                }
                 self.report.add(*outcome);
             }
             Event::Skipped { id, request_line, reason } => {
+                let message = reason.to_string();
                 if let Some(log) = &mut self.log {
-                    log.skipped(&id, request_line.as_ref().map(|(m, p)| (m.as_str(), p.as_str())), &reason);
+                    log.skipped(&id, request_line.as_ref().map(|(m, p)| (m.as_str(), p.as_str())), &message);
                 }
-                self.report.count_skipped(&reason);
+                if let Some(m) = &self.metrics {
+                    m.skipped(reason.label());
+                }
+                self.report.count_skipped(&message);
             }
-            Event::Baseline { target, error } => self.report.add_baseline(&target, error.as_ref()),
-            Event::Counter(name, n) => self.report.add_counter(name, n),
+            Event::Baseline { target, error, latency } => {
+                if let Some(m) = &self.metrics {
+                    m.baseline(error.as_ref(), latency);
+                }
+                self.report.add_baseline(&target, error.as_ref());
+            }
+            Event::Counter(name, n) => self.count(name, n),
+        }
+    }
+
+    /// Adds `n` to a report counter (and its metric).
+    fn count(&mut self, name: &str, n: u64) {
+        self.report.add_counter(name, n);
+        if let Some(m) = &self.metrics {
+            m.counter(name, n);
         }
     }
 }
@@ -103,6 +197,8 @@ impl Results {
 /// `results`.
 pub fn run(exchanges: impl IntoIterator<Item = Exchange>, config: &ReplayConfig, mut results: Results) -> Results {
     let workers = config.concurrency.max(1);
+    // Each worker keeps its share of the open connections.
+    let keep_alive = KeepAlive { max_open: (config.keep_alive.max_open / workers).max(1), ..config.keep_alive };
     let config = Arc::new(config.clone());
     let (out_tx, out_rx) = sync_channel::<Event>(1024);
     let mut senders: Vec<SyncSender<Job>> = Vec::new();
@@ -111,7 +207,7 @@ pub fn run(exchanges: impl IntoIterator<Item = Exchange>, config: &ReplayConfig,
         let (tx, rx) = sync_channel::<Job>(256);
         senders.push(tx);
         let (cfg, out) = (config.clone(), out_tx.clone());
-        handles.push(std::thread::spawn(move || worker(rx, &cfg, out)));
+        handles.push(std::thread::spawn(move || worker(rx, &cfg, keep_alive, out)));
     }
     let counters = out_tx.clone();
     drop(out_tx);
@@ -126,6 +222,13 @@ pub fn run(exchanges: impl IntoIterator<Item = Exchange>, config: &ReplayConfig,
     let mut without_server = 0u64;
     for exchange in exchanges {
         let (offset, capped) = schedule.next(&exchange.id, exchange.ts_ns);
+        if capped.is_some() {
+            let _ = counters.send(Event::Counter("replay_gaps_capped", 1));
+        }
+        if exchange.server.is_none() {
+            without_server += 1;
+            let _ = counters.send(Event::Counter("replay_requests_without_server_address", 1));
+        }
         if let Some(gap) = capped.filter(|_| schedule.capped <= LOGGED_CAPPED_GAPS) {
             log::warn!(
                 "pacing: the {:?} gap before request {} was shortened to --max-wait {:?}{}",
@@ -135,7 +238,6 @@ pub fn run(exchanges: impl IntoIterator<Item = Exchange>, config: &ReplayConfig,
                 if schedule.capped == LOGGED_CAPPED_GAPS { " (further ones are only counted: replay_gaps_capped)" } else { "" }
             );
         }
-        without_server += u64::from(exchange.server.is_none());
         let slot = worker_for(&exchange.connection, workers);
         if senders[slot].send(Job { exchange, at: start + offset }).is_err() {
             break;
@@ -146,14 +248,12 @@ pub fn run(exchanges: impl IntoIterator<Item = Exchange>, config: &ReplayConfig,
             "{without_server} request(s) carry no captured server address (GoReplay files): the production-server check could not run for them"
         );
     }
-    let _ = counters.send(Event::Counter("replay_gaps_capped", schedule.capped));
-    let _ = counters.send(Event::Counter("replay_requests_without_server_address", without_server));
     drop(counters);
     drop(senders);
     for h in handles {
         let _ = h.join();
     }
-    collector.join().unwrap_or_else(|_| Results { report: Report::new("replay (report lost: collector panicked)".into()), log: None })
+    collector.join().unwrap_or_else(|_| Results { report: Report::new("replay (report lost: collector panicked)".into()), log: None, metrics: None })
 }
 
 fn worker_for(connection: &str, workers: usize) -> usize {
@@ -166,16 +266,16 @@ fn worker_for(connection: &str, workers: usize) -> usize {
 }
 
 /// Why a captured request is not sent, if it is not.
-fn skip_reason(ex: &Exchange, config: &ReplayConfig) -> Option<String> {
+fn skip_reason(ex: &Exchange, config: &ReplayConfig) -> Option<SkipReason> {
     if ex.request_cut.is_some() {
-        return Some("request cut at capture (longer than the agent's --max-message-size): not sent".into());
+        return Some(SkipReason::RequestCut);
     }
     let req = match message::parse_request(&ex.request) {
         Ok(r) => r,
-        Err(e) => return Some(format!("unreplayable request: {e}")),
+        Err(e) => return Some(SkipReason::Unreplayable(e.to_string())),
     };
     if !req.body().is_ok_and(|b| b.complete) {
-        return Some("request body incomplete (shorter than its Content-Length or chunked framing): not sent".into());
+        return Some(SkipReason::BodyIncomplete);
     }
     // The capture's flag, or the same rule applied here (files from other tools).
     let found = match req.head.framing {
@@ -183,10 +283,10 @@ fn skip_reason(ex: &Exchange, config: &ReplayConfig) -> Option<String> {
         _ => None,
     };
     if let Some(reason) = ex.request_ambiguous.as_deref().or(found).filter(|_| !config.replay_ambiguous) {
-        return Some(format!("request framing ambiguous at capture ({reason}): not sent (--replay-ambiguous sends it)"));
+        return Some(SkipReason::Ambiguous(reason.to_string()));
     }
     if !config.allow_methods.iter().any(|m| m == req.method) {
-        return Some(format!("method {} not allowed (use --allow-method)", req.method));
+        return Some(SkipReason::MethodNotAllowed(req.method.to_string()));
     }
     None
 }
@@ -211,93 +311,127 @@ fn production_response(ex: &Exchange, method: &str, config: &ReplayConfig) -> Re
     Ok(response)
 }
 
-fn worker(rx: Receiver<Job>, config: &ReplayConfig, out: SyncSender<Event>) {
-    let mut conns = Connections::default();
-    let mut sent_to_production = 0;
-    for job in rx {
-        let ex = &job.exchange;
-        if let Some(reason) = skip_reason(ex, config) {
-            let request_line = message::parse_request(&ex.request).ok().map(|r| (r.method.to_string(), r.target.split('?').next().unwrap_or("").to_string()));
-            let _ = out.send(Event::Skipped { id: ex.id.clone(), request_line, reason });
-            continue;
-        }
-        let req = message::parse_request(&ex.request).expect("checked by skip_reason");
-        let now = Instant::now();
-        if job.at > now {
-            std::thread::sleep(job.at - now);
-        }
-        let path = req.target.split('?').next().unwrap_or("").to_string();
-        let production = production_response(ex, req.method, config);
-        // Whether `target` is the captured production server (refused unless allowed).
-        let mut refused = |target: &Target| {
-            let server = ex.server.as_deref().and_then(|s| config.production.production_match(&target.addrs, s))?;
-            if config.production.allow {
-                sent_to_production += 1;
-                return None;
+fn worker(rx: Receiver<Job>, config: &ReplayConfig, keep_alive: KeepAlive, out: SyncSender<Event>) {
+    let mut conns = Connections::new(keep_alive);
+    let mut reported = ConnectionStats::default();
+    loop {
+        let job = match rx.recv_timeout(IDLE_SWEEP) {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => {
+                conns.close_idle(Instant::now());
+                report_connections(&conns.stats, &mut reported, &out);
+                continue;
             }
-            Some(Failure::new(ErrorKind::RefusedProduction, format!("refused: it is the captured production server {server} (--allow-production overrides)")))
+            Err(RecvTimeoutError::Disconnected) => break,
         };
-        let baseline = match (&config.baseline, &production) {
-            (Some(b), Ok(prod)) => {
-                let answer = match refused(b) {
-                    Some(reason) => Err(reason),
-                    None => {
-                        let bytes = request::rewrite(&req, &b.url, &config.rewrite);
-                        conns.send(0, b, &ex.connection, &bytes, config.timeout).map_err(|e| failure(&e))
-                    }
-                };
-                let response = answer.and_then(|a| candidate_response(&a, req.method));
-                let _ = out.send(Event::Baseline { target: b.url.to_string(), error: response.as_ref().err().cloned() });
-                let cfg = config.compare.as_ref().expect("production compared only with --compare");
-                Some(response.map(|b| compare::compare(prod, &b, cfg)))
-            }
-            _ => None,
-        };
-        for (i, target) in config.targets.iter().enumerate() {
-            let mut o = Outcome::new(&ex.id, req.method, &path, &target.url.to_string());
-            o.production_status = production.as_ref().ok().map(|p| p.status);
-            o.production_latency_ms = ex.response.as_ref().and_then(|r| r.latency_ns).map(|n| n as f64 / 1e6);
-            let answer = match refused(target) {
-                Some(reason) => Err(reason),
-                None => {
-                    let bytes = request::rewrite(&req, &target.url, &config.rewrite);
-                    conns.send(i + 1, target, &ex.connection, &bytes, config.timeout).map_err(|e| failure(&e))
-                }
-            };
-            match answer {
-                Ok(answer) => {
-                    o.candidate_latency_ms = Some(answer.latency.as_secs_f64() * 1e3);
-                    match (candidate_response(&answer, req.method), &production) {
-                        (Err(e), _) => o.error = Some(e),
-                        (Ok(cand), Err(reason)) => {
-                            o.candidate_status = Some(cand.status);
-                            o.not_compared = Some(reason.clone());
-                        }
-                        (Ok(cand), Ok(prod)) => {
-                            o.candidate_status = Some(cand.status);
-                            let cfg = config.compare.as_ref().expect("production compared only with --compare");
-                            let diffs = compare::compare(prod, &cand, cfg);
-                            o.compared_body_bytes = compare::compared_body_bytes(prod, &cand).map(|n| n as u64);
-                            match &baseline {
-                                Some(Ok(noise)) => (o.differences, o.noise) = compare::split_noise(diffs, noise),
-                                Some(Err(e)) => {
-                                    o.differences = diffs;
-                                    o.baseline_error = Some(e.clone());
-                                }
-                                None => o.differences = diffs,
-                            }
-                        }
-                    }
-                }
-                Err(e) => o.error = Some(e),
-            }
-            if out.send(Event::Outcome(Box::new(o))).is_err() {
-                return;
-            }
+        if !replay_one(&job, config, &mut conns, &out) {
+            return;
+        }
+        report_connections(&conns.stats, &mut reported, &out);
+    }
+    conns.close_all();
+    report_connections(&conns.stats, &mut reported, &out);
+}
+
+/// Sends the connection counters that changed since the last report.
+fn report_connections(stats: &ConnectionStats, reported: &mut ConnectionStats, out: &SyncSender<Event>) {
+    for ((name, now), (_, before)) in stats.fields().into_iter().zip(reported.fields()) {
+        if now > before {
+            let _ = out.send(Event::Counter(name, now - before));
         }
     }
-    let _ = out.send(Event::Counter("replay_connections_reopened", conns.reopened));
-    let _ = out.send(Event::Counter("replay_sent_to_production", sent_to_production));
+    *reported = *stats;
+}
+
+/// Replays one exchange to the baseline and every target. False when the collector is gone.
+fn replay_one(job: &Job, config: &ReplayConfig, conns: &mut Connections, out: &SyncSender<Event>) -> bool {
+    let ex = &job.exchange;
+    if let Some(reason) = skip_reason(ex, config) {
+        let request_line = message::parse_request(&ex.request).ok().map(|r| (r.method.to_string(), r.target.split('?').next().unwrap_or("").to_string()));
+        return out.send(Event::Skipped { id: ex.id.clone(), request_line, reason }).is_ok();
+    }
+    let req = message::parse_request(&ex.request).expect("checked by skip_reason");
+    let now = Instant::now();
+    if job.at > now {
+        std::thread::sleep(job.at - now);
+    }
+    let path = req.target.split('?').next().unwrap_or("").to_string();
+    let production = production_response(ex, req.method, config);
+    let production_latency_ns = ex.response.as_ref().and_then(|r| r.latency_ns);
+    if out.send(Event::Sent { production_latency_ns }).is_err() {
+        return false;
+    }
+    // Whether `target` is the captured production server (refused unless allowed).
+    let refused = |target: &Target| {
+        let server = ex.server.as_deref().and_then(|s| config.production.production_match(&target.addrs, s))?;
+        if config.production.allow {
+            let _ = out.send(Event::Counter("replay_sent_to_production", 1));
+            return None;
+        }
+        Some(Failure::new(ErrorKind::RefusedProduction, format!("refused: it is the captured production server {server} (--allow-production overrides)")))
+    };
+    let baseline = match (&config.baseline, &production) {
+        (Some(b), Ok(prod)) => {
+            let answer = match refused(b) {
+                Some(reason) => Err(reason),
+                None => {
+                    let bytes = request::rewrite(&req, &b.url, &config.rewrite);
+                    conns.send(0, b, &ex.connection, &bytes, config.timeout).map_err(|e| failure(&e))
+                }
+            };
+            let latency = answer.as_ref().ok().map(|a| a.latency);
+            let response = answer.and_then(|a| candidate_response(&a, req.method));
+            let error = response.as_ref().err().cloned();
+            let latency = latency.filter(|_| error.is_none());
+            let _ = out.send(Event::Baseline { target: b.url.to_string(), error, latency });
+            let cfg = config.compare.as_ref().expect("production compared only with --compare");
+            Some(response.map(|b| compare::compare(prod, &b, cfg)))
+        }
+        _ => None,
+    };
+    for (i, target) in config.targets.iter().enumerate() {
+        let mut o = Outcome::new(&ex.id, req.method, &path, &target.url.to_string());
+        o.production_status = production.as_ref().ok().map(|p| p.status);
+        o.production_latency_ms = ex.response.as_ref().and_then(|r| r.latency_ns).map(|n| n as f64 / 1e6);
+        let answer = match refused(target) {
+            Some(reason) => Err(reason),
+            None => {
+                let bytes = request::rewrite(&req, &target.url, &config.rewrite);
+                conns.send(i + 1, target, &ex.connection, &bytes, config.timeout).map_err(|e| failure(&e))
+            }
+        };
+        match answer {
+            Ok(answer) => {
+                o.candidate_latency_ms = Some(answer.latency.as_secs_f64() * 1e3);
+                match (candidate_response(&answer, req.method), &production) {
+                    (Err(e), _) => o.error = Some(e),
+                    (Ok(cand), Err(reason)) => {
+                        o.candidate_status = Some(cand.status);
+                        o.not_compared = Some(reason.clone());
+                    }
+                    (Ok(cand), Ok(prod)) => {
+                        o.candidate_status = Some(cand.status);
+                        let cfg = config.compare.as_ref().expect("production compared only with --compare");
+                        let diffs = compare::compare(prod, &cand, cfg);
+                        o.compared_body_bytes = compare::compared_body_bytes(prod, &cand).map(|n| n as u64);
+                        match &baseline {
+                            Some(Ok(noise)) => (o.differences, o.noise) = compare::split_noise(diffs, noise),
+                            Some(Err(e)) => {
+                                o.differences = diffs;
+                                o.baseline_error = Some(e.clone());
+                            }
+                            None => o.differences = diffs,
+                        }
+                    }
+                }
+            }
+            Err(e) => o.error = Some(e),
+        }
+        if out.send(Event::Outcome(Box::new(o))).is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 /// The report's kind of a failed exchange.
@@ -339,6 +473,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             compare: Some(CompareSettings::default()),
             production: ProductionCheck { local: safety::LocalAddresses::new(vec![]), allow: false },
+            keep_alive: KeepAlive::default(),
         }
     }
 
@@ -362,21 +497,31 @@ mod tests {
         let mut cfg = config();
         let get = exchange("GET / HTTP/1.1\r\nHost: a\r\n\r\n");
         assert_eq!(skip_reason(&get, &cfg), None);
+        let skip = |ex: &Exchange, cfg: &ReplayConfig| skip_reason(ex, cfg).map(|r| (r.label(), r.to_string()));
         let cut = Exchange { request_cut: Some(3_000_000), ..exchange("POST / HTTP/1.1\r\nContent-Length: 3000000\r\n\r\nabc") };
-        assert!(skip_reason(&cut, &cfg).unwrap().starts_with("request cut at capture"));
+        let (label, message) = skip(&cut, &cfg).unwrap();
+        assert!(label == "request_cut" && message.starts_with("request cut at capture"), "{message}");
         // A GoReplay file has no flag: the body shorter than its Content-Length says it.
         cfg.allow_methods.push("POST".into());
         let short = exchange("POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc");
-        assert!(skip_reason(&short, &cfg).unwrap().starts_with("request body incomplete"));
+        let (label, message) = skip(&short, &cfg).unwrap();
+        assert!(label == "body_incomplete" && message.starts_with("request body incomplete"), "{message}");
         let ambiguous = Exchange { request_ambiguous: Some("content_length_and_chunked".into()), ..get.clone() };
         assert_eq!(
-            skip_reason(&ambiguous, &cfg).as_deref(),
-            Some("request framing ambiguous at capture (content_length_and_chunked): not sent (--replay-ambiguous sends it)")
+            skip(&ambiguous, &cfg),
+            Some(("ambiguous", "request framing ambiguous at capture (content_length_and_chunked): not sent (--replay-ambiguous sends it)".into()))
         );
         cfg.replay_ambiguous = true;
         assert_eq!(skip_reason(&ambiguous, &cfg), None);
-        assert_eq!(skip_reason(&exchange("DELETE / HTTP/1.1\r\n\r\n"), &cfg).as_deref(), Some("method DELETE not allowed (use --allow-method)"));
-        assert!(skip_reason(&exchange("\x16\x03 junk\r\n\r\n"), &cfg).unwrap().starts_with("unreplayable request"));
+        assert_eq!(
+            skip(&exchange("DELETE / HTTP/1.1\r\n\r\n"), &cfg),
+            Some(("method_not_allowed", "method DELETE not allowed (use --allow-method)".into()))
+        );
+        let (label, message) = skip(&exchange("\x16\x03 junk\r\n\r\n"), &cfg).unwrap();
+        assert!(label == "unreplayable" && message.starts_with("unreplayable request"), "{message}");
+        for reason in [SkipReason::RequestCut, SkipReason::BodyIncomplete] {
+            assert!(crate::metrics::replay::SKIP_REASONS.contains(&reason.label()));
+        }
     }
 
     /// Issue 11, bugs 1 and 7: what production answered decides what is compared.

@@ -1,7 +1,8 @@
 //! Sending one request to one target and reading its response.
 //!
 //! Each captured connection gets its own keep-alive connection per target, so a
-//! connection's requests reach the target in order. Every exchange has one deadline
+//! connection's requests reach the target in order; a bounded number stay open
+//! (least recently used closed first, idle ones closed: see [`Connections`]). Every exchange has one deadline
 //! (`--timeout`) for writing the request and reading the whole response, and
 //! connecting has its own. Nothing is ever sent twice: a keep-alive connection the
 //! target closed while idle is found before anything is written to it (and replaced,
@@ -98,56 +99,234 @@ pub enum SendError {
 struct Conn {
     stream: Stream,
     framer: HttpConnection,
+    /// Its place in the least-recently-used order ([`Connections::lru`]).
+    stamp: u64,
+    last_used: Instant,
 }
 
-/// Keep-alive connections of one worker: per (captured connection, target index).
-#[derive(Default)]
-pub struct Connections {
-    conns: std::collections::HashMap<(String, usize), Conn>,
-    /// Idle keep-alive connections found closed by the target and replaced before use.
+/// Bounds on the keep-alive connections a worker keeps open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeepAlive {
+    /// Connections open at once; the least recently used is closed to make room.
+    pub max_open: usize,
+    /// A connection without a request for this long is closed: its captured
+    /// connection has most likely ended (records do not say when one ends).
+    pub idle: Duration,
+}
+
+impl Default for KeepAlive {
+    fn default() -> KeepAlive {
+        KeepAlive { max_open: 512, idle: IDLE_CLOSE }
+    }
+}
+
+/// How long an unused keep-alive connection stays open (servers close theirs after
+/// 5 to 75 s; one they closed is noticed before use anyway).
+pub const IDLE_CLOSE: Duration = Duration::from_secs(30);
+
+/// What became of a worker's target connections. Every connection opened is closed
+/// for one of the reasons, so `opened - closed` are open.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectionStats {
+    pub opened: u64,
+    /// Opened for a captured connection whose earlier target connection was closed
+    /// while idle (by the target, or by the replayer: idle or to make room).
     pub reopened: u64,
+    /// Closed by the replayer after [`KeepAlive::idle`] without a request.
+    pub closed_idle: u64,
+    /// Closed by the replayer to stay within [`KeepAlive::max_open`].
+    pub closed_evicted: u64,
+    /// Found closed by the target while idle, before a request was written to it.
+    pub closed_by_target: u64,
+    /// Closed after an exchange: the response asked for it, or the exchange failed.
+    pub closed_after_exchange: u64,
+    /// Still open when the worker finished.
+    pub closed_at_end: u64,
+}
+
+impl ConnectionStats {
+    /// (report counter name, value) pairs.
+    pub fn fields(&self) -> [(&'static str, u64); 7] {
+        [
+            ("replay_connections_opened", self.opened),
+            ("replay_connections_reopened", self.reopened),
+            ("replay_connections_closed_idle", self.closed_idle),
+            ("replay_connections_closed_evicted", self.closed_evicted),
+            ("replay_connections_closed_by_target", self.closed_by_target),
+            ("replay_connections_closed_after_exchange", self.closed_after_exchange),
+            ("replay_connections_closed_at_end", self.closed_at_end),
+        ]
+    }
+}
+
+/// (captured connection, target index).
+type Key = (String, usize);
+
+/// Keep-alive connections of one worker: one per (captured connection, target index),
+/// so a captured connection's requests reach each target in order on one connection.
+/// At most [`KeepAlive::max_open`] are open; idle ones are closed after
+/// [`KeepAlive::idle`]. A connection is only ever closed between exchanges: nothing
+/// is re-sent because of it.
+pub struct Connections {
+    keep_alive: KeepAlive,
+    conns: std::collections::HashMap<Key, Conn>,
+    /// Least recently used first: stamp -> key.
+    lru: std::collections::BTreeMap<u64, Key>,
+    next_stamp: u64,
+    closed: RecentlyClosed,
+    pub stats: ConnectionStats,
     /// Tests: a pause after writing the request, as when the replayer's thread is
     /// descheduled right after its write.
     #[cfg(test)]
     pause_after_write: Duration,
 }
 
+impl Default for Connections {
+    fn default() -> Connections {
+        Connections::new(KeepAlive::default())
+    }
+}
+
 impl Connections {
+    pub fn new(keep_alive: KeepAlive) -> Connections {
+        let keep_alive = KeepAlive { max_open: keep_alive.max_open.max(1), ..keep_alive };
+        Connections {
+            keep_alive,
+            conns: Default::default(),
+            lru: Default::default(),
+            next_stamp: 0,
+            closed: RecentlyClosed::new(keep_alive.max_open.saturating_mul(4).clamp(1024, 16_384)),
+            stats: ConnectionStats::default(),
+            #[cfg(test)]
+            pause_after_write: Duration::ZERO,
+        }
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.conns.len()
+    }
+
     /// Sends `request` to target number `index` on the connection of `captured`
     /// (opened on demand) and reads one response, within `timeout` for connecting and
     /// `timeout` for the exchange.
     pub fn send(&mut self, index: usize, target: &Target, captured: &str, request: &[u8], timeout: Duration) -> Result<Answer, SendError> {
+        let now = Instant::now();
+        self.close_idle(now);
         let key = (captured.to_string(), index);
+        let mut reopening = false;
         if self.conns.get_mut(&key).is_some_and(|c| !c.stream.still_open()) {
-            self.conns.remove(&key);
-            self.reopened += 1;
+            self.remove(&key);
+            self.stats.closed_by_target += 1;
+            reopening = true;
+        } else if !self.conns.contains_key(&key) {
+            reopening = self.closed.forget(&key);
         }
         if !self.conns.contains_key(&key) {
+            while self.conns.len() >= self.keep_alive.max_open {
+                let Some((_, oldest)) = self.lru.first_key_value().map(|(s, k)| (*s, k.clone())) else { break };
+                self.remove(&oldest);
+                self.closed.add(&oldest);
+                self.stats.closed_evicted += 1;
+            }
             let tcp = connect(&target.addrs, timeout)?;
             let stream = match &target.tls {
                 Some(config) => tls::handshake(tcp, config.clone(), &target.url.host, timeout).map_err(SendError::Handshake)?,
                 None => Stream::Plain(tcp),
             };
             let framer = HttpConnection::new(HttpConfig { max_message_bytes: MAX_RESPONSE_BYTES, ..HttpConfig::default() });
-            self.conns.insert(key.clone(), Conn { stream, framer });
+            self.conns.insert(key.clone(), Conn { stream, framer, stamp: 0, last_used: now });
+            self.stats.opened += 1;
+            self.stats.reopened += u64::from(reopening);
         }
+        self.touch(&key, now);
         let conn = self.conns.get_mut(&key).expect("inserted");
         #[cfg(test)]
         let pause = self.pause_after_write;
         #[cfg(not(test))]
         let pause = Duration::ZERO;
-        match exchange(conn, request, timeout, pause) {
-            Ok((answer, keep)) => {
-                if !keep {
-                    self.conns.remove(&key);
-                }
-                Ok(answer)
+        let result = exchange(conn, request, timeout, pause);
+        if !matches!(result, Ok((_, true))) {
+            self.remove(&key);
+            self.stats.closed_after_exchange += 1;
+        }
+        result.map(|(answer, _)| answer)
+    }
+
+    /// Closes the connections unused for [`KeepAlive::idle`] (also called by an idle worker).
+    pub fn close_idle(&mut self, now: Instant) {
+        while let Some((_, key)) = self.lru.first_key_value() {
+            let idle = self.conns.get(key).is_some_and(|c| now.duration_since(c.last_used) >= self.keep_alive.idle);
+            if !idle {
+                break;
             }
-            Err(e) => {
-                self.conns.remove(&key);
-                Err(e)
+            let key = key.clone();
+            self.remove(&key);
+            self.closed.add(&key);
+            self.stats.closed_idle += 1;
+        }
+    }
+
+    /// Closes every connection (the worker is done).
+    pub fn close_all(&mut self) {
+        self.stats.closed_at_end += self.conns.len() as u64;
+        self.conns.clear();
+        self.lru.clear();
+    }
+
+    fn touch(&mut self, key: &Key, now: Instant) {
+        let conn = self.conns.get_mut(key).expect("open");
+        self.lru.remove(&conn.stamp);
+        conn.stamp = self.next_stamp;
+        conn.last_used = now;
+        self.next_stamp += 1;
+        self.lru.insert(conn.stamp, key.clone());
+    }
+
+    fn remove(&mut self, key: &Key) {
+        if let Some(conn) = self.conns.remove(key) {
+            self.lru.remove(&conn.stamp);
+        }
+    }
+}
+
+/// Captured connections whose target connection the replayer closed lately (as
+/// hashes of their keys), so that a later request of theirs counts as a reopening.
+/// Bounded: the oldest are forgotten (a reopening after that is not counted).
+struct RecentlyClosed {
+    /// Key hash -> sequence number of its latest close.
+    by_key: std::collections::HashMap<u64, u64>,
+    order: std::collections::VecDeque<(u64, u64)>,
+    next: u64,
+    capacity: usize,
+}
+
+impl RecentlyClosed {
+    fn new(capacity: usize) -> RecentlyClosed {
+        RecentlyClosed { by_key: Default::default(), order: Default::default(), next: 0, capacity }
+    }
+
+    fn hash(key: &Key) -> u64 {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        BuildHasherDefault::<DefaultHasher>::default().hash_one(key)
+    }
+
+    fn add(&mut self, key: &Key) {
+        let h = Self::hash(key);
+        self.by_key.insert(h, self.next);
+        self.order.push_back((h, self.next));
+        self.next += 1;
+        if self.order.len() > self.capacity {
+            let (h, seq) = self.order.pop_front().expect("not empty");
+            if self.by_key.get(&h) == Some(&seq) {
+                self.by_key.remove(&h);
             }
         }
+    }
+
+    /// Whether `key` was closed lately; forgets it.
+    fn forget(&mut self, key: &Key) -> bool {
+        self.by_key.remove(&Self::hash(key)).is_some()
     }
 }
 
@@ -400,7 +579,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(100));
         let b = conns.send(0, &target, "c", GET, Duration::from_secs(5)).unwrap();
         assert!(b.bytes.ends_with(b"ok"));
-        assert_eq!((conns.reopened, accepted.load(Ordering::SeqCst)), (1, 2));
+        assert_eq!((conns.stats.reopened, conns.stats.closed_by_target, accepted.load(Ordering::SeqCst)), (1, 1, 2));
     }
 
     /// Issue 11, bug 6 ("hangs"), I/O part: a large request to a target that never
@@ -447,6 +626,43 @@ mod tests {
         });
         let a = Connections::default().send(0, &target, "c", b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n", Duration::from_secs(5)).unwrap();
         assert_eq!(a.bytes, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n");
+    }
+
+    /// A long replay kept one connection per captured connection until the end (see
+    /// `keep_alive_connections_pile_up_in_a_long_replay` in tests/replay_cli.rs): now at
+    /// most `max_open` stay open, the least recently used closed first, idle ones closed,
+    /// and a captured connection that comes back gets a new one, counted.
+    #[test]
+    fn keep_alive_connections_are_bounded_and_closed_when_idle() {
+        let open = Arc::new(AtomicUsize::new(0));
+        let (received, counted) = (Arc::new(AtomicUsize::new(0)), open.clone());
+        let seen = received.clone();
+        let (target, accepted) = server(move |mut s| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            while read_head(&mut s) {
+                seen.fetch_add(1, Ordering::SeqCst);
+                let _ = s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n");
+            }
+            counted.fetch_sub(1, Ordering::SeqCst);
+        });
+        let mut conns = Connections::new(KeepAlive { max_open: 2, idle: Duration::from_millis(300) });
+        let t = Duration::from_secs(5);
+        for captured in ["a", "b", "a", "c", "a", "b"] {
+            conns.send(0, &target, captured, GET, t).unwrap();
+            assert!(conns.open() <= 2);
+        }
+        // a, b (open 2); a reused; c evicts b; a reused; b evicts c and is a reopening.
+        let stats = conns.stats;
+        assert_eq!((stats.opened, stats.closed_evicted, stats.reopened), (4, 2, 1), "{stats:?}");
+        assert_eq!((received.load(Ordering::SeqCst), accepted.load(Ordering::SeqCst)), (6, 4), "each request sent once");
+        std::thread::sleep(Duration::from_millis(350));
+        conns.close_idle(Instant::now());
+        assert_eq!((conns.open(), conns.stats.closed_idle), (0, 2));
+        conns.send(0, &target, "a", GET, t).unwrap();
+        conns.close_all();
+        let s = conns.stats;
+        assert_eq!((s.opened, s.reopened, s.closed_at_end), (5, 2, 1), "{s:?}");
+        assert_eq!(s.opened, s.closed_idle + s.closed_evicted + s.closed_by_target + s.closed_after_exchange + s.closed_at_end);
     }
 
     #[test]
