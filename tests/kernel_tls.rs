@@ -380,6 +380,11 @@ const TLS_SERIES: &[(&str, &str, bool)] = &[
     ("tls_stream_gap_bytes", "capture_tls_stream_gap_bytes_total", false),
     ("tls_stream_unknown_starts", "capture_tls_stream_unknown_starts_total", false),
     ("tls_stream_unknown_ends", "capture_tls_stream_unknown_ends_total", false),
+    ("tls_stream_skips", "capture_tls_stream_skips_total", false),
+    ("tls_stream_skip_bytes", "capture_tls_stream_skip_bytes_total", false),
+    ("tls_stream_skipped_bytes_arrived", "capture_tls_stream_skipped_arrived_bytes_total", false),
+    ("kernel_tls_sampled_out_calls", "capture_kernel_tls_sampled_out_calls_total", false),
+    ("kernel_tls_sampled_out_bytes", "capture_kernel_tls_sampled_out_bytes_total", false),
 ];
 
 /// The agent's `/metrics` once the TLS traffic is over: both requests framed, every
