@@ -388,7 +388,7 @@ impl Bench<'_> {
                 run.user_drops =
                     get("stream_gaps") + get("http_lost_to_gap") + get("output0_records_dropped") + get("output0_records_failed");
                 run.captured = Some(if variant == Variant::AgentKafka {
-                    let captured = records::count_kafka(&ns, &broker, &topic, target.body_size)?;
+                    let captured = records::count_kafka(&ns, &broker, &topic, run.agent_records_written, target.body_size)?;
                     sh(&format!("ip netns exec {ns} tansu topic delete {topic} --broker tcp://{broker}"))?;
                     captured
                 } else {
@@ -529,11 +529,13 @@ fn print_throughput(name: &str, variants: &[Variant], results: &HashMap<Variant,
         if v.is_agent() {
             let c = |f: fn(&Captured) -> u64| sum(&|r| r.captured.as_ref().map(f).unwrap_or(0));
             println!(
-                "{}: captured {} requests, {} responses, {} whole (agent: {} requests framed, {} records written); {checked}",
+                "{}: captured {} requests, {} responses, {} whole ({} unpaired, {} truncated) (agent: {} requests framed, {} records written); {checked}",
                 v.label(),
                 c(|c| c.requests),
                 c(|c| c.responses),
                 c(|c| c.whole_responses),
+                c(|c| c.unpaired),
+                c(|c| c.truncated),
                 sum(&|r| r.agent_requests),
                 sum(&|r| r.agent_records_written),
             );

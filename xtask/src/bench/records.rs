@@ -20,6 +20,9 @@ pub(crate) struct Captured {
     pub responses: u64,
     /// Responses paired with their request, not cut, status 200, body of the served size.
     pub whole_responses: u64,
+    /// Responses flagged `unpaired=1` / `truncated=1` (why some are not whole).
+    pub unpaired: u64,
+    pub truncated: u64,
 }
 
 /// Counts the records of every `.gor` file in `dir` (the agent rotates into name.N.gor).
@@ -36,10 +39,11 @@ pub(crate) fn count_dir(dir: &Path, body_size: usize) -> Result<Captured> {
     Ok(captured)
 }
 
-/// Reads the whole topic back (inside namespace `ns`) and counts its records.
-pub(crate) fn count_kafka(ns: &str, bootstrap: &str, topic: &str, body_size: usize) -> Result<Captured> {
+/// Reads the topic back (inside namespace `ns`) and counts its records: the
+/// `expected` records the agent had acknowledged, or what arrives before 3 s of silence.
+pub(crate) fn count_kafka(ns: &str, bootstrap: &str, topic: &str, expected: u64, body_size: usize) -> Result<Captured> {
     let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, "python3", "-c", KAFKA_DUMP_PY, bootstrap, topic])
+        .args(["netns", "exec", ns, "python3", "-c", KAFKA_DUMP_PY, bootstrap, topic, &expected.to_string()])
         .stdout(Stdio::piped())
         .spawn()
         .context("starting python3 to read the topic back (confluent-kafka)")?;
@@ -79,6 +83,8 @@ fn count(mut input: impl BufRead, body_size: usize, captured: &mut Captured) -> 
             "1" => captured.requests += 1,
             "2" => {
                 captured.responses += 1;
+                captured.unpaired += u64::from(fields.iter().any(|f| f.starts_with("unpaired=")));
+                captured.truncated += u64::from(fields.iter().any(|f| f.starts_with("truncated=")));
                 if is_whole_response(&fields[1..], &payload, body_size) {
                     captured.whole_responses += 1;
                 }
@@ -129,7 +135,7 @@ mod tests {
         input.extend(record(2, "", &tricky));
         let mut captured = Captured::default();
         count(&input[..], 100, &mut captured).unwrap();
-        assert_eq!(captured, Captured { requests: 2, responses: 6, whole_responses: 2 });
+        assert_eq!(captured, Captured { requests: 2, responses: 6, whole_responses: 2, unpaired: 1, truncated: 1 });
     }
 
     #[test]
