@@ -197,7 +197,8 @@ struct Killed(Child);
 impl Drop for Killed {
     fn drop(&mut self) {
         // SIGTERM first: nginx's master stops its workers (SIGKILL would orphan them).
-        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        // (Already gone when the bench reports a process that exited: say nothing then.)
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).stderr(Stdio::null()).status();
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.0.try_wait() {
