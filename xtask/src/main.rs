@@ -36,19 +36,36 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Benchmark (root): nginx + wrk with no capture (A), with the agent (B: file, file
-    /// with --sample 10, file with every exchange filtered out, and Kafka unless
-    /// --no-kafka) and with tcpdump (C), interleaved; prints one table.
+    /// Benchmark (root): nginx + wrk with no capture (A), with the agent (B: file, and
+    /// Kafka unless --no-kafka; with --controls also file with --sample 10 and file with
+    /// every exchange filtered out), with tcpdump (C) and, if the GOR environment variable names a
+    /// GoReplay binary, with GoReplay (G), interleaved, per response size; then a
+    /// fixed-rate run for latency. Fails if any answer was not a 200 with the whole body.
     Bench {
         /// Seconds of wrk load per run.
         #[arg(long, default_value_t = 5)]
         duration: u64,
-        /// Times each variant runs (interleaved A B C A B C ...).
-        #[arg(long, default_value_t = 3)]
-        repeats: usize,
-        /// wrk connections.
-        #[arg(long, default_value_t = 32)]
+        /// Times each variant runs (interleaved A B C A B C ...); tables show medians.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+        repeats: u64,
+        /// wrk connections (the fixed-rate run chooses its own).
+        #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(2..))]
         connections: u32,
+        /// Response sizes in bytes, one table each (1 to 524288).
+        #[arg(long, value_delimiter = ',', default_value = "100,1024,65536", value_parser = clap::value_parser!(u64).range(1..=bench::MAX_SIZE))]
+        sizes: Vec<u64>,
+        /// Sizes (among --sizes) of the fixed-rate latency run: wrk paced at about
+        /// half of the no-capture maximum, p50/p99 with and without capture.
+        /// Default: 100 if in --sizes (1024 adds about 75 s: `--latency-sizes 100,1024`).
+        #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..=bench::MAX_SIZE))]
+        latency_sizes: Option<Vec<u64>>,
+        /// Skip the fixed-rate latency run.
+        #[arg(long)]
+        no_latency: bool,
+        /// Also run the traffic-control variants: the agent with --sample 10, and with
+        /// a filter that drops every exchange.
+        #[arg(long)]
+        controls: bool,
         /// Skip the Kafka variant (no tansu needed).
         #[arg(long)]
         no_kafka: bool,
@@ -124,13 +141,42 @@ fn main() -> Result<()> {
             let status = Command::new(&bin).args(&args).status().with_context(|| format!("running {}", bin.display()))?;
             std::process::exit(status.code().unwrap_or(1));
         }
-        Task::Bench { duration, repeats, connections, no_kafka, no_https } => {
+        Task::Bench { duration, repeats, connections, sizes, latency_sizes, no_latency, controls, no_kafka, no_https } => {
+            let latency_sizes = match latency_sizes {
+                _ if no_latency => vec![],
+                Some(given) => given,
+                None => [100].into_iter().filter(|s| sizes.contains(s)).collect(),
+            };
+            if let Some(size) = latency_sizes.iter().find(|s| !sizes.contains(s)) {
+                usage_error(&format!("--latency-sizes {size}: the fixed-rate run needs that size in --sizes (its no-capture maximum), or pass --no-latency"));
+            }
+            // GoReplay is never downloaded: the bench runs it only when given one.
+            let goreplay = std::env::var_os("GOR").filter(|g| !g.is_empty()).map(PathBuf::from);
+            if let Some(gor) = &goreplay {
+                if !gor.is_file() {
+                    usage_error(&format!("GOR={}: no such file; GOR names a GoReplay binary to compare with", gor.display()));
+                }
+            }
             ensure_apt_packages()?;
             if !no_kafka {
                 ensure_kafka_test_tools()?;
             }
             build_all(&root)?;
-            bench::bench(&root, bench::BenchOptions { duration_s: duration, repeats: repeats.max(1), kafka: !no_kafka, connections, https: !no_https })?;
+            let as_usize = |v: Vec<u64>| v.into_iter().map(|s| s as usize).collect();
+            bench::bench(
+                &root,
+                bench::BenchOptions {
+                    duration_s: duration,
+                    repeats: repeats as usize,
+                    kafka: !no_kafka,
+                    connections,
+                    https: !no_https,
+                    sizes: as_usize(sizes),
+                    latency_sizes: as_usize(latency_sizes),
+                    goreplay,
+                    controls,
+                },
+            )?;
         }
         Task::Test { args } => {
             ensure_apt_packages()?;
@@ -190,6 +236,12 @@ fn fuzz(root: &Path) -> Result<()> {
         .with_context(|| format!("fuzz target {target} failed: see fuzz/artifacts/{target}/"))?;
     }
     Ok(())
+}
+
+/// A bad flag value: says which and what is expected, exits 2 like clap does.
+fn usage_error(message: &str) -> ! {
+    use clap::CommandFactory;
+    Cli::command().error(clap::error::ErrorKind::ValueValidation, message).exit()
 }
 
 fn workspace_root() -> PathBuf {
