@@ -123,6 +123,58 @@ impl Delivery {
     fn count_reason(&self, reason: &str) {
         *self.reasons.lock().unwrap().entry(reason.to_string()).or_default() += 1;
     }
+
+    /// A record split into `count` parts: all of them are in flight before the first is
+    /// sent, since the producer's thread may acknowledge part 1 before part 2 is queued.
+    fn begin_parts(&self, set: usize, count: u32) {
+        self.part_sets.lock().unwrap().insert(set, PartSet { in_flight: count, ..PartSet::default() });
+        self.parts_in_flight.fetch_add(u64::from(count), Ordering::Relaxed);
+    }
+
+    /// `unsent` parts of a set could not be queued (the record was counted dropped).
+    fn parts_not_sent(&self, set: usize, unsent: u32) {
+        self.parts_in_flight.fetch_sub(u64::from(unsent), Ordering::Relaxed);
+        let mut sets = self.part_sets.lock().unwrap();
+        if let Some(parts) = sets.get_mut(&set) {
+            parts.in_flight = parts.in_flight.saturating_sub(unsent);
+            parts.dropped = true;
+            if parts.in_flight == 0 {
+                sets.remove(&set);
+            }
+        }
+    }
+
+    /// One part delivered (or failed, with its reason); the record counts once all its
+    /// parts are done.
+    fn part_delivered(&self, set: usize, result: Result<(), String>) {
+        self.parts_in_flight.fetch_sub(1, Ordering::Relaxed);
+        let mut sets = self.part_sets.lock().unwrap();
+        let Some(parts) = sets.get_mut(&set) else { return };
+        match result {
+            Ok(()) => {
+                self.parts_acked.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(reason) => {
+                parts.failed.get_or_insert(reason);
+            }
+        }
+        parts.in_flight = parts.in_flight.saturating_sub(1);
+        if parts.in_flight > 0 {
+            return;
+        }
+        let Some(parts) = sets.remove(&set) else { return };
+        drop(sets);
+        match (parts.dropped, parts.failed) {
+            (true, _) => {}
+            (false, Some(reason)) => {
+                self.count_reason(&reason);
+                self.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            (false, None) => {
+                self.acked.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 struct Context {
@@ -161,33 +213,7 @@ impl ProducerContext for Context {
             };
             return;
         }
-        d.parts_in_flight.fetch_sub(1, Ordering::Relaxed);
-        let mut sets = d.part_sets.lock().unwrap();
-        let Some(parts) = sets.get_mut(&set) else { return };
-        match result {
-            Ok(_) => {
-                d.parts_acked.fetch_add(1, Ordering::Relaxed);
-            }
-            Err((e, _)) => {
-                parts.failed.get_or_insert_with(|| reason_name(e));
-            }
-        }
-        parts.in_flight -= 1;
-        if parts.in_flight > 0 {
-            return;
-        }
-        let parts = sets.remove(&set).expect("present");
-        drop(sets);
-        match (parts.dropped, parts.failed) {
-            (true, _) => {}
-            (false, Some(reason)) => {
-                d.count_reason(&reason);
-                d.failed.fetch_add(1, Ordering::Relaxed);
-            }
-            (false, None) => {
-                d.acked.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        d.part_delivered(set, result.as_ref().map(|_| ()).map_err(|(e, _)| reason_name(e)));
     }
 }
 
@@ -433,24 +459,15 @@ impl RecordSink for KafkaSink {
         let set = self.next_part_set;
         self.next_part_set = self.next_part_set.wrapping_add(1).max(1);
         self.records_split += 1;
-        self.delivery.part_sets.lock().unwrap().insert(set, PartSet::default());
+        self.delivery.begin_parts(set, count);
         let mut part = record.clone();
         for index in 1..=count {
             let start = (index as usize - 1) * size;
             part.payload = record.payload.slice(start..(start + size).min(record.payload.len()));
             part.meta.part = Some((index, count));
-            self.delivery.part_sets.lock().unwrap().get_mut(&set).expect("present").in_flight += 1;
-            self.delivery.parts_in_flight.fetch_add(1, Ordering::Relaxed);
             if let Err(reason) = self.send(&part, set) {
-                self.delivery.parts_in_flight.fetch_sub(1, Ordering::Relaxed);
-                let mut sets = self.delivery.part_sets.lock().unwrap();
-                let parts = sets.get_mut(&set).expect("present");
-                parts.in_flight -= 1;
-                parts.dropped = true;
-                if parts.in_flight == 0 {
-                    sets.remove(&set);
-                }
-                drop(sets);
+                // This part and the ones after it are never sent.
+                self.delivery.parts_not_sent(set, count - index + 1);
                 // Parts already queued still go out; the replayer counts the set incomplete.
                 self.drop_record(&reason.0, format!("{} (part {index} of {count})", reason.1));
                 break;
@@ -648,5 +665,31 @@ mod tests {
         assert_eq!(reason_name(&e), "message_timed_out");
         let e = KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull);
         assert_eq!(reason_name(&e), "queue_full");
+    }
+
+    /// Regression: the producer's thread acknowledged part 1 before part 2 was queued;
+    /// the set looked finished (counted acked after one part) and queuing part 2
+    /// panicked on the missing set (`expect("present")`).
+    #[test]
+    fn part_acknowledged_before_the_next_is_queued_does_not_finish_the_record() {
+        let d = Delivery::default();
+        d.begin_parts(7, 3);
+        d.part_delivered(7, Ok(()));
+        assert_eq!(d.acked.load(Ordering::Relaxed), 0, "one part of three is not the record");
+        assert!(d.part_sets.lock().unwrap().contains_key(&7));
+        d.part_delivered(7, Err("msg_timed_out".into()));
+        d.part_delivered(7, Ok(()));
+        assert_eq!((d.acked.load(Ordering::Relaxed), d.failed.load(Ordering::Relaxed)), (0, 1));
+        assert_eq!(d.parts_in_flight.load(Ordering::Relaxed), 0);
+        assert!(d.part_sets.lock().unwrap().is_empty());
+        // A set whose third part could not be queued: counted dropped by the sink, not
+        // acked nor failed here, and gone once the two queued parts are delivered.
+        d.begin_parts(8, 4);
+        d.part_delivered(8, Ok(()));
+        d.parts_not_sent(8, 2);
+        d.part_delivered(8, Ok(()));
+        assert_eq!((d.acked.load(Ordering::Relaxed), d.failed.load(Ordering::Relaxed)), (0, 1));
+        assert!(d.part_sets.lock().unwrap().is_empty());
+        assert_eq!(d.parts_in_flight.load(Ordering::Relaxed), 0);
     }
 }
