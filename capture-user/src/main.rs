@@ -264,9 +264,12 @@ struct ReplayArgs {
     #[arg(long, env = "CAPTURE_CA_FILE", conflicts_with = "insecure")]
     ca_file: Option<PathBuf>,
 
-    /// Replay at this multiple of the captured pace (2 = twice as fast; must be > 0). Default 1.
-    #[arg(long, env = "CAPTURE_SPEED", conflicts_with = "rate", value_parser = positive_number)]
-    speed: Option<f64>,
+    /// Replay at this multiple of the captured pace (2 = twice as fast; must be > 0), or
+    /// `max`: no pacing, each request as soon as the previous one of its worker was
+    /// answered (as fast as the targets answer; the order within each captured
+    /// connection is kept, --concurrency bounds the requests in flight). Default 1.
+    #[arg(long, env = "CAPTURE_SPEED", conflicts_with = "rate", value_parser = speed)]
+    speed: Option<Pacing>,
 
     /// Replay at a fixed number of requests per second instead of the captured pace.
     #[arg(long, env = "CAPTURE_RATE", value_parser = positive_number)]
@@ -391,6 +394,14 @@ fn positive_number(s: &str) -> Result<f64, String> {
         Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
         _ => Err(format!("{s:?}: expected a number greater than 0")),
     }
+}
+
+/// `--speed`: a factor > 0 on the captured pace, or `max` (no pacing).
+fn speed(s: &str) -> Result<Pacing, String> {
+    if s.eq_ignore_ascii_case("max") {
+        return Ok(Pacing::Max);
+    }
+    positive_number(s).map(|speed| Pacing::Original { speed }).map_err(|_| format!("{s:?}: expected a number greater than 0, or max"))
 }
 
 fn seconds(s: &str) -> Result<Duration, String> {
@@ -552,7 +563,7 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         baseline: args.baseline.clone().map(resolve).transpose()?,
         pacing: match (args.rate, args.speed) {
             (Some(rate), _) => Pacing::Rate(rate),
-            (None, speed) => Pacing::Original { speed: speed.unwrap_or(1.0) },
+            (None, speed) => speed.unwrap_or(Pacing::Original { speed: 1.0 }),
         },
         max_wait: args.max_wait,
         allow_methods: allow,

@@ -64,6 +64,7 @@ impl ReplayConfig {
         let gap = match self.pacing {
             Pacing::Original { .. } => self.max_wait,
             Pacing::Rate(rate) => Duration::from_secs_f64((1.0 / rate).min(1e6)),
+            Pacing::Max => Duration::ZERO,
         };
         let targets = (self.targets.len() + usize::from(self.baseline.is_some())) as u32;
         gap + self.timeout * 2 * targets + Duration::from_secs(60)
@@ -75,6 +76,10 @@ pub const SAFE_METHODS: &[&str] = &["GET", "HEAD", "OPTIONS"];
 
 /// Pacing gaps shortened by `--max-wait` that are logged one by one; the rest are counted.
 const LOGGED_CAPPED_GAPS: u64 = 3;
+
+/// Events a busy worker gathers before it hands them to the collector (one hand-off,
+/// one wake-up, per batch); an idle worker hands over what it has at once.
+const EVENT_BATCH: usize = 64;
 
 /// How often a worker without requests closes its idle target connections.
 const IDLE_SWEEP: Duration = Duration::from_secs(1);
@@ -146,6 +151,43 @@ pub struct Results {
     pub metrics: Option<Arc<ReplayMetrics>>,
 }
 
+/// A worker's events on their way to the collector, handed over in batches.
+struct Outbox {
+    out: SyncSender<Vec<Event>>,
+    pending: Vec<Event>,
+    /// The collector is gone.
+    closed: bool,
+}
+
+impl Outbox {
+    fn new(out: SyncSender<Vec<Event>>) -> Outbox {
+        Outbox { out, pending: Vec::with_capacity(EVENT_BATCH), closed: false }
+    }
+
+    /// Adds an event; false when the collector is gone.
+    fn send(&mut self, event: Event) -> bool {
+        self.pending.push(event);
+        if self.pending.len() >= EVENT_BATCH {
+            self.flush();
+        }
+        !self.closed
+    }
+
+    /// Hands over the pending events.
+    fn flush(&mut self) {
+        if !self.pending.is_empty() && !self.closed {
+            let batch = std::mem::replace(&mut self.pending, Vec::with_capacity(EVENT_BATCH));
+            self.closed = self.out.send(batch).is_err();
+        }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
 impl Results {
     fn take(&mut self, event: Event) {
         match event {
@@ -200,7 +242,7 @@ pub fn run(exchanges: impl IntoIterator<Item = Exchange>, config: &ReplayConfig,
     // Each worker keeps its share of the open connections.
     let keep_alive = KeepAlive { max_open: (config.keep_alive.max_open / workers).max(1), ..config.keep_alive };
     let config = Arc::new(config.clone());
-    let (out_tx, out_rx) = sync_channel::<Event>(1024);
+    let (out_tx, out_rx) = sync_channel::<Vec<Event>>(64);
     let mut senders: Vec<SyncSender<Job>> = Vec::new();
     let mut handles = Vec::new();
     for _ in 0..workers {
@@ -212,8 +254,10 @@ pub fn run(exchanges: impl IntoIterator<Item = Exchange>, config: &ReplayConfig,
     let counters = out_tx.clone();
     drop(out_tx);
     let collector = std::thread::spawn(move || {
-        for event in out_rx {
-            results.take(event);
+        for batch in out_rx {
+            for event in batch {
+                results.take(event);
+            }
         }
         results
     });
@@ -223,11 +267,11 @@ pub fn run(exchanges: impl IntoIterator<Item = Exchange>, config: &ReplayConfig,
     for exchange in exchanges {
         let (offset, capped) = schedule.next(&exchange.id, exchange.ts_ns);
         if capped.is_some() {
-            let _ = counters.send(Event::Counter("replay_gaps_capped", 1));
+            let _ = counters.send(vec![Event::Counter("replay_gaps_capped", 1)]);
         }
         if exchange.server.is_none() {
             without_server += 1;
-            let _ = counters.send(Event::Counter("replay_requests_without_server_address", 1));
+            let _ = counters.send(vec![Event::Counter("replay_requests_without_server_address", 1)]);
         }
         if let Some(gap) = capped.filter(|_| schedule.capped <= LOGGED_CAPPED_GAPS) {
             log::warn!(
@@ -311,68 +355,82 @@ fn production_response(ex: &Exchange, method: &str, config: &ReplayConfig) -> Re
     Ok(response)
 }
 
-fn worker(rx: Receiver<Job>, config: &ReplayConfig, keep_alive: KeepAlive, out: SyncSender<Event>) {
+fn worker(rx: Receiver<Job>, config: &ReplayConfig, keep_alive: KeepAlive, out: SyncSender<Vec<Event>>) {
     let mut conns = Connections::new(keep_alive);
     let mut reported = ConnectionStats::default();
+    let mut out = Outbox::new(out);
     loop {
-        let job = match rx.recv_timeout(IDLE_SWEEP) {
+        let job = match rx.try_recv() {
             Ok(job) => job,
-            Err(RecvTimeoutError::Timeout) => {
-                conns.close_idle(Instant::now());
-                report_connections(&conns.stats, &mut reported, &out);
-                continue;
+            Err(_) => {
+                // Nothing queued: what happened so far reaches the report (and the
+                // live metrics) before this worker waits.
+                out.flush();
+                match rx.recv_timeout(IDLE_SWEEP) {
+                    Ok(job) => job,
+                    Err(RecvTimeoutError::Timeout) => {
+                        conns.close_idle(Instant::now());
+                        report_connections(&conns.stats, &mut reported, &mut out);
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
             }
-            Err(RecvTimeoutError::Disconnected) => break,
         };
-        if !replay_one(&job, config, &mut conns, &out) {
+        if !replay_one(&job, config, &mut conns, &mut out) {
             return;
         }
-        report_connections(&conns.stats, &mut reported, &out);
+        report_connections(&conns.stats, &mut reported, &mut out);
     }
     conns.close_all();
-    report_connections(&conns.stats, &mut reported, &out);
+    report_connections(&conns.stats, &mut reported, &mut out);
 }
 
 /// Sends the connection counters that changed since the last report.
-fn report_connections(stats: &ConnectionStats, reported: &mut ConnectionStats, out: &SyncSender<Event>) {
+fn report_connections(stats: &ConnectionStats, reported: &mut ConnectionStats, out: &mut Outbox) {
+    if stats == reported {
+        return;
+    }
     for ((name, now), (_, before)) in stats.fields().into_iter().zip(reported.fields()) {
         if now > before {
-            let _ = out.send(Event::Counter(name, now - before));
+            out.send(Event::Counter(name, now - before));
         }
     }
     *reported = *stats;
 }
 
 /// Replays one exchange to the baseline and every target. False when the collector is gone.
-fn replay_one(job: &Job, config: &ReplayConfig, conns: &mut Connections, out: &SyncSender<Event>) -> bool {
+fn replay_one(job: &Job, config: &ReplayConfig, conns: &mut Connections, out: &mut Outbox) -> bool {
     let ex = &job.exchange;
     if let Some(reason) = skip_reason(ex, config) {
         let request_line = message::parse_request(&ex.request).ok().map(|r| (r.method.to_string(), r.target.split('?').next().unwrap_or("").to_string()));
-        return out.send(Event::Skipped { id: ex.id.clone(), request_line, reason }).is_ok();
+        return out.send(Event::Skipped { id: ex.id.clone(), request_line, reason });
     }
     let req = message::parse_request(&ex.request).expect("checked by skip_reason");
     let now = Instant::now();
     if job.at > now {
+        // Events gathered so far are not held back by a pacing wait.
+        out.flush();
         std::thread::sleep(job.at - now);
     }
     let path = req.target.split('?').next().unwrap_or("").to_string();
     let production = production_response(ex, req.method, config);
     let production_latency_ns = ex.response.as_ref().and_then(|r| r.latency_ns);
-    if out.send(Event::Sent { production_latency_ns }).is_err() {
+    if !out.send(Event::Sent { production_latency_ns }) {
         return false;
     }
     // Whether `target` is the captured production server (refused unless allowed).
-    let refused = |target: &Target| {
+    let refused = |target: &Target, out: &mut Outbox| {
         let server = ex.server.as_deref().and_then(|s| config.production.production_match(&target.addrs, s))?;
         if config.production.allow {
-            let _ = out.send(Event::Counter("replay_sent_to_production", 1));
+            out.send(Event::Counter("replay_sent_to_production", 1));
             return None;
         }
         Some(Failure::new(ErrorKind::RefusedProduction, format!("refused: it is the captured production server {server} (--allow-production overrides)")))
     };
     let baseline = match (&config.baseline, &production) {
         (Some(b), Ok(prod)) => {
-            let answer = match refused(b) {
+            let answer = match refused(b, out) {
                 Some(reason) => Err(reason),
                 None => {
                     let bytes = request::rewrite(&req, &b.url, &config.rewrite);
@@ -383,7 +441,7 @@ fn replay_one(job: &Job, config: &ReplayConfig, conns: &mut Connections, out: &S
             let response = answer.and_then(|a| candidate_response(&a, req.method));
             let error = response.as_ref().err().cloned();
             let latency = latency.filter(|_| error.is_none());
-            let _ = out.send(Event::Baseline { target: b.url.to_string(), error, latency });
+            out.send(Event::Baseline { target: b.url.to_string(), error, latency });
             let cfg = config.compare.as_ref().expect("production compared only with --compare");
             Some(response.map(|b| compare::compare(prod, &b, cfg)))
         }
@@ -393,7 +451,7 @@ fn replay_one(job: &Job, config: &ReplayConfig, conns: &mut Connections, out: &S
         let mut o = Outcome::new(&ex.id, req.method, &path, &target.url.to_string());
         o.production_status = production.as_ref().ok().map(|p| p.status);
         o.production_latency_ms = ex.response.as_ref().and_then(|r| r.latency_ns).map(|n| n as f64 / 1e6);
-        let answer = match refused(target) {
+        let answer = match refused(target, out) {
             Some(reason) => Err(reason),
             None => {
                 let bytes = request::rewrite(&req, &target.url, &config.rewrite);
@@ -427,7 +485,7 @@ fn replay_one(job: &Job, config: &ReplayConfig, conns: &mut Connections, out: &S
             }
             Err(e) => o.error = Some(e),
         }
-        if out.send(Event::Outcome(Box::new(o))).is_err() {
+        if !out.send(Event::Outcome(Box::new(o))) {
             return false;
         }
     }
