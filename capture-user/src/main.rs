@@ -539,6 +539,16 @@ fn describe(stats: &InputStats, requests: u64, targets: &str) {
     ))
 }
 
+/// Runs the replay and says how long it took: from the first request read to the last
+/// answer (a Kafka time window is read before, and not counted).
+fn timed_replay(exchanges: impl IntoIterator<Item = capture::replay::input::Exchange>, config: &ReplayConfig, results: Results) -> Results {
+    let (started, before) = (std::time::Instant::now(), results.report.total());
+    let results = replay::run(exchanges, config, results);
+    let (secs, answers) = (started.elapsed().as_secs_f64(), results.report.total() - before);
+    note(format_args!("replayed {answers} request(s) to the targets in {secs:.3} s ({:.0} per second)", answers as f64 / secs.max(1e-9)));
+    results
+}
+
 fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let input = input_of(&args.inputs, args.group.as_ref(), args.from.as_ref(), args.to.as_ref(), &args.kafka_opts, args.idle_exit);
     let mut allow: Vec<String> = SAFE_METHODS.iter().map(|m| m.to_string()).collect();
@@ -630,7 +640,7 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
                 }
                 next
             });
-            let results = replay::run(exchanges, &config, results);
+            let results = timed_replay(exchanges, &config, results);
             describe(&input.stats(), requests, &targets);
             input_error = input.error().map(|e| anyhow::anyhow!("{e}"));
             publish_input(&input.stats());
@@ -640,7 +650,7 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             let (exchanges, stats) = read_window(&kafka, publish_input)?;
             describe(&stats, exchanges.len() as u64, &targets);
             publish_input(&stats);
-            with_input(replay::run(exchanges, &config, results), &stats)
+            with_input(timed_replay(exchanges, &config, results), &stats)
         }
         Input::KafkaGroup(kafka, group) => {
             let mut results = Some(results);
@@ -649,7 +659,7 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
                 GroupEvent::Batch(batch) => {
                     note(format_args!("replaying a batch of {} request(s)", batch.len()));
                     requests += batch.len() as u64;
-                    results = Some(replay::run(batch, &config, results.take().expect("results")));
+                    results = Some(timed_replay(batch, &config, results.take().expect("results")));
                 }
                 GroupEvent::Replayed { partition, from, to } => {
                     results.as_mut().expect("results").report.add_kafka_records(&kafka.topic, partition, from, to);

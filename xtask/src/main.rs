@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_replay;
 mod image;
 
 #[derive(Parser)]
@@ -55,6 +56,15 @@ enum Task {
         /// Skip the HTTPS variant (nginx TLS, wrk over https, agent with --tls-lib).
         #[arg(long)]
         no_https: bool,
+        /// Skip the replayer table (`capture replay --speed max` vs wrk; GoReplay too if env GOR names its binary).
+        #[arg(long, conflicts_with = "replay_only")]
+        no_replay: bool,
+        /// Only the replayer table.
+        #[arg(long)]
+        replay_only: bool,
+        /// Captured exchanges the replayer table replays.
+        #[arg(long, default_value_t = 200_000)]
+        replay_exchanges: u64,
     },
     /// Build the container image `localhost/capture:<version>` from deploy/Containerfile
     /// with podman (root; makes the Debian builder base with mmdebstrap the first time).
@@ -124,13 +134,19 @@ fn main() -> Result<()> {
             let status = Command::new(&bin).args(&args).status().with_context(|| format!("running {}", bin.display()))?;
             std::process::exit(status.code().unwrap_or(1));
         }
-        Task::Bench { duration, repeats, connections, no_kafka, no_https } => {
+        Task::Bench { duration, repeats, connections, no_kafka, no_https, no_replay, replay_only, replay_exchanges } => {
             ensure_apt_packages()?;
             if !no_kafka {
                 ensure_kafka_test_tools()?;
             }
             build_all(&root)?;
-            bench::bench(&root, bench::BenchOptions { duration_s: duration, repeats: repeats.max(1), kafka: !no_kafka, connections, https: !no_https })?;
+            if !replay_only {
+                bench::bench(&root, bench::BenchOptions { duration_s: duration, repeats: repeats.max(1), kafka: !no_kafka, connections, https: !no_https })?;
+            }
+            if !no_replay {
+                let opts = bench_replay::ReplayBenchOptions { concurrency: connections, repeats: repeats.max(1), duration_s: duration, exchanges: replay_exchanges, kafka: !no_kafka };
+                bench_replay::bench_replay(&root, &opts)?;
+            }
         }
         Task::Test { args } => {
             ensure_apt_packages()?;
