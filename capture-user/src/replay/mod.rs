@@ -19,8 +19,8 @@ pub mod target;
 pub mod tls;
 
 use std::fmt;
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
-use std::sync::Arc;
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::compare::{self, CompareSettings, ErrorKind, Failure, Outcome, OutcomeLog, Report, Response};
@@ -77,9 +77,22 @@ pub const SAFE_METHODS: &[&str] = &["GET", "HEAD", "OPTIONS"];
 /// Pacing gaps shortened by `--max-wait` that are logged one by one; the rest are counted.
 const LOGGED_CAPPED_GAPS: u64 = 3;
 
-/// Events a busy worker gathers before it hands them to the collector (one hand-off,
-/// one wake-up, per batch); an idle worker hands over what it has at once.
+/// Events a worker gathers before it wakes the collector (see [`Outbox`]).
 const EVENT_BATCH: usize = 64;
+
+/// How often the collector takes the events gathered so far, woken or not.
+const EVENT_POLL: Duration = Duration::from_millis(50);
+
+/// Events a worker holds at most before it waits for the collector.
+const EVENTS_HELD: usize = 64 * EVENT_BATCH;
+
+/// Jobs handed to a worker at once under `--speed max` (one hand-off, and one wake-up
+/// of a waiting reader, per batch); paced replays hand over each job when read, so
+/// that none waits for others to be read.
+const JOB_BATCH: usize = 32;
+
+/// Jobs queued per worker, at most (bounds memory and how far reading runs ahead).
+const JOBS_QUEUED: usize = 256;
 
 /// How often a worker without requests closes its idle target connections.
 const IDLE_SWEEP: Duration = Duration::from_secs(1);
@@ -151,40 +164,33 @@ pub struct Results {
     pub metrics: Option<Arc<ReplayMetrics>>,
 }
 
-/// A worker's events on their way to the collector, handed over in batches.
+/// A worker's (or the reader's) events on their way to the collector. They are
+/// appended to a list of its own, which the collector empties when woken (once per
+/// [`EVENT_BATCH`] events) or every [`EVENT_POLL`]: one hand-off per batch, and
+/// events of a worker blocked in a slow exchange still reach the report and the live
+/// metrics.
 struct Outbox {
-    out: SyncSender<Vec<Event>>,
-    pending: Vec<Event>,
+    pending: Arc<Mutex<Vec<Event>>>,
+    wake: SyncSender<()>,
     /// The collector is gone.
     closed: bool,
 }
 
 impl Outbox {
-    fn new(out: SyncSender<Vec<Event>>) -> Outbox {
-        Outbox { out, pending: Vec::with_capacity(EVENT_BATCH), closed: false }
-    }
-
     /// Adds an event; false when the collector is gone.
     fn send(&mut self, event: Event) -> bool {
-        self.pending.push(event);
-        if self.pending.len() >= EVENT_BATCH {
-            self.flush();
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.push(event);
+        let queued = pending.len();
+        drop(pending);
+        if queued % EVENT_BATCH == 0 {
+            self.closed |= matches!(self.wake.try_send(()), Err(TrySendError::Disconnected(_)));
+            // The collector is behind: wait for it rather than hold ever more.
+            while !self.closed && self.pending.lock().unwrap_or_else(|e| e.into_inner()).len() >= EVENTS_HELD {
+                std::thread::sleep(Duration::from_millis(1));
+            }
         }
         !self.closed
-    }
-
-    /// Hands over the pending events.
-    fn flush(&mut self) {
-        if !self.pending.is_empty() && !self.closed {
-            let batch = std::mem::replace(&mut self.pending, Vec::with_capacity(EVENT_BATCH));
-            self.closed = self.out.send(batch).is_err();
-        }
-    }
-}
-
-impl Drop for Outbox {
-    fn drop(&mut self) {
-        self.flush();
     }
 }
 
@@ -242,36 +248,49 @@ pub fn run(exchanges: impl IntoIterator<Item = Exchange>, config: &ReplayConfig,
     // Each worker keeps its share of the open connections.
     let keep_alive = KeepAlive { max_open: (config.keep_alive.max_open / workers).max(1), ..config.keep_alive };
     let config = Arc::new(config.clone());
-    let (out_tx, out_rx) = sync_channel::<Vec<Event>>(64);
-    let mut senders: Vec<SyncSender<Job>> = Vec::new();
+    // Each worker's events, and the reader's (last).
+    let lists: Vec<Arc<Mutex<Vec<Event>>>> = (0..=workers).map(|_| Arc::default()).collect();
+    let (wake, woken) = sync_channel::<()>(1);
+    let outbox = |i: usize| Outbox { pending: lists[i].clone(), wake: wake.clone(), closed: false };
+    let batch = if config.pacing == Pacing::Max { JOB_BATCH } else { 1 };
+    let mut senders: Vec<SyncSender<Vec<Job>>> = Vec::new();
     let mut handles = Vec::new();
-    for _ in 0..workers {
-        let (tx, rx) = sync_channel::<Job>(256);
+    for i in 0..workers {
+        let (tx, rx) = sync_channel::<Vec<Job>>(JOBS_QUEUED / batch);
         senders.push(tx);
-        let (cfg, out) = (config.clone(), out_tx.clone());
+        let (cfg, out) = (config.clone(), outbox(i));
         handles.push(std::thread::spawn(move || worker(rx, &cfg, keep_alive, out)));
     }
-    let counters = out_tx.clone();
-    drop(out_tx);
+    let mut counters = outbox(workers);
+    drop(wake);
     let collector = std::thread::spawn(move || {
-        for batch in out_rx {
-            for event in batch {
-                results.take(event);
+        loop {
+            // Disconnected: every worker and the reader are done.
+            let done = matches!(woken.recv_timeout(EVENT_POLL), Err(RecvTimeoutError::Disconnected));
+            for list in &lists {
+                let events = std::mem::take(&mut *list.lock().unwrap_or_else(|e| e.into_inner()));
+                for event in events {
+                    results.take(event);
+                }
+            }
+            if done {
+                return results;
             }
         }
-        results
     });
     let start = Instant::now() + Duration::from_millis(50);
     let mut schedule = Schedule::new(config.pacing, config.max_wait);
     let mut without_server = 0u64;
+    // Jobs read but not yet handed to their worker.
+    let mut pending: Vec<Vec<Job>> = (0..workers).map(|_| Vec::with_capacity(batch)).collect();
     for exchange in exchanges {
         let (offset, capped) = schedule.next(&exchange.id, exchange.ts_ns);
         if capped.is_some() {
-            let _ = counters.send(vec![Event::Counter("replay_gaps_capped", 1)]);
+            counters.send(Event::Counter("replay_gaps_capped", 1));
         }
         if exchange.server.is_none() {
             without_server += 1;
-            let _ = counters.send(vec![Event::Counter("replay_requests_without_server_address", 1)]);
+            counters.send(Event::Counter("replay_requests_without_server_address", 1));
         }
         if let Some(gap) = capped.filter(|_| schedule.capped <= LOGGED_CAPPED_GAPS) {
             log::warn!(
@@ -283,7 +302,13 @@ pub fn run(exchanges: impl IntoIterator<Item = Exchange>, config: &ReplayConfig,
             );
         }
         let slot = worker_for(&exchange.connection, workers);
-        if senders[slot].send(Job { exchange, at: start + offset }).is_err() {
+        pending[slot].push(Job { exchange, at: start + offset });
+        if pending[slot].len() >= batch && !hand_over(&senders, &mut pending, slot) {
+            break;
+        }
+    }
+    for slot in 0..workers {
+        if !pending[slot].is_empty() && senders[slot].send(std::mem::take(&mut pending[slot])).is_err() {
             break;
         }
     }
@@ -298,6 +323,26 @@ pub fn run(exchanges: impl IntoIterator<Item = Exchange>, config: &ReplayConfig,
         let _ = h.join();
     }
     collector.join().unwrap_or_else(|_| Results { report: Report::new("replay (report lost: collector panicked)".into()), log: None, metrics: None })
+}
+
+/// Hands worker `slot` its pending jobs; if its queue is full, first hands the other
+/// workers theirs (so none idles with jobs read for it), then waits. False when the
+/// worker is gone.
+fn hand_over(senders: &[SyncSender<Vec<Job>>], pending: &mut [Vec<Job>], slot: usize) -> bool {
+    let jobs = std::mem::take(&mut pending[slot]);
+    let jobs = match senders[slot].try_send(jobs) {
+        Ok(()) => return true,
+        Err(TrySendError::Disconnected(_)) => return false,
+        Err(TrySendError::Full(jobs)) => jobs,
+    };
+    for (other, sender) in senders.iter().enumerate() {
+        if other != slot && !pending[other].is_empty() {
+            if let Err(TrySendError::Full(back) | TrySendError::Disconnected(back)) = sender.try_send(std::mem::take(&mut pending[other])) {
+                pending[other] = back;
+            }
+        }
+    }
+    senders[slot].send(jobs).is_ok()
 }
 
 fn worker_for(connection: &str, workers: usize) -> usize {
@@ -355,32 +400,25 @@ fn production_response(ex: &Exchange, method: &str, config: &ReplayConfig) -> Re
     Ok(response)
 }
 
-fn worker(rx: Receiver<Job>, config: &ReplayConfig, keep_alive: KeepAlive, out: SyncSender<Vec<Event>>) {
+fn worker(rx: Receiver<Vec<Job>>, config: &ReplayConfig, keep_alive: KeepAlive, mut out: Outbox) {
     let mut conns = Connections::new(keep_alive);
     let mut reported = ConnectionStats::default();
-    let mut out = Outbox::new(out);
     loop {
-        let job = match rx.try_recv() {
-            Ok(job) => job,
-            Err(_) => {
-                // Nothing queued: what happened so far reaches the report (and the
-                // live metrics) before this worker waits.
-                out.flush();
-                match rx.recv_timeout(IDLE_SWEEP) {
-                    Ok(job) => job,
-                    Err(RecvTimeoutError::Timeout) => {
-                        conns.close_idle(Instant::now());
-                        report_connections(&conns.stats, &mut reported, &mut out);
-                        continue;
-                    }
-                    Err(RecvTimeoutError::Disconnected) => break,
-                }
+        let jobs = match rx.recv_timeout(IDLE_SWEEP) {
+            Ok(jobs) => jobs,
+            Err(RecvTimeoutError::Timeout) => {
+                conns.close_idle(Instant::now());
+                report_connections(&conns.stats, &mut reported, &mut out);
+                continue;
             }
+            Err(RecvTimeoutError::Disconnected) => break,
         };
-        if !replay_one(&job, config, &mut conns, &mut out) {
-            return;
+        for job in &jobs {
+            if !replay_one(job, config, &mut conns, &mut out) {
+                return;
+            }
+            report_connections(&conns.stats, &mut reported, &mut out);
         }
-        report_connections(&conns.stats, &mut reported, &mut out);
     }
     conns.close_all();
     report_connections(&conns.stats, &mut reported, &mut out);
@@ -409,8 +447,6 @@ fn replay_one(job: &Job, config: &ReplayConfig, conns: &mut Connections, out: &m
     let req = message::parse_request(&ex.request).expect("checked by skip_reason");
     let now = Instant::now();
     if job.at > now {
-        // Events gathered so far are not held back by a pacing wait.
-        out.flush();
         std::thread::sleep(job.at - now);
     }
     let path = req.target.split('?').next().unwrap_or("").to_string();
