@@ -349,7 +349,8 @@ fn speed_max_sends_every_request_once_in_connection_order() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     // The paths each target connection received, in order.
-    let seen: Arc<std::sync::Mutex<Vec<Arc<std::sync::Mutex<Vec<usize>>>>>> = Default::default();
+    type Paths = Arc<std::sync::Mutex<Vec<usize>>>;
+    let seen: Arc<std::sync::Mutex<Vec<Paths>>> = Default::default();
     let all = seen.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {

@@ -183,7 +183,7 @@ impl Outbox {
         pending.push(event);
         let queued = pending.len();
         drop(pending);
-        if queued % EVENT_BATCH == 0 {
+        if queued.is_multiple_of(EVENT_BATCH) {
             self.closed |= matches!(self.wake.try_send(()), Err(TrySendError::Disconnected(_)));
             // The collector is behind: wait for it rather than hold ever more.
             while !self.closed && self.pending.lock().unwrap_or_else(|e| e.into_inner()).len() >= EVENTS_HELD {
