@@ -497,26 +497,33 @@ fn replay_one(job: &Job, config: &ReplayConfig, conns: &mut Connections, out: &m
         match answer {
             Ok(answer) => {
                 o.candidate_latency_ms = Some(answer.latency.as_secs_f64() * 1e3);
-                match (candidate_response(&answer, req.method), &production) {
-                    (Err(e), _) => o.error = Some(e),
-                    (Ok(cand), Err(reason)) => {
-                        o.candidate_status = Some(cand.status);
-                        o.not_compared = Some(reason.clone());
-                    }
-                    (Ok(cand), Ok(prod)) => {
-                        o.candidate_status = Some(cand.status);
-                        let cfg = config.compare.as_ref().expect("production compared only with --compare");
-                        let diffs = compare::compare(prod, &cand, cfg);
-                        o.compared_body_bytes = compare::compared_body_bytes(prod, &cand).map(|n| n as u64);
-                        match &baseline {
-                            Some(Ok(noise)) => (o.differences, o.noise) = compare::split_noise(diffs, noise),
-                            Some(Err(e)) => {
-                                o.differences = diffs;
-                                o.baseline_error = Some(e.clone());
-                            }
-                            None => o.differences = diffs,
+                match &production {
+                    // Nothing to compare with: the status (and that the response parses)
+                    // is all that is needed, without building its header list.
+                    Err(reason) => match candidate_status(&answer, req.method) {
+                        Err(e) => o.error = Some(e),
+                        Ok(status) => {
+                            o.candidate_status = Some(status);
+                            o.not_compared = Some(reason.clone());
                         }
-                    }
+                    },
+                    Ok(prod) => match candidate_response(&answer, req.method) {
+                        Err(e) => o.error = Some(e),
+                        Ok(cand) => {
+                            o.candidate_status = Some(cand.status);
+                            let cfg = config.compare.as_ref().expect("production compared only with --compare");
+                            let diffs = compare::compare(prod, &cand, cfg);
+                            o.compared_body_bytes = compare::compared_body_bytes(prod, &cand).map(|n| n as u64);
+                            match &baseline {
+                                Some(Ok(noise)) => (o.differences, o.noise) = compare::split_noise(diffs, noise),
+                                Some(Err(e)) => {
+                                    o.differences = diffs;
+                                    o.baseline_error = Some(e.clone());
+                                }
+                                None => o.differences = diffs,
+                            }
+                        }
+                    },
                 }
             }
             Err(e) => o.error = Some(e),
@@ -540,6 +547,15 @@ fn failure(e: &SendError) -> Failure {
         SendError::Handshake(_) => ErrorKind::Tls,
     };
     Failure::new(kind, e.to_string())
+}
+
+/// The status of a target's answer, which must parse like one to compare
+/// ([`candidate_response`]) but is not kept.
+fn candidate_status(answer: &target::Answer, method: &str) -> Result<u16, Failure> {
+    let bad = |e: &dyn std::fmt::Display| Failure::new(ErrorKind::BadResponse, format!("response unparseable: {e}"));
+    let parsed = message::parse_response(&answer.bytes, Some(method)).map_err(|e| bad(&e))?;
+    parsed.body().map_err(|e| bad(&e))?;
+    Ok(parsed.status)
 }
 
 /// A target's answer as a response to compare.
