@@ -264,9 +264,12 @@ struct ReplayArgs {
     #[arg(long, env = "CAPTURE_CA_FILE", conflicts_with = "insecure")]
     ca_file: Option<PathBuf>,
 
-    /// Replay at this multiple of the captured pace (2 = twice as fast; must be > 0). Default 1.
-    #[arg(long, env = "CAPTURE_SPEED", conflicts_with = "rate", value_parser = positive_number)]
-    speed: Option<f64>,
+    /// Replay at this multiple of the captured pace (2 = twice as fast; must be > 0), or
+    /// `max`: no pacing, each request as soon as the previous one of its worker was
+    /// answered (as fast as the targets answer; the order within each captured
+    /// connection is kept, --concurrency bounds the requests in flight). Default 1.
+    #[arg(long, env = "CAPTURE_SPEED", conflicts_with = "rate", value_parser = speed)]
+    speed: Option<Pacing>,
 
     /// Replay at a fixed number of requests per second instead of the captured pace.
     #[arg(long, env = "CAPTURE_RATE", value_parser = positive_number)]
@@ -391,6 +394,14 @@ fn positive_number(s: &str) -> Result<f64, String> {
         Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
         _ => Err(format!("{s:?}: expected a number greater than 0")),
     }
+}
+
+/// `--speed`: a factor > 0 on the captured pace, or `max` (no pacing).
+fn speed(s: &str) -> Result<Pacing, String> {
+    if s.eq_ignore_ascii_case("max") {
+        return Ok(Pacing::Max);
+    }
+    positive_number(s).map(|speed| Pacing::Original { speed }).map_err(|_| format!("{s:?}: expected a number greater than 0, or max"))
 }
 
 fn seconds(s: &str) -> Result<Duration, String> {
@@ -528,6 +539,16 @@ fn describe(stats: &InputStats, requests: u64, targets: &str) {
     ))
 }
 
+/// Runs the replay and says how long it took: from the first request read to the last
+/// answer (a Kafka time window is read before, and not counted).
+fn timed_replay(exchanges: impl IntoIterator<Item = capture::replay::input::Exchange>, config: &ReplayConfig, results: Results) -> Results {
+    let (started, before) = (std::time::Instant::now(), results.report.total());
+    let results = replay::run(exchanges, config, results);
+    let (secs, answers) = (started.elapsed().as_secs_f64(), results.report.total() - before);
+    note(format_args!("replayed {answers} request(s) to the targets in {secs:.3} s ({:.0} per second)", answers as f64 / secs.max(1e-9)));
+    results
+}
+
 fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let input = input_of(&args.inputs, args.group.as_ref(), args.from.as_ref(), args.to.as_ref(), &args.kafka_opts, args.idle_exit);
     let mut allow: Vec<String> = SAFE_METHODS.iter().map(|m| m.to_string()).collect();
@@ -552,7 +573,7 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         baseline: args.baseline.clone().map(resolve).transpose()?,
         pacing: match (args.rate, args.speed) {
             (Some(rate), _) => Pacing::Rate(rate),
-            (None, speed) => Pacing::Original { speed: speed.unwrap_or(1.0) },
+            (None, speed) => speed.unwrap_or(Pacing::Original { speed: 1.0 }),
         },
         max_wait: args.max_wait,
         allow_methods: allow,
@@ -619,7 +640,7 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
                 }
                 next
             });
-            let results = replay::run(exchanges, &config, results);
+            let results = timed_replay(exchanges, &config, results);
             describe(&input.stats(), requests, &targets);
             input_error = input.error().map(|e| anyhow::anyhow!("{e}"));
             publish_input(&input.stats());
@@ -629,7 +650,7 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             let (exchanges, stats) = read_window(&kafka, publish_input)?;
             describe(&stats, exchanges.len() as u64, &targets);
             publish_input(&stats);
-            with_input(replay::run(exchanges, &config, results), &stats)
+            with_input(timed_replay(exchanges, &config, results), &stats)
         }
         Input::KafkaGroup(kafka, group) => {
             let mut results = Some(results);
@@ -638,7 +659,7 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
                 GroupEvent::Batch(batch) => {
                     note(format_args!("replaying a batch of {} request(s)", batch.len()));
                     requests += batch.len() as u64;
-                    results = Some(replay::run(batch, &config, results.take().expect("results")));
+                    results = Some(timed_replay(batch, &config, results.take().expect("results")));
                 }
                 GroupEvent::Replayed { partition, from, to } => {
                     results.as_mut().expect("results").report.add_kafka_records(&kafka.topic, partition, from, to);

@@ -166,7 +166,7 @@ fn speed_zero_exits_1_and_a_closed_stdout_panics() {
     let input = dir.path("in.gor");
     gor(&input, 3, true);
     let (url, count) = server();
-    for bad in [["--speed", "0"], ["--rate", "0"], ["--timeout", "0"], ["--max-wait", "soon"], ["--concurrency", "0"]] {
+    for bad in [["--speed", "0"], ["--rate", "0"], ["--timeout", "0"], ["--max-wait", "soon"], ["--concurrency", "0"], ["--speed", "maximum"]] {
         let (code, _, stderr) = run(&["--input", input.to_str().unwrap(), "--target", &url, bad[0], bad[1]]);
         assert_eq!(code, 2, "{bad:?} is a usage error");
         assert!(stderr.contains(bad[0]) && stderr.contains(&format!("'{}'", bad[1])), "names the flag and the value: {stderr}");
@@ -334,6 +334,65 @@ fn keep_alive_connections_pile_up_in_a_long_replay() {
         .map(|reason| counter(&format!("replay_connections_closed_{reason}")))
         .sum();
     assert_eq!(closed, CONNECTIONS as u64, "every connection closed, for a reason: {counters}");
+}
+
+/// `--speed max` (no pacing): every request is sent once, each captured connection's
+/// requests in order on one target connection, and every outcome counted.
+#[test]
+fn speed_max_sends_every_request_once_in_connection_order() {
+    const CONNECTIONS: usize = 20;
+    const PER_CONNECTION: usize = 50;
+    let dir = Dir::new("speedmax");
+    let input = dir.path("in.gor");
+    // 1 ms apart: 1 s of captured time, replayed without waiting.
+    gor_connections(&input, CONNECTIONS, PER_CONNECTION, true);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    // The paths each target connection received, in order.
+    type Paths = Arc<std::sync::Mutex<Vec<usize>>>;
+    let seen: Arc<std::sync::Mutex<Vec<Paths>>> = Default::default();
+    let all = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let paths = Arc::new(std::sync::Mutex::new(Vec::new()));
+            all.lock().unwrap().push(paths.clone());
+            std::thread::spawn(move || {
+                let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+                let mut stream = stream;
+                let mut line = String::new();
+                while std::io::BufRead::read_line(&mut reader, &mut line).is_ok_and(|n| n > 0) {
+                    if let Some(n) = line.strip_prefix("GET /").and_then(|r| r.split(' ').next()).and_then(|n| n.parse::<usize>().ok()) {
+                        paths.lock().unwrap().push(n);
+                        let body = format!("{{\"n\":{n}}}");
+                        let resp = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                        if stream.write_all(resp.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    let report = dir.path("r.json");
+    let (code, _, stderr) = run(&[
+        "--input", input.to_str().unwrap(), "--target", &url, "--compare", "--speed", "max", "--concurrency", "8", "--report-json",
+        report.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let r = json(&report);
+    let total = (CONNECTIONS * PER_CONNECTION) as u64;
+    assert_eq!((r["totals"]["equal"].as_u64(), r["totals"]["errors"].as_u64()), (Some(total), Some(0)), "{r}");
+    assert_eq!(r["counters"]["replay_requests_sent"].as_u64(), Some(total));
+    let per_connection: Vec<Vec<usize>> = seen.lock().unwrap().iter().map(|p| p.lock().unwrap().clone()).collect();
+    assert_eq!(per_connection.len(), CONNECTIONS, "one target connection per captured connection");
+    let mut every: Vec<usize> = per_connection.concat();
+    every.sort_unstable();
+    assert_eq!(every, (0..CONNECTIONS * PER_CONNECTION).collect::<Vec<_>>(), "each request exactly once");
+    for paths in &per_connection {
+        let c = paths[0] / PER_CONNECTION;
+        assert_eq!(*paths, (c * PER_CONNECTION..(c + 1) * PER_CONNECTION).collect::<Vec<_>>(), "a captured connection, in order");
+    }
 }
 
 /// A `.gor` file of records `(type, connection, exchange, payload)`, 1 ms apart, with

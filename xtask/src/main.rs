@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_replay;
 mod image;
 
 #[derive(Parser)]
@@ -72,6 +73,15 @@ enum Task {
         /// Skip the HTTPS variant (nginx TLS, wrk over https, agent with --tls-lib).
         #[arg(long)]
         no_https: bool,
+        /// Skip the replayer table (`capture replay --speed max` vs wrk; GoReplay too if env GOR names its binary).
+        #[arg(long, conflicts_with = "replay_only")]
+        no_replay: bool,
+        /// Only the replayer table.
+        #[arg(long)]
+        replay_only: bool,
+        /// Captured exchanges the replayer table replays.
+        #[arg(long, default_value_t = 200_000)]
+        replay_exchanges: u64,
     },
     /// Build the container image `localhost/capture:<version>` from deploy/Containerfile
     /// with podman (root; makes the Debian builder base with mmdebstrap the first time).
@@ -141,7 +151,7 @@ fn main() -> Result<()> {
             let status = Command::new(&bin).args(&args).status().with_context(|| format!("running {}", bin.display()))?;
             std::process::exit(status.code().unwrap_or(1));
         }
-        Task::Bench { duration, repeats, connections, sizes, latency_sizes, no_latency, controls, no_kafka, no_https } => {
+        Task::Bench { duration, repeats, connections, sizes, latency_sizes, no_latency, controls, no_kafka, no_https, no_replay, replay_only, replay_exchanges } => {
             let latency_sizes = match latency_sizes {
                 _ if no_latency => vec![],
                 Some(given) => given,
@@ -163,20 +173,26 @@ fn main() -> Result<()> {
             }
             build_all(&root)?;
             let as_usize = |v: Vec<u64>| v.into_iter().map(|s| s as usize).collect();
-            bench::bench(
-                &root,
-                bench::BenchOptions {
-                    duration_s: duration,
-                    repeats: repeats as usize,
-                    kafka: !no_kafka,
-                    connections,
-                    https: !no_https,
-                    sizes: as_usize(sizes),
-                    latency_sizes: as_usize(latency_sizes),
-                    goreplay,
-                    controls,
-                },
-            )?;
+            if !replay_only {
+                bench::bench(
+                    &root,
+                    bench::BenchOptions {
+                        duration_s: duration,
+                        repeats: repeats as usize,
+                        kafka: !no_kafka,
+                        connections,
+                        https: !no_https,
+                        sizes: as_usize(sizes),
+                        latency_sizes: as_usize(latency_sizes),
+                        goreplay,
+                        controls,
+                    },
+                )?;
+            }
+            if !no_replay {
+                let opts = bench_replay::ReplayBenchOptions { concurrency: connections, repeats: (repeats as usize).max(1), duration_s: duration, exchanges: replay_exchanges, kafka: !no_kafka };
+                bench_replay::bench_replay(&root, &opts)?;
+            }
         }
         Task::Test { args } => {
             ensure_apt_packages()?;

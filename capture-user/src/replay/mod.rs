@@ -19,8 +19,8 @@ pub mod target;
 pub mod tls;
 
 use std::fmt;
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
-use std::sync::Arc;
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::compare::{self, CompareSettings, ErrorKind, Failure, Outcome, OutcomeLog, Report, Response};
@@ -64,6 +64,7 @@ impl ReplayConfig {
         let gap = match self.pacing {
             Pacing::Original { .. } => self.max_wait,
             Pacing::Rate(rate) => Duration::from_secs_f64((1.0 / rate).min(1e6)),
+            Pacing::Max => Duration::ZERO,
         };
         let targets = (self.targets.len() + usize::from(self.baseline.is_some())) as u32;
         gap + self.timeout * 2 * targets + Duration::from_secs(60)
@@ -75,6 +76,23 @@ pub const SAFE_METHODS: &[&str] = &["GET", "HEAD", "OPTIONS"];
 
 /// Pacing gaps shortened by `--max-wait` that are logged one by one; the rest are counted.
 const LOGGED_CAPPED_GAPS: u64 = 3;
+
+/// Events a worker gathers before it wakes the collector (see [`Outbox`]).
+const EVENT_BATCH: usize = 64;
+
+/// How often the collector takes the events gathered so far, woken or not.
+const EVENT_POLL: Duration = Duration::from_millis(50);
+
+/// Events a worker holds at most before it waits for the collector.
+const EVENTS_HELD: usize = 64 * EVENT_BATCH;
+
+/// Jobs handed to a worker at once under `--speed max` (one hand-off, and one wake-up
+/// of a waiting reader, per batch); paced replays hand over each job when read, so
+/// that none waits for others to be read.
+const JOB_BATCH: usize = 32;
+
+/// Jobs queued per worker, at most (bounds memory and how far reading runs ahead).
+const JOBS_QUEUED: usize = 256;
 
 /// How often a worker without requests closes its idle target connections.
 const IDLE_SWEEP: Duration = Duration::from_secs(1);
@@ -146,6 +164,36 @@ pub struct Results {
     pub metrics: Option<Arc<ReplayMetrics>>,
 }
 
+/// A worker's (or the reader's) events on their way to the collector. They are
+/// appended to a list of its own, which the collector empties when woken (once per
+/// [`EVENT_BATCH`] events) or every [`EVENT_POLL`]: one hand-off per batch, and
+/// events of a worker blocked in a slow exchange still reach the report and the live
+/// metrics.
+struct Outbox {
+    pending: Arc<Mutex<Vec<Event>>>,
+    wake: SyncSender<()>,
+    /// The collector is gone.
+    closed: bool,
+}
+
+impl Outbox {
+    /// Adds an event; false when the collector is gone.
+    fn send(&mut self, event: Event) -> bool {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.push(event);
+        let queued = pending.len();
+        drop(pending);
+        if queued.is_multiple_of(EVENT_BATCH) {
+            self.closed |= matches!(self.wake.try_send(()), Err(TrySendError::Disconnected(_)));
+            // The collector is behind: wait for it rather than hold ever more.
+            while !self.closed && self.pending.lock().unwrap_or_else(|e| e.into_inner()).len() >= EVENTS_HELD {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        !self.closed
+    }
+}
+
 impl Results {
     fn take(&mut self, event: Event) {
         match event {
@@ -200,34 +248,49 @@ pub fn run(exchanges: impl IntoIterator<Item = Exchange>, config: &ReplayConfig,
     // Each worker keeps its share of the open connections.
     let keep_alive = KeepAlive { max_open: (config.keep_alive.max_open / workers).max(1), ..config.keep_alive };
     let config = Arc::new(config.clone());
-    let (out_tx, out_rx) = sync_channel::<Event>(1024);
-    let mut senders: Vec<SyncSender<Job>> = Vec::new();
+    // Each worker's events, and the reader's (last).
+    let lists: Vec<Arc<Mutex<Vec<Event>>>> = (0..=workers).map(|_| Arc::default()).collect();
+    let (wake, woken) = sync_channel::<()>(1);
+    let outbox = |i: usize| Outbox { pending: lists[i].clone(), wake: wake.clone(), closed: false };
+    let batch = if config.pacing == Pacing::Max { JOB_BATCH } else { 1 };
+    let mut senders: Vec<SyncSender<Vec<Job>>> = Vec::new();
     let mut handles = Vec::new();
-    for _ in 0..workers {
-        let (tx, rx) = sync_channel::<Job>(256);
+    for i in 0..workers {
+        let (tx, rx) = sync_channel::<Vec<Job>>(JOBS_QUEUED / batch);
         senders.push(tx);
-        let (cfg, out) = (config.clone(), out_tx.clone());
+        let (cfg, out) = (config.clone(), outbox(i));
         handles.push(std::thread::spawn(move || worker(rx, &cfg, keep_alive, out)));
     }
-    let counters = out_tx.clone();
-    drop(out_tx);
+    let mut counters = outbox(workers);
+    drop(wake);
     let collector = std::thread::spawn(move || {
-        for event in out_rx {
-            results.take(event);
+        loop {
+            // Disconnected: every worker and the reader are done.
+            let done = matches!(woken.recv_timeout(EVENT_POLL), Err(RecvTimeoutError::Disconnected));
+            for list in &lists {
+                let events = std::mem::take(&mut *list.lock().unwrap_or_else(|e| e.into_inner()));
+                for event in events {
+                    results.take(event);
+                }
+            }
+            if done {
+                return results;
+            }
         }
-        results
     });
     let start = Instant::now() + Duration::from_millis(50);
     let mut schedule = Schedule::new(config.pacing, config.max_wait);
     let mut without_server = 0u64;
+    // Jobs read but not yet handed to their worker.
+    let mut pending: Vec<Vec<Job>> = (0..workers).map(|_| Vec::with_capacity(batch)).collect();
     for exchange in exchanges {
         let (offset, capped) = schedule.next(&exchange.id, exchange.ts_ns);
         if capped.is_some() {
-            let _ = counters.send(Event::Counter("replay_gaps_capped", 1));
+            counters.send(Event::Counter("replay_gaps_capped", 1));
         }
         if exchange.server.is_none() {
             without_server += 1;
-            let _ = counters.send(Event::Counter("replay_requests_without_server_address", 1));
+            counters.send(Event::Counter("replay_requests_without_server_address", 1));
         }
         if let Some(gap) = capped.filter(|_| schedule.capped <= LOGGED_CAPPED_GAPS) {
             log::warn!(
@@ -239,7 +302,13 @@ pub fn run(exchanges: impl IntoIterator<Item = Exchange>, config: &ReplayConfig,
             );
         }
         let slot = worker_for(&exchange.connection, workers);
-        if senders[slot].send(Job { exchange, at: start + offset }).is_err() {
+        pending[slot].push(Job { exchange, at: start + offset });
+        if pending[slot].len() >= batch && !hand_over(&senders, &mut pending, slot) {
+            break;
+        }
+    }
+    for slot in 0..workers {
+        if !pending[slot].is_empty() && senders[slot].send(std::mem::take(&mut pending[slot])).is_err() {
             break;
         }
     }
@@ -254,6 +323,26 @@ pub fn run(exchanges: impl IntoIterator<Item = Exchange>, config: &ReplayConfig,
         let _ = h.join();
     }
     collector.join().unwrap_or_else(|_| Results { report: Report::new("replay (report lost: collector panicked)".into()), log: None, metrics: None })
+}
+
+/// Hands worker `slot` its pending jobs; if its queue is full, first hands the other
+/// workers theirs (so none idles with jobs read for it), then waits. False when the
+/// worker is gone.
+fn hand_over(senders: &[SyncSender<Vec<Job>>], pending: &mut [Vec<Job>], slot: usize) -> bool {
+    let jobs = std::mem::take(&mut pending[slot]);
+    let jobs = match senders[slot].try_send(jobs) {
+        Ok(()) => return true,
+        Err(TrySendError::Disconnected(_)) => return false,
+        Err(TrySendError::Full(jobs)) => jobs,
+    };
+    for (other, sender) in senders.iter().enumerate() {
+        if other != slot && !pending[other].is_empty() {
+            if let Err(TrySendError::Full(back) | TrySendError::Disconnected(back)) = sender.try_send(std::mem::take(&mut pending[other])) {
+                pending[other] = back;
+            }
+        }
+    }
+    senders[slot].send(jobs).is_ok()
 }
 
 fn worker_for(connection: &str, workers: usize) -> usize {
@@ -311,44 +400,49 @@ fn production_response(ex: &Exchange, method: &str, config: &ReplayConfig) -> Re
     Ok(response)
 }
 
-fn worker(rx: Receiver<Job>, config: &ReplayConfig, keep_alive: KeepAlive, out: SyncSender<Event>) {
+fn worker(rx: Receiver<Vec<Job>>, config: &ReplayConfig, keep_alive: KeepAlive, mut out: Outbox) {
     let mut conns = Connections::new(keep_alive);
     let mut reported = ConnectionStats::default();
     loop {
-        let job = match rx.recv_timeout(IDLE_SWEEP) {
-            Ok(job) => job,
+        let jobs = match rx.recv_timeout(IDLE_SWEEP) {
+            Ok(jobs) => jobs,
             Err(RecvTimeoutError::Timeout) => {
                 conns.close_idle(Instant::now());
-                report_connections(&conns.stats, &mut reported, &out);
+                report_connections(&conns.stats, &mut reported, &mut out);
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => break,
         };
-        if !replay_one(&job, config, &mut conns, &out) {
-            return;
+        for job in &jobs {
+            if !replay_one(job, config, &mut conns, &mut out) {
+                return;
+            }
+            report_connections(&conns.stats, &mut reported, &mut out);
         }
-        report_connections(&conns.stats, &mut reported, &out);
     }
     conns.close_all();
-    report_connections(&conns.stats, &mut reported, &out);
+    report_connections(&conns.stats, &mut reported, &mut out);
 }
 
 /// Sends the connection counters that changed since the last report.
-fn report_connections(stats: &ConnectionStats, reported: &mut ConnectionStats, out: &SyncSender<Event>) {
+fn report_connections(stats: &ConnectionStats, reported: &mut ConnectionStats, out: &mut Outbox) {
+    if stats == reported {
+        return;
+    }
     for ((name, now), (_, before)) in stats.fields().into_iter().zip(reported.fields()) {
         if now > before {
-            let _ = out.send(Event::Counter(name, now - before));
+            out.send(Event::Counter(name, now - before));
         }
     }
     *reported = *stats;
 }
 
 /// Replays one exchange to the baseline and every target. False when the collector is gone.
-fn replay_one(job: &Job, config: &ReplayConfig, conns: &mut Connections, out: &SyncSender<Event>) -> bool {
+fn replay_one(job: &Job, config: &ReplayConfig, conns: &mut Connections, out: &mut Outbox) -> bool {
     let ex = &job.exchange;
     if let Some(reason) = skip_reason(ex, config) {
         let request_line = message::parse_request(&ex.request).ok().map(|r| (r.method.to_string(), r.target.split('?').next().unwrap_or("").to_string()));
-        return out.send(Event::Skipped { id: ex.id.clone(), request_line, reason }).is_ok();
+        return out.send(Event::Skipped { id: ex.id.clone(), request_line, reason });
     }
     let req = message::parse_request(&ex.request).expect("checked by skip_reason");
     let now = Instant::now();
@@ -358,21 +452,21 @@ fn replay_one(job: &Job, config: &ReplayConfig, conns: &mut Connections, out: &S
     let path = req.target.split('?').next().unwrap_or("").to_string();
     let production = production_response(ex, req.method, config);
     let production_latency_ns = ex.response.as_ref().and_then(|r| r.latency_ns);
-    if out.send(Event::Sent { production_latency_ns }).is_err() {
+    if !out.send(Event::Sent { production_latency_ns }) {
         return false;
     }
     // Whether `target` is the captured production server (refused unless allowed).
-    let refused = |target: &Target| {
+    let refused = |target: &Target, out: &mut Outbox| {
         let server = ex.server.as_deref().and_then(|s| config.production.production_match(&target.addrs, s))?;
         if config.production.allow {
-            let _ = out.send(Event::Counter("replay_sent_to_production", 1));
+            out.send(Event::Counter("replay_sent_to_production", 1));
             return None;
         }
         Some(Failure::new(ErrorKind::RefusedProduction, format!("refused: it is the captured production server {server} (--allow-production overrides)")))
     };
     let baseline = match (&config.baseline, &production) {
         (Some(b), Ok(prod)) => {
-            let answer = match refused(b) {
+            let answer = match refused(b, out) {
                 Some(reason) => Err(reason),
                 None => {
                     let bytes = request::rewrite(&req, &b.url, &config.rewrite);
@@ -383,7 +477,7 @@ fn replay_one(job: &Job, config: &ReplayConfig, conns: &mut Connections, out: &S
             let response = answer.and_then(|a| candidate_response(&a, req.method));
             let error = response.as_ref().err().cloned();
             let latency = latency.filter(|_| error.is_none());
-            let _ = out.send(Event::Baseline { target: b.url.to_string(), error, latency });
+            out.send(Event::Baseline { target: b.url.to_string(), error, latency });
             let cfg = config.compare.as_ref().expect("production compared only with --compare");
             Some(response.map(|b| compare::compare(prod, &b, cfg)))
         }
@@ -393,7 +487,7 @@ fn replay_one(job: &Job, config: &ReplayConfig, conns: &mut Connections, out: &S
         let mut o = Outcome::new(&ex.id, req.method, &path, &target.url.to_string());
         o.production_status = production.as_ref().ok().map(|p| p.status);
         o.production_latency_ms = ex.response.as_ref().and_then(|r| r.latency_ns).map(|n| n as f64 / 1e6);
-        let answer = match refused(target) {
+        let answer = match refused(target, out) {
             Some(reason) => Err(reason),
             None => {
                 let bytes = request::rewrite(&req, &target.url, &config.rewrite);
@@ -403,31 +497,38 @@ fn replay_one(job: &Job, config: &ReplayConfig, conns: &mut Connections, out: &S
         match answer {
             Ok(answer) => {
                 o.candidate_latency_ms = Some(answer.latency.as_secs_f64() * 1e3);
-                match (candidate_response(&answer, req.method), &production) {
-                    (Err(e), _) => o.error = Some(e),
-                    (Ok(cand), Err(reason)) => {
-                        o.candidate_status = Some(cand.status);
-                        o.not_compared = Some(reason.clone());
-                    }
-                    (Ok(cand), Ok(prod)) => {
-                        o.candidate_status = Some(cand.status);
-                        let cfg = config.compare.as_ref().expect("production compared only with --compare");
-                        let diffs = compare::compare(prod, &cand, cfg);
-                        o.compared_body_bytes = compare::compared_body_bytes(prod, &cand).map(|n| n as u64);
-                        match &baseline {
-                            Some(Ok(noise)) => (o.differences, o.noise) = compare::split_noise(diffs, noise),
-                            Some(Err(e)) => {
-                                o.differences = diffs;
-                                o.baseline_error = Some(e.clone());
-                            }
-                            None => o.differences = diffs,
+                match &production {
+                    // Nothing to compare with: the status (and that the response parses)
+                    // is all that is needed, without building its header list.
+                    Err(reason) => match candidate_status(&answer, req.method) {
+                        Err(e) => o.error = Some(e),
+                        Ok(status) => {
+                            o.candidate_status = Some(status);
+                            o.not_compared = Some(reason.clone());
                         }
-                    }
+                    },
+                    Ok(prod) => match candidate_response(&answer, req.method) {
+                        Err(e) => o.error = Some(e),
+                        Ok(cand) => {
+                            o.candidate_status = Some(cand.status);
+                            let cfg = config.compare.as_ref().expect("production compared only with --compare");
+                            let diffs = compare::compare(prod, &cand, cfg);
+                            o.compared_body_bytes = compare::compared_body_bytes(prod, &cand).map(|n| n as u64);
+                            match &baseline {
+                                Some(Ok(noise)) => (o.differences, o.noise) = compare::split_noise(diffs, noise),
+                                Some(Err(e)) => {
+                                    o.differences = diffs;
+                                    o.baseline_error = Some(e.clone());
+                                }
+                                None => o.differences = diffs,
+                            }
+                        }
+                    },
                 }
             }
             Err(e) => o.error = Some(e),
         }
-        if out.send(Event::Outcome(Box::new(o))).is_err() {
+        if !out.send(Event::Outcome(Box::new(o))) {
             return false;
         }
     }
@@ -446,6 +547,15 @@ fn failure(e: &SendError) -> Failure {
         SendError::Handshake(_) => ErrorKind::Tls,
     };
     Failure::new(kind, e.to_string())
+}
+
+/// The status of a target's answer, which must parse like one to compare
+/// ([`candidate_response`]) but is not kept.
+fn candidate_status(answer: &target::Answer, method: &str) -> Result<u16, Failure> {
+    let bad = |e: &dyn std::fmt::Display| Failure::new(ErrorKind::BadResponse, format!("response unparseable: {e}"));
+    let parsed = message::parse_response(&answer.bytes, Some(method)).map_err(|e| bad(&e))?;
+    parsed.body().map_err(|e| bad(&e))?;
+    Ok(parsed.status)
 }
 
 /// A target's answer as a response to compare.

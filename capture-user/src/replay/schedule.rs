@@ -1,6 +1,7 @@
 //! When each request is sent: the captured gaps between requests divided by
 //! `--speed`, each gap capped at `--max-wait` (one record with a timestamp far from
-//! the rest must not make the replay wait for years), or a fixed `--rate`.
+//! the rest must not make the replay wait for years), a fixed `--rate`, or no
+//! pacing at all (`--speed max`).
 
 use std::time::Duration;
 
@@ -10,6 +11,9 @@ pub enum Pacing {
     Original { speed: f64 },
     /// A fixed number of requests per second, in capture order.
     Rate(f64),
+    /// No pacing (`--speed max`): each request as soon as its worker is free, i.e. as
+    /// fast as the targets answer; the order within a captured connection is kept.
+    Max,
 }
 
 /// A gap that `--max-wait` shortened.
@@ -58,6 +62,7 @@ impl Schedule {
                 self.previous_ts = Some(self.previous_ts.map_or(ts_ns, |p| p.max(ts_ns)));
             }
             Pacing::Rate(rate) => self.offset = Duration::from_secs_f64(self.sent as f64 / rate),
+            Pacing::Max => {}
         }
         self.sent += 1;
         (self.offset, capped)
@@ -82,6 +87,7 @@ mod tests {
         assert_eq!(offsets(Pacing::Original { speed: 1.0 }, 60, &ts).0, [0.0, 0.2, 1.0, 1.0]);
         assert_eq!(offsets(Pacing::Original { speed: 10.0 }, 60, &ts).0, [0.0, 0.02, 0.1, 0.1]);
         assert_eq!(offsets(Pacing::Rate(4.0), 60, &ts).0, [0.0, 0.25, 0.5, 0.75]);
+        assert_eq!(offsets(Pacing::Max, 60, &ts), (vec![0.0; 4], 0), "no waits, nothing capped");
     }
 
     /// Issue 11, bug 6 ("hangs"), pacing part: one record with a timestamp far from the

@@ -33,6 +33,9 @@ pub const MAX_RESPONSE_BYTES: usize = 64 << 20;
 /// enough that the call does not wait for the target to read much.
 const LAST_WRITE: usize = 16 * 1024;
 
+/// Bytes read from a target at a time.
+const READ_CHUNK: usize = 64 * 1024;
+
 /// A target with the addresses its host resolved to at start.
 #[derive(Clone, Debug)]
 pub struct Target {
@@ -175,6 +178,8 @@ pub struct Connections {
     next_stamp: u64,
     closed: RecentlyClosed,
     pub stats: ConnectionStats,
+    /// Read buffer, reused by every exchange.
+    buf: Vec<u8>,
     /// Tests: a pause after writing the request, as when the replayer's thread is
     /// descheduled right after its write.
     #[cfg(test)]
@@ -197,6 +202,7 @@ impl Connections {
             next_stamp: 0,
             closed: RecentlyClosed::new(keep_alive.max_open.saturating_mul(4).clamp(1024, 16_384)),
             stats: ConnectionStats::default(),
+            buf: vec![0u8; READ_CHUNK],
             #[cfg(test)]
             pause_after_write: Duration::ZERO,
         }
@@ -245,7 +251,7 @@ impl Connections {
         let pause = self.pause_after_write;
         #[cfg(not(test))]
         let pause = Duration::ZERO;
-        let result = exchange(conn, request, timeout, pause);
+        let result = exchange(conn, &mut self.buf, request, timeout, pause);
         if !matches!(result, Ok((_, true))) {
             self.remove(&key);
             self.stats.closed_after_exchange += 1;
@@ -348,11 +354,32 @@ fn connect(addrs: &[SocketAddr], timeout: Duration) -> Result<TcpStream, SendErr
 /// Whether an idle keep-alive connection can take a request: the target has neither
 /// closed it nor sent anything unasked (an unasked 408 would pass for the next answer).
 pub(super) fn still_open(stream: &TcpStream) -> bool {
-    if stream.set_nonblocking(true).is_err() {
-        return false;
+    let mut byte = 0u8;
+    // SAFETY: a valid socket and a 1-byte buffer. One non-blocking peek, whatever the
+    // socket's mode: it would block exactly when the connection is open and quiet.
+    let n = unsafe { libc::recv(stream.as_raw_fd(), &mut byte as *mut u8 as *mut libc::c_void, 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    n < 0 && std::io::Error::last_os_error().kind() == ErrorKind::WouldBlock
+}
+
+/// One non-blocking `recv`/`send` on a socket left in blocking mode (the common case
+/// of an exchange needs no timeout to be set): `WouldBlock` when it would wait.
+fn recv_now(stream: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    // SAFETY: a valid socket and a buffer of `buf.len()` writable bytes.
+    let n = unsafe { libc::recv(stream.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
     }
-    let open = matches!(stream.peek(&mut [0u8; 1]), Err(e) if e.kind() == ErrorKind::WouldBlock);
-    open && stream.set_nonblocking(false).is_ok()
+    Ok(n as usize)
+}
+
+fn send_now(stream: &TcpStream, buf: &[u8]) -> std::io::Result<usize> {
+    // SAFETY: a valid socket and `buf.len()` readable bytes. MSG_NOSIGNAL: a closed
+    // connection is an EPIPE error, not a SIGPIPE.
+    let n = unsafe { libc::send(stream.as_raw_fd(), buf.as_ptr() as *const libc::c_void, buf.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(n as usize)
 }
 
 /// Time left before `deadline`, or None when it passed.
@@ -361,6 +388,14 @@ fn left(deadline: Instant) -> Option<Duration> {
 }
 
 fn write_until(stream: &mut Stream, mut bytes: &[u8], deadline: Instant, timeout: Duration) -> Result<(), SendError> {
+    // Plain TCP: most requests fit the socket buffer at once, without setting a timeout.
+    if let (Stream::Plain(tcp), false) = (&*stream, bytes.is_empty()) {
+        match send_now(tcp, bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
+            Err(e) => return Err(SendError::Write(e)),
+        }
+    }
     while !bytes.is_empty() {
         let left = left(deadline).ok_or(SendError::WriteTimeout(timeout))?;
         stream.tcp().set_write_timeout(Some(left)).map_err(SendError::Write)?;
@@ -438,7 +473,7 @@ fn min_rtt(stream: &TcpStream) -> Option<Duration> {
 
 /// Writes the request and reads one response. Returns the answer and whether the
 /// connection may be used again.
-fn exchange(conn: &mut Conn, request: &[u8], timeout: Duration, pause_after_write: Duration) -> Result<(Answer, bool), SendError> {
+fn exchange(conn: &mut Conn, buf: &mut [u8], request: &[u8], timeout: Duration, pause_after_write: Duration) -> Result<(Answer, bool), SendError> {
     let deadline = Instant::now() + timeout;
     let mut stats = HttpStats::default();
     let mut msgs: Vec<HttpMessage> = Vec::new();
@@ -454,7 +489,6 @@ fn exchange(conn: &mut Conn, request: &[u8], timeout: Duration, pause_after_writ
     }
     // When the first response byte arrived: the kernel's stamp, else when it was read.
     let mut first_byte: Option<Duration> = None;
-    let mut buf = vec![0u8; 64 * 1024];
     let mut closed = false;
     let response = loop {
         if let Some(i) = msgs.iter().position(|m| m.kind == MessageKind::Response) {
@@ -464,11 +498,25 @@ fn exchange(conn: &mut Conn, request: &[u8], timeout: Duration, pause_after_writ
             return Err(SendError::Closed);
         }
         let left = left(deadline).ok_or(SendError::ReadTimeout(timeout))?;
-        conn.stream.tcp().set_read_timeout(Some(left)).map_err(SendError::Read)?;
-        let read = match first_byte {
-            // One byte first: its stamp is the first segment's (TLS: the first record's).
-            None => conn.stream.read_first(&mut buf[..1]),
-            Some(_) => conn.stream.read(&mut buf).map(|n| (n, None)),
+        // Plain TCP after the first byte: the rest has usually arrived with it; a
+        // timeout is set only when a read has to wait.
+        let ready = match (&conn.stream, first_byte) {
+            (Stream::Plain(tcp), Some(_)) => match recv_now(tcp, buf) {
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => None,
+                other => Some(other.map(|n| (n, None))),
+            },
+            _ => None,
+        };
+        let read = match ready {
+            Some(read) => read,
+            None => {
+                conn.stream.tcp().set_read_timeout(Some(left)).map_err(SendError::Read)?;
+                match first_byte {
+                    // One byte first: its stamp is the first segment's (TLS: the first record's).
+                    None => conn.stream.read_first(&mut buf[..1]),
+                    Some(_) => conn.stream.read(buf).map(|n| (n, None)),
+                }
+            }
         };
         match read {
             Ok((0, _)) => {
