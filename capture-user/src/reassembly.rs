@@ -428,7 +428,9 @@ impl StreamReassembler {
 
     fn insert_held(&mut self, start: u64, data: Bytes, ts_ns: u64) {
         self.buffered += data.len();
-        self.pending.insert(start, Held { data, ts_ns });
+        // A copy of its own: the bytes may share the ring reader's batch allocation,
+        // which a small piece held for long must not keep alive.
+        self.pending.insert(start, Held { data: Bytes::copy_from_slice(&data), ts_ns });
     }
 
     /// Bound memory: give up on the oldest hole until we hold no more than the limit.

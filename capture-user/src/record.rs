@@ -63,19 +63,28 @@ fn push_hex(s: &mut String, v: u64, digits: u32) {
     }
 }
 
-/// Appends `v` in decimal.
-fn push_decimal(out: &mut Vec<u8>, mut v: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
+/// Appends `addr` as its `Display` writes it (IPv4 without the formatter: hot path).
+pub fn push_socket_addr(out: &mut Vec<u8>, addr: &SocketAddr) {
+    use std::io::Write;
+    match addr {
+        SocketAddr::V4(a) => {
+            for (i, octet) in a.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_decimal(out, octet as u64);
+            }
+            out.push(b':');
+            push_decimal(out, a.port() as u64);
         }
+        // Writing to a Vec cannot fail.
+        SocketAddr::V6(a) => drop(write!(out, "{a}")),
     }
-    out.extend_from_slice(&buf[i..]);
+}
+
+/// Appends `v` in decimal (itoa: two digits per step, no formatter; hot path).
+pub fn push_decimal(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
 
 /// Metadata of a record: in Kafka headers, and (the part replay needs) in the
@@ -214,7 +223,6 @@ impl Record {
     /// Appends the header line `"<type> <id> <ts_ns> <latency_ns> len=N ...\n"` to `out`
     /// (tokens in the order [`HeaderMeta`] documents; flags only when set).
     pub fn write_header_line(&self, out: &mut Vec<u8>) {
-        use std::io::Write;
         let m = &self.meta;
         out.push(self.type_byte());
         out.push(b' ');
@@ -226,8 +234,10 @@ impl Record {
         push_decimal(out, self.latency_ns.min(i64::MAX as u64));
         out.extend_from_slice(b" len=");
         push_decimal(out, self.payload.len() as u64);
-        // Writing to a Vec cannot fail.
-        let _ = write!(out, " client={} server={}", m.client, m.server);
+        out.extend_from_slice(b" client=");
+        push_socket_addr(out, &m.client);
+        out.extend_from_slice(b" server=");
+        push_socket_addr(out, &m.server);
         if m.truncated {
             out.extend_from_slice(b" truncated=1 orig_len=");
             push_decimal(out, m.original_len);
@@ -470,6 +480,18 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The formatter-free address writer agrees with `Display` (headers and Kafka
+    /// values carry what readers parse with the standard library).
+    #[test]
+    fn socket_addrs_are_written_as_display_writes_them() {
+        for a in ["0.0.0.0:0", "10.0.0.1:8080", "255.255.255.255:65535", "127.0.0.1:80", "[::1]:80", "[fd00::1]:443", "[::ffff:10.0.0.1]:1"] {
+            let addr: SocketAddr = a.parse().unwrap();
+            let mut out = Vec::new();
+            push_socket_addr(&mut out, &addr);
+            assert_eq!(String::from_utf8(out).unwrap(), addr.to_string());
+        }
+    }
 
     fn message(kind: MessageKind, bytes: &'static [u8]) -> HttpMessage {
         HttpMessage {

@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use capture_common::{
     EventHeader, DIR_CLIENT_TO_SERVER, DIR_SERVER_TO_CLIENT, EVENT_HEADER_SIZE, EVENT_VERSION,
     FAMILY_IPV4, FAMILY_IPV6, HOOK_TLS, TCP_FIN, TCP_RST, TCP_SYN,
@@ -68,6 +68,21 @@ pub enum DecodeError {
 
 /// Decodes one ring-buffer event. Copies the payload (the ring slot is released after this).
 pub fn decode(event: &[u8]) -> Result<Segment, DecodeError> {
+    decode_with(event, Bytes::copy_from_slice)
+}
+
+/// Decodes one ring-buffer event, copying its payload to the end of `arena` (one
+/// allocation shared by a batch of events instead of one per event). The returned
+/// segment's bytes keep that allocation alive: whatever holds them longer than the
+/// batch (the reassembler's out-of-order data) copies them.
+pub fn decode_into(event: &[u8], arena: &mut BytesMut) -> Result<Segment, DecodeError> {
+    decode_with(event, |payload| {
+        arena.extend_from_slice(payload);
+        arena.split().freeze()
+    })
+}
+
+fn decode_with(event: &[u8], copy: impl FnOnce(&[u8]) -> Bytes) -> Result<Segment, DecodeError> {
     if event.len() < EVENT_HEADER_SIZE {
         return Err(DecodeError::Short(event.len()));
     }
@@ -102,7 +117,7 @@ pub fn decode(event: &[u8]) -> Result<Segment, DecodeError> {
         ts_ns: hdr.ts_ns,
         ifindex: hdr.ifindex,
         tls: hdr.hook == HOOK_TLS,
-        data: Bytes::copy_from_slice(payload),
+        data: copy(payload),
     })
 }
 
@@ -199,6 +214,22 @@ mod tests {
         let seg = decode(&encode(&h, b"abcdef")).unwrap();
         assert!(!seg.is_last_chunk());
         assert!(seg.flow.client.is_ipv6());
+    }
+
+    /// Segments decoded into one arena each keep exactly their own bytes, also after
+    /// the arena moved on to a new allocation.
+    #[test]
+    fn arena_decoded_segments_keep_their_own_bytes() {
+        let mut arena = BytesMut::with_capacity(8);
+        let h = header(DIR_CLIENT_TO_SERVER, FAMILY_IPV4);
+        let segs: Vec<Segment> = [b"abcdef", b"ghijkl", b"mnopqr"]
+            .iter()
+            .map(|p| decode_into(&encode(&h, *p), &mut arena).unwrap())
+            .collect();
+        let data: Vec<&[u8]> = segs.iter().map(|s| &s.data[..]).collect();
+        assert_eq!(data, [b"abcdef", b"ghijkl", b"mnopqr"]);
+        assert_eq!(segs[0], decode(&encode(&h, b"abcdef")).unwrap());
+        assert!(arena.is_empty());
     }
 
     #[test]

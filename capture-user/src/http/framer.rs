@@ -604,6 +604,14 @@ impl Framer {
         self.scan = 0;
         if let Some(m) = self.msg.as_mut() {
             m.head_len = m.bytes.len();
+            if let Framing::Length(n) = framing {
+                // Room for the body at once (a 64 KiB body regrew twice, copying
+                // itself each time); no more than the 64 KiB a new message gets.
+                let body = n.min(m.keep.saturating_sub(m.bytes.len()) as u64).min(1 << 16) as usize;
+                if !m.discard && !m.damaged {
+                    m.bytes.reserve_exact(body);
+                }
+            }
         }
         match framing {
             // Not a message end: the same message waits for the final head.

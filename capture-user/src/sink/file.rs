@@ -6,21 +6,28 @@
 //! new (see [`crate::files`]): an existing capture is never overwritten.
 //!
 //! Whole records or none: records are collected in a buffer of whole records and
-//! written together. If a write fails part-way (a full disk), the file is cut back
+//! written together (large payloads are not copied into it: they are written from
+//! their own buffers in the same `writev`). If a write fails part-way (a full disk), the file is cut back
 //! to the end of the last record that reached it whole, the records after it are
 //! counted failed, and writing goes on with the next record when space frees up.
 //! A record is counted written only once it is on the file whole.
 
 use std::fs::File;
-use std::io::{Seek, SeekFrom, Write};
+use std::io::{IoSlice, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::{write_gor, RecordSink, SinkError, SinkStats};
 use crate::files::{self, FileOptions};
-use crate::record::Record;
+use bytes::Bytes;
+
+use crate::record::{Record, FILE_SEPARATOR};
 
 /// Bytes of records collected before they are written.
 const BUFFER_BYTES: usize = 1 << 16;
+/// Payloads at least this long are written from their own buffer, not copied.
+const LARGE_PAYLOAD_BYTES: usize = 4096;
+/// Large payloads collected at most before they are written (writev takes up to 1024 slices).
+const MAX_LARGE: usize = 256;
 
 pub struct FileSink {
     base: PathBuf,
@@ -33,9 +40,13 @@ pub struct FileSink {
     committed: u64,
     /// The file may hold a torn tail past `committed` (cutting it back failed).
     torn: bool,
-    /// Whole records not written yet, and where each one ends in `buf`.
+    /// Whole records not written yet, and where each one ends in the output (`buf`
+    /// with the `large` payloads in their places).
     buf: Vec<u8>,
     ends: Vec<usize>,
+    /// Large payloads not written yet and the position in `buf` they go before.
+    large: Vec<(usize, Bytes)>,
+    large_bytes: usize,
     stats: SinkStats,
 }
 
@@ -54,6 +65,8 @@ impl FileSink {
             torn: false,
             buf: Vec::with_capacity(BUFFER_BYTES),
             ends: Vec::new(),
+            large: Vec::new(),
+            large_bytes: 0,
             stats: SinkStats::default(),
         })
     }
@@ -96,15 +109,29 @@ impl FileSink {
             return Ok(());
         }
         let mut result = self.cut_back();
+        let total = self.pending_bytes();
+        let mut slices = Vec::with_capacity(2 * self.large.len() + 1);
+        let mut at = 0;
+        for (pos, payload) in &self.large {
+            slices.push(IoSlice::new(&self.buf[at..*pos]));
+            slices.push(IoSlice::new(payload));
+            at = *pos;
+        }
+        slices.push(IoSlice::new(&self.buf[at..]));
+        let mut rest = &mut slices[..];
         let mut done = 0;
-        while result.is_ok() && done < self.buf.len() {
-            match self.file.write(&self.buf[done..]) {
+        while result.is_ok() && done < total {
+            match self.file.write_vectored(rest) {
                 Ok(0) => result = Err(std::io::ErrorKind::WriteZero.into()),
-                Ok(n) => done += n,
+                Ok(n) => {
+                    done += n;
+                    IoSlice::advance_slices(&mut rest, n);
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => result = Err(e),
             }
         }
+        drop(slices);
         let whole = self.ends.partition_point(|&end| end <= done);
         let whole_bytes = whole.checked_sub(1).map_or(0, |i| self.ends[i]);
         self.stats.records_written += whole as u64;
@@ -116,6 +143,8 @@ impl FileSink {
         let failed = (self.ends.len() - whole) as u64;
         self.buf.clear();
         self.ends.clear();
+        self.large.clear();
+        self.large_bytes = 0;
         if self.buf.capacity() > 4 * BUFFER_BYTES {
             self.buf.shrink_to(BUFFER_BYTES);
         }
@@ -130,6 +159,11 @@ impl FileSink {
                 Err(self.error(e))
             }
         }
+    }
+
+    /// Bytes of the records collected and not written yet.
+    fn pending_bytes(&self) -> usize {
+        self.buf.len() + self.large_bytes
     }
 
     /// Cuts a torn tail off the file, back to its last whole record.
@@ -171,7 +205,7 @@ impl RecordSink for FileSink {
 
     fn write(&mut self, record: &Record) -> Result<(), SinkError> {
         let mut result = Ok(());
-        if self.committed + self.buf.len() as u64 >= self.rotate_bytes {
+        if self.committed + self.pending_bytes() as u64 >= self.rotate_bytes {
             result = self.write_buffered();
             if self.committed >= self.rotate_bytes {
                 if let Err(e) = self.open_next() {
@@ -181,10 +215,17 @@ impl RecordSink for FileSink {
                 }
             }
         }
-        // Writing into a Vec cannot fail.
-        let _ = write_gor(&mut self.buf, record);
-        self.ends.push(self.buf.len());
-        if self.buf.len() >= BUFFER_BYTES {
+        if record.payload.len() >= LARGE_PAYLOAD_BYTES {
+            record.write_header_line(&mut self.buf);
+            self.large.push((self.buf.len(), record.payload.clone()));
+            self.large_bytes += record.payload.len();
+            self.buf.extend_from_slice(FILE_SEPARATOR);
+        } else {
+            // Writing into a Vec cannot fail.
+            let _ = write_gor(&mut self.buf, record);
+        }
+        self.ends.push(self.pending_bytes());
+        if self.pending_bytes() >= BUFFER_BYTES || self.large.len() >= MAX_LARGE {
             result = result.and(self.write_buffered());
         }
         result
@@ -213,6 +254,10 @@ mod tests {
     use crate::record::RunId;
 
     fn record(n: usize) -> Record {
+        record_of(n, 100)
+    }
+
+    fn record_of(n: usize, len: usize) -> Record {
         use crate::connections::ConnectionInfo;
         use crate::http::{HttpMessage, MessageKind};
         use crate::record::{RecordContext, RunId};
@@ -223,8 +268,8 @@ mod tests {
             kind: MessageKind::Request,
             exchange: n as u64,
             paired: true,
-            bytes: bytes::Bytes::from(vec![b'x'; 100]),
-            original_len: 100,
+            bytes: bytes::Bytes::from((0..len).map(|i| (i % 251) as u8).collect::<Vec<u8>>()),
+            original_len: len as u64,
             truncated: false,
             ambiguous: None,
             start_ns: 1,
@@ -259,6 +304,29 @@ mod tests {
         assert!(!rotated_path(&base, 3).exists());
         let want: Vec<String> = (0..5).map(|n| RunId(7).record_id(1, n)).collect();
         assert_eq!(ids, want, "every record once, in order, across the rotated files");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Large payloads go out from their own buffers, small ones through the buffer: the
+    /// file holds every record byte for byte, in order, as `write_gor` lays it out.
+    #[test]
+    fn large_and_small_payloads_are_written_byte_exact_in_order() {
+        let dir = std::env::temp_dir().join(format!("capture-vectored-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let base = dir.join("out.gor");
+        let mut sink = FileSink::create(&base, u64::MAX, FileOptions::default()).unwrap();
+        let sizes = [100, LARGE_PAYLOAD_BYTES, 70_000, 0, 5_000, 100, 200_000, 1, LARGE_PAYLOAD_BYTES - 1];
+        let mut want = Vec::new();
+        for (n, len) in sizes.iter().cycle().take(3 * sizes.len() + 300).enumerate() {
+            let rec = record_of(n, *len);
+            write_gor(&mut want, &rec).unwrap();
+            sink.write(&rec).unwrap();
+        }
+        sink.flush().unwrap();
+        let stats = sink.stats();
+        drop(sink);
+        assert_eq!(std::fs::read(&base).unwrap(), want);
+        assert_eq!((stats.records_written, stats.bytes_written), ((3 * sizes.len() + 300) as u64, want.len() as u64));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

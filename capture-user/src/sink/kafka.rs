@@ -20,7 +20,6 @@
 //! as failed if any part fails, as dropped if a part could not be queued.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -34,7 +33,7 @@ use rdkafka::ClientContext;
 
 use super::{RecordSink, SinkError, SinkStats};
 use crate::http::MessageKind;
-use crate::record::Record;
+use crate::record::{push_decimal, push_socket_addr, Record};
 
 /// Header names; stable, documented in README.
 pub const HEADERS: &[(&str, &str)] = &[
@@ -245,7 +244,7 @@ pub struct KafkaSink {
     iface_names: HashMap<u32, String>,
     /// Reused per record: the value (header line + payload) and the header values.
     value_buf: Vec<u8>,
-    header_buf: String,
+    header_buf: Vec<u8>,
     /// Opaque of the next record sent as parts (never 0).
     next_part_set: usize,
     records_split: u64,
@@ -316,7 +315,7 @@ impl KafkaSink {
             drop_logged: HashMap::new(),
             iface_names: HashMap::new(),
             value_buf: Vec::new(),
-            header_buf: String::new(),
+            header_buf: Vec::new(),
             next_part_set: 1,
             records_split: 0,
         })
@@ -350,53 +349,70 @@ impl KafkaSink {
 /// Most headers a record carries: every one in [`HEADERS`].
 const MAX_HEADERS: usize = HEADERS.len();
 
-/// Builds the metadata headers of a record. Values are formatted into `scratch`
-/// (reused across records; librdkafka copies them), not into one String each.
-pub fn headers(record: &Record, iface: &str, scratch: &mut String) -> OwnedHeaders {
+/// A header value written into the shared scratch buffer.
+enum Value<'a> {
+    Text(&'a [u8]),
+    Number(u64),
+    Addr(&'a std::net::SocketAddr),
+    Flag(bool),
+}
+
+/// Builds the metadata headers of a record. Values are written into `scratch`
+/// (reused across records; librdkafka copies them), not into one String each, and
+/// without the formatter (hot path).
+pub fn headers(record: &Record, iface: &str, scratch: &mut Vec<u8>) -> OwnedHeaders {
     let m = &record.meta;
     scratch.clear();
     let mut spans = [("", 0usize, 0usize); MAX_HEADERS];
     let mut n = 0;
-    let mut add = |key: &'static str, value: std::fmt::Arguments<'_>| {
+    let mut add = |key: &'static str, value: Value<'_>| {
         let start = scratch.len();
-        // Writing into a String cannot fail.
-        let _ = scratch.write_fmt(value);
+        match value {
+            Value::Text(t) => scratch.extend_from_slice(t),
+            Value::Number(v) => push_decimal(scratch, v),
+            Value::Addr(a) => push_socket_addr(scratch, a),
+            Value::Flag(f) => scratch.push(if f { b'1' } else { b'0' }),
+        }
         spans[n] = (key, start, scratch.len());
         n += 1;
     };
-    let kind = match record.kind {
-        MessageKind::Request => "request",
-        MessageKind::Response => "response",
+    let kind: &[u8] = match record.kind {
+        MessageKind::Request => b"request",
+        MessageKind::Response => b"response",
     };
-    add("capture-type", format_args!("{kind}"));
-    add("capture-connection", format_args!("{}", record.connection_id()));
-    add("capture-client", format_args!("{}", m.client));
-    add("capture-server", format_args!("{}", m.server));
-    add("capture-node", format_args!("{}", m.node));
-    add("capture-iface", format_args!("{iface}"));
-    add("capture-truncated", format_args!("{}", if m.truncated { "1" } else { "0" }));
-    add("capture-tls", format_args!("{}", if m.tls { "1" } else { "0" }));
-    add("capture-original-length", format_args!("{}", m.original_len));
-    add("capture-redacted", format_args!("{}", if m.redacted { "1" } else { "0" }));
-    add("capture-start-ns", format_args!("{}", m.start_ns));
-    add("capture-end-ns", format_args!("{}", m.end_ns));
+    add("capture-type", Value::Text(kind));
+    add("capture-connection", Value::Text(record.connection_id().as_bytes()));
+    add("capture-client", Value::Addr(&m.client));
+    add("capture-server", Value::Addr(&m.server));
+    add("capture-node", Value::Text(m.node.as_bytes()));
+    add("capture-iface", Value::Text(iface.as_bytes()));
+    add("capture-truncated", Value::Flag(m.truncated));
+    add("capture-tls", Value::Flag(m.tls));
+    add("capture-original-length", Value::Number(m.original_len));
+    add("capture-redacted", Value::Flag(m.redacted));
+    add("capture-start-ns", Value::Number(m.start_ns));
+    add("capture-end-ns", Value::Number(m.end_ns));
     if let Some(v) = m.request_start_ns {
-        add("capture-request-start-ns", format_args!("{v}"));
+        add("capture-request-start-ns", Value::Number(v));
     }
     if let Some(v) = m.request_end_ns {
-        add("capture-request-end-ns", format_args!("{v}"));
+        add("capture-request-end-ns", Value::Number(v));
     }
     if let Some(v) = &m.method {
-        add("capture-method", format_args!("{v}"));
+        add("capture-method", Value::Text(v.as_bytes()));
     }
     if let Some(v) = &m.target {
-        add("capture-target", format_args!("{v}"));
+        add("capture-target", Value::Text(v.as_bytes()));
     }
     if let Some(v) = m.status {
-        add("capture-status", format_args!("{v}"));
+        add("capture-status", Value::Number(v as u64));
     }
+    let mut part = Vec::new();
     if let Some((index, count)) = m.part {
-        add("capture-part", format_args!("{index}/{count}"));
+        push_decimal(&mut part, index as u64);
+        part.push(b'/');
+        push_decimal(&mut part, count as u64);
+        add("capture-part", Value::Text(&part));
     }
     let mut h = OwnedHeaders::new_with_capacity(n);
     for &(key, start, end) in &spans[..n] {
@@ -563,7 +579,7 @@ mod tests {
     /// also when the buffer held a longer record before.
     #[test]
     fn headers_carry_each_value_exactly() {
-        let mut scratch = String::new();
+        let mut scratch = Vec::new();
         let mut tls_record = record(MessageKind::Response, Some(400), Some(200));
         tls_record.meta.tls = true;
         let resp = headers(&tls_record, "eth0", &mut scratch);
@@ -630,7 +646,7 @@ mod tests {
     fn part_header_names_the_part() {
         let mut rec = record(MessageKind::Request, None, None);
         rec.meta.part = Some((2, 3));
-        let mut scratch = String::new();
+        let mut scratch = Vec::new();
         let h = pairs(&headers(&rec, "lo", &mut scratch));
         assert_eq!(h.last().unwrap(), &("capture-part".to_string(), "2/3".to_string()));
         assert!(rec.header_line().ends_with(" part=2/3\n"));
@@ -644,7 +660,7 @@ mod tests {
         let mut rec = record(MessageKind::Response, Some(400), Some(200));
         rec.meta.tls = true;
         rec.meta.part = Some((1, 2));
-        let mut scratch = String::new();
+        let mut scratch = Vec::new();
         let h = pairs(&headers(&rec, "", &mut scratch));
         let names: Vec<&str> = h.iter().map(|(k, _)| k.as_str()).collect();
         let all: Vec<&str> = HEADERS.iter().map(|(k, _)| *k).collect();
