@@ -184,7 +184,7 @@ struct Run {
     user_drops: u64,
 }
 
-struct Namespace(String);
+pub(crate) struct Namespace(pub(crate) String);
 
 impl Drop for Namespace {
     fn drop(&mut self) {
@@ -192,7 +192,7 @@ impl Drop for Namespace {
     }
 }
 
-struct Killed(Child);
+pub(crate) struct Killed(pub(crate) Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -220,7 +220,7 @@ impl Drop for TempDir {
     }
 }
 
-fn sh(cmd: &str) -> Result<String> {
+pub(crate) fn sh(cmd: &str) -> Result<String> {
     let out = Command::new("sh").args(["-c", cmd]).output()?;
     if !out.status.success() {
         bail!("`{cmd}` failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -228,7 +228,7 @@ fn sh(cmd: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn wait_port(ns: &str, port: u16) -> Result<()> {
+pub(crate) fn wait_port(ns: &str, port: u16) -> Result<()> {
     let probe = format!("import socket; socket.create_connection(('127.0.0.1', {port}), timeout=1).close()");
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
@@ -465,7 +465,23 @@ impl Bench<'_> {
     }
 }
 
-fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
+/// A tansu broker (in memory) listening on `port` inside namespace `ns`, once it accepts.
+pub(crate) fn start_tansu(ns: &str, port: u16) -> Result<Killed> {
+    let url = format!("tcp://127.0.0.1:{port}");
+    let broker = Killed(
+        Command::new("ip")
+            .args(["netns", "exec", ns, "tansu", "broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting tansu (cargo xtask test installs it; or pass --no-kafka)")?,
+    );
+    wait_port(ns, port)?;
+    Ok(broker)
+}
+
+pub(crate) fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = v.len();
     let med = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
@@ -612,17 +628,7 @@ pub fn bench(root: &Path, opts: BenchOptions) -> Result<()> {
     }
     variants.push(Variant::Tcpdump);
     let _broker = if opts.kafka {
-        let url = format!("tcp://127.0.0.1:{KAFKA_PORT}");
-        let broker = Killed(
-            Command::new("ip")
-                .args(["netns", "exec", &ns.0, "tansu", "broker", "--listener-url", &url, "--advertised-listener-url", &url])
-                .args(["--storage-engine", "memory://tansu/"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("starting tansu (cargo xtask test installs it; or pass --no-kafka)")?,
-        );
-        wait_port(&ns.0, KAFKA_PORT)?;
+        let broker = start_tansu(&ns.0, KAFKA_PORT)?;
         variants.insert(variants.len() - 1, Variant::AgentKafka);
         Some(broker)
     } else {

@@ -15,10 +15,12 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+
+use crate::bench::{median, sh, start_tansu, wait_port, Killed, Namespace};
 
 /// nginx port the agent captures (production).
 const CAPTURED_PORT: u16 = 18290;
@@ -74,52 +76,6 @@ struct Run {
     rss_kb: u64,
     /// What the run was checked against, and the problems found.
     problems: Vec<String>,
-}
-
-struct Namespace(String);
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-/// A child stopped with SIGTERM (then SIGKILL) when dropped, also on errors.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn sh(cmd: &str) -> Result<String> {
-    let out = Command::new("sh").args(["-c", cmd]).output()?;
-    if !out.status.success() {
-        bail!("`{cmd}` failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn wait_port(ns: &str, port: u16) -> Result<()> {
-    let probe = format!("import socket; socket.create_connection(('127.0.0.1', {port}), timeout=1).close()");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if Command::new("ip").args(["netns", "exec", ns, "python3", "-c", &probe]).stderr(Stdio::null()).status()?.success() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!("nothing listens on port {port} in {ns}")
 }
 
 fn load() -> String {
@@ -323,13 +279,6 @@ fn capture(ns: &str, bin: &Path, gor: &Path, captured_log: &Path, opts: &ReplayB
     Ok(exchanges)
 }
 
-fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = v.len();
-    let med = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
-    (med, v[0], v[n - 1])
-}
-
 pub fn bench_replay(root: &Path, opts: &ReplayBenchOptions) -> Result<()> {
     let bin = root.join("target/release/capture");
     let dir = std::env::temp_dir().join(format!("capture-bench-replay-{}", std::process::id()));
@@ -364,16 +313,7 @@ fn bench_in(bin: &Path, dir: &Path, opts: &ReplayBenchOptions) -> Result<()> {
     wait_port(&ns.0, TARGET_PORT)?;
     let _broker = if opts.kafka {
         let url = format!("tcp://127.0.0.1:{KAFKA_PORT}");
-        let broker = Killed(
-            Command::new("ip")
-                .args(["netns", "exec", &ns.0, "tansu", "broker", "--listener-url", &url, "--advertised-listener-url", &url])
-                .args(["--storage-engine", "memory://tansu/"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("starting tansu (cargo xtask test installs it; or pass --no-kafka)")?,
-        );
-        wait_port(&ns.0, KAFKA_PORT)?;
+        let broker = start_tansu(&ns.0, KAFKA_PORT)?;
         sh(&format!("ip netns exec {} tansu topic create {TOPIC} --broker {url} --partitions 3", ns.0))?;
         Some(broker)
     } else {
