@@ -179,6 +179,8 @@ struct Run {
     agent_requests: u64,
     agent_records_written: u64,
     cpu_ms: u64,
+    /// Agent variants: its CPU while wrk ran (without start-up: the verifier's ~0.6 s).
+    cpu_under_load_ms: u64,
     rss_kb: u64,
     kernel_drops: u64,
     user_drops: u64,
@@ -362,7 +364,9 @@ impl Bench<'_> {
                     }
                 }
                 let child = Killed(child);
+                let (cpu_before, _) = proc_usage(pid);
                 run.wrk = wrk::run(&ns, &target.url, target.body_size, load, &self.dir)?;
+                run.cpu_under_load_ms = proc_usage(pid).0.saturating_sub(cpu_before);
                 std::thread::sleep(Duration::from_millis(300));
                 signal(pid, "-INT");
                 let mut summary = HashMap::new();
@@ -501,13 +505,14 @@ fn print_throughput(name: &str, variants: &[Variant], results: &HashMap<Variant,
     let base = median(results[&Variant::NoCapture].iter().map(|r| r.wrk.rps).collect()).0;
     println!("\n== {name} response ==");
     println!(
-        "{:<22} {:>26} {:>7} {:>22} {:>22} {:>20} {:>16} {:>14}",
+        "{:<22} {:>26} {:>7} {:>22} {:>22} {:>20} {:>18} {:>16} {:>14}",
         "variant",
         "requests/s med (min..max)",
         "ratio",
         "requests capt/served %",
         "whole resp capt/served %",
         "CPU ms per 100k req",
+        "under load (agent)",
         "peak RSS MB",
         "drops k/u"
     );
@@ -515,6 +520,7 @@ fn print_throughput(name: &str, variants: &[Variant], results: &HashMap<Variant,
         let runs = &results[&v];
         let rps = median(runs.iter().map(|r| r.wrk.rps).collect());
         let cpu = median(runs.iter().map(|r| r.cpu_ms as f64 * 100_000.0 / r.wrk.completed.max(1) as f64).collect());
+        let cpu_loaded = median(runs.iter().map(|r| r.cpu_under_load_ms as f64 * 100_000.0 / r.wrk.completed.max(1) as f64).collect());
         let rss = median(runs.iter().map(|r| r.rss_kb as f64 / 1024.0).collect());
         let captured = |r: &Run| r.captured.unwrap_or_default();
         let kdrops: u64 = runs.iter().map(|r| r.kernel_drops).sum();
@@ -522,13 +528,14 @@ fn print_throughput(name: &str, variants: &[Variant], results: &HashMap<Variant,
         let none = || "-".to_string();
         let capture = v != Variant::NoCapture;
         println!(
-            "{:<22} {:>26} {:>7.3} {:>22} {:>22} {:>20} {:>16} {:>14}",
+            "{:<22} {:>26} {:>7.3} {:>22} {:>22} {:>20} {:>18} {:>16} {:>14}",
             v.label(),
             fmt(rps, 0),
             rps.0 / base,
             if v.is_agent() { share(runs, |r| captured(r).requests, |r| r.served.requests) } else { none() },
             if v.is_agent() { share(runs, |r| captured(r).whole_responses, |r| r.served.whole) } else { none() },
             if capture { fmt(cpu, 0) } else { none() },
+            if v.is_agent() { fmt(cpu_loaded, 0) } else { none() },
             if capture { fmt(rss, 1) } else { none() },
             if capture { format!("{kdrops}/{udrops}") } else { none() },
         );
