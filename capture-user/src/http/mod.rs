@@ -305,16 +305,24 @@ impl HttpConnection {
     /// The next `len` bytes of `dir` were skipped on purpose (at most what
     /// [`HttpConnection::skippable`] said): framing goes on exactly after them.
     pub fn on_skip(&mut self, dir: Direction, len: u64, stats: &mut HttpStats, out: &mut Vec<HttpMessage>) {
+        if self.frames_missing_bytes(len, stats) {
+            self.framers[dir.index()].skip(len, &mut self.shared, stats, out);
+            self.after_event(stats);
+        }
+    }
+
+    /// Bytes that will not arrive (skipped or lost): counted, and true when the
+    /// framer must account for them (an HTTP connection still being framed).
+    fn frames_missing_bytes(&mut self, len: u64, stats: &mut HttpStats) -> bool {
         if self.closed || self.shared.upgraded {
-            return;
+            return false;
         }
         if self.shared.non_http {
             stats.non_http_bytes += len;
-            return;
+            return false;
         }
         self.seen_bytes += len;
-        self.framers[dir.index()].skip(len, &mut self.shared, stats, out);
-        self.after_event(stats);
+        true
     }
 
     /// The stream of that direction did not start with a SYN: its first bytes (which
@@ -334,16 +342,10 @@ impl HttpConnection {
         stats: &mut HttpStats,
         out: &mut Vec<HttpMessage>,
     ) {
-        if self.closed || self.shared.upgraded {
-            return;
+        if self.frames_missing_bytes(len, stats) {
+            self.framers[dir.index()].gap(len, &mut self.shared, stats, out);
+            self.after_event(stats);
         }
-        if self.shared.non_http {
-            stats.non_http_bytes += len;
-            return;
-        }
-        self.seen_bytes += len;
-        self.framers[dir.index()].gap(len, &mut self.shared, stats, out);
-        self.after_event(stats);
     }
 
     /// The connection ended (FIN both ways, RST, or idle). A close-delimited response in
