@@ -402,22 +402,7 @@ impl Agent {
         cmd.args(extra.iter().filter(|a| **a != "--no-stream-log"));
         cmd.stderr(Stdio::piped()).env("RUST_LOG", log);
         let mut child = cmd.spawn().expect("starting capture agent");
-        let stderr = child.stderr.take().unwrap();
-        let buf = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = buf.clone();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stderr);
-            let mut line = String::new();
-            while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
-                eprint!("agent: {line}");
-                if line.contains("capture: ready") {
-                    let _ = tx.send(());
-                }
-                sink.lock().unwrap().push_str(&line);
-                line.clear();
-            }
-        });
+        let (buf, rx) = watch_stderr(child.stderr.take().unwrap(), "agent");
         if rx.recv_timeout(Duration::from_secs(30)).is_err() {
             let _ = child.kill();
             let _ = child.wait();
@@ -1133,22 +1118,7 @@ impl Container {
         eprintln!("container: {cmd:?}");
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("starting podman");
-        let stderr = child.stderr.take().unwrap();
-        let buf = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = buf.clone();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stderr);
-            let mut line = String::new();
-            while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
-                eprint!("container: {line}");
-                sink.lock().unwrap().push_str(&line);
-                if line.contains("capture: ready") {
-                    let _ = tx.send(());
-                }
-                line.clear();
-            }
-        });
+        let (buf, rx) = watch_stderr(child.stderr.take().unwrap(), "container");
         // Ready, or the reader ended because the container exited.
         let _ = rx.recv_timeout(Duration::from_secs(60));
         Container { name, child: Some(child), stderr: buf }
@@ -1470,4 +1440,28 @@ pub fn gor_record(out: &mut impl std::io::Write, ty: u8, id: &str, ts_ns: u64, l
     writeln!(out, "{} {id} {ts_ns} {latency_ns} len={} client=10.0.0.2:40000 server=10.0.0.1:80", ty as char, payload.len()).unwrap();
     out.write_all(payload).unwrap();
     out.write_all(SEPARATOR).unwrap();
+}
+
+/// Echoes a child's stderr with `prefix`, keeps all of it, and signals its first
+/// `capture: ready` line (the channel closes when the stream ends).
+fn watch_stderr(
+    stderr: std::process::ChildStderr,
+    prefix: &'static str,
+) -> (std::sync::Arc<std::sync::Mutex<String>>, std::sync::mpsc::Receiver<()>) {
+    let buf = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink = buf.clone();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stderr);
+        let mut line = String::new();
+        while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+            eprint!("{prefix}: {line}");
+            sink.lock().unwrap().push_str(&line);
+            if line.contains("capture: ready") {
+                let _ = tx.send(());
+            }
+            line.clear();
+        }
+    });
+    (buf, rx)
 }

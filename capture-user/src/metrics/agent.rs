@@ -672,16 +672,7 @@ mod tests {
         text
     }
 
-    /// `name{labels} value` lines of a text exposition, as series -> value.
-    fn series(text: &str) -> BTreeMap<String, String> {
-        text.lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-            .map(|l| {
-                let (k, v) = l.rsplit_once(' ').unwrap();
-                (k.to_string(), v.to_string())
-            })
-            .collect()
-    }
+    use super::super::parse_series as series;
 
     #[test]
     fn every_summary_counter_is_one_series_with_its_value() {

@@ -114,6 +114,16 @@ pub fn encode_samples(samples: &[Sample], encoder: &mut DescriptorEncoder) -> Re
     Ok(())
 }
 
+/// `name{labels} value` lines of a text exposition, as series -> value (for tests).
+#[cfg(test)]
+pub(crate) fn parse_series(text: &str) -> std::collections::BTreeMap<String, String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.rsplit_once(' '))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -325,13 +325,7 @@ mod tests {
         metrics.register(&mut registry);
         let mut text = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).unwrap();
-        text.lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-            .map(|l| {
-                let (k, v) = l.rsplit_once(' ').unwrap();
-                (k.to_string(), v.to_string())
-            })
-            .collect()
+        crate::metrics::parse_series(&text)
     }
 
     #[test]
