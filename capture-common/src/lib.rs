@@ -13,21 +13,34 @@ pub use control::{
 
 /// Layout version written in every [`EventHeader`]; userspace refuses other versions.
 /// 2: `direction` is client->server / server->client (from the watched port), `hook` added.
-pub const EVENT_VERSION: u8 = 2;
+/// 3: `chunk_len` is a `u32` (chunks of 64 KiB).
+pub const EVENT_VERSION: u8 = 3;
 
 /// Bytes of TCP payload carried by one ring-buffer event at most.
 ///
 /// A power of two: the kernel program masks lengths with `CHUNK_SIZE - 1` so the
-/// verifier can prove every copy stays inside the scratch buffer.
-pub const CHUNK_SIZE: usize = 16 * 1024;
+/// verifier can prove every copy stays inside the scratch buffer. As large as a GSO skb
+/// (64 KiB) so most skbs take one event, and so the chunk loop has few iterations: the
+/// verifier walks each one, and its time is spent in the agent at every start
+/// (16 KiB chunks x 32 took ~0.6 s).
+pub const CHUNK_SIZE: usize = 64 * 1024;
 
 /// Chunks emitted for one skb at most. GSO/GRO skbs on `lo` and veth reach ~128 KiB
 /// (BIG TCP more); anything past `MAX_CHUNKS * CHUNK_SIZE` is counted as truncated.
-pub const MAX_CHUNKS: u32 = 32;
+pub const MAX_CHUNKS: u32 = 8;
 
-/// Size of the per-CPU scratch buffer: one header plus one chunk. Per-CPU map
-/// values are limited to 32 KiB by the kernel (`PCPU_MIN_UNIT_SIZE`).
+/// Size of one CPU's scratch slot of the TC programs: one header plus one chunk. Larger
+/// than a per-CPU map value may be (32 KiB, `PCPU_MIN_UNIT_SIZE`), so the slots live
+/// in a plain array with one entry per possible CPU ([`MAP_SCRATCH`]), indexed by the
+/// CPU the program runs on (TC programs cannot migrate while they run).
 pub const SCRATCH_SIZE: usize = EVENT_HEADER_SIZE + CHUNK_SIZE;
+
+/// Bytes of TLS plaintext carried by one event at most (a power of two, as
+/// [`CHUNK_SIZE`]); the TLS probes keep a per-CPU scratch buffer, limited to 32 KiB.
+pub const TLS_CHUNK_SIZE: usize = 16 * 1024;
+
+/// Size of the TLS probes' per-CPU scratch buffer: one header plus one chunk.
+pub const TLS_SCRATCH_SIZE: usize = EVENT_HEADER_SIZE + TLS_CHUNK_SIZE;
 
 /// Default ring buffer size; userspace can change it at load time.
 pub const DEFAULT_RING_BYTES: u32 = 16 * 1024 * 1024;
@@ -101,7 +114,7 @@ pub struct EventHeader {
     pub sport: u16,
     pub dport: u16,
     /// Payload bytes following this header (0 for SYN/FIN/RST without data).
-    pub chunk_len: u16,
+    pub chunk_len: u32,
     pub family: u8,
     /// [`DIR_CLIENT_TO_SERVER`] or [`DIR_SERVER_TO_CLIENT`].
     pub direction: u8,
@@ -109,19 +122,26 @@ pub struct EventHeader {
     pub version: u8,
     /// [`HOOK_INGRESS`] or [`HOOK_EGRESS`]: where the segment was seen (diagnostics).
     pub hook: u8,
-    pub _pad: [u8; 5],
+    pub _pad: [u8; 3],
 }
 
 pub const EVENT_HEADER_SIZE: usize = core::mem::size_of::<EventHeader>();
 
 // The kernel program relies on this exact size (scratch layout); fail the build otherwise.
 const _: () = assert!(EVENT_HEADER_SIZE == 72);
-const _: () = assert!(SCRATCH_SIZE <= 32 * 1024);
+const _: () = assert!(TLS_SCRATCH_SIZE <= 32 * 1024);
+const _: () = assert!(CHUNK_SIZE.is_power_of_two() && TLS_CHUNK_SIZE.is_power_of_two());
 
-/// Per-CPU scratch buffer: header at offset 0, chunk bytes after it.
+/// One CPU's scratch slot of the TC programs: header at offset 0, chunk bytes after it.
 #[repr(C, align(8))]
 pub struct Scratch {
     pub bytes: [u8; SCRATCH_SIZE],
+}
+
+/// The TLS probes' per-CPU scratch buffer: header at offset 0, chunk bytes after it.
+#[repr(C, align(8))]
+pub struct TlsScratch {
+    pub bytes: [u8; TLS_SCRATCH_SIZE],
 }
 
 /// Indices into the per-CPU `COUNTERS` array. Append only; never reorder.
@@ -241,6 +261,8 @@ pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_OWNERS: &str = "OWNERS";
 pub const MAP_IFACE_COUNTERS: &str = "IFACE_COUNTERS";
 pub const MAP_SKIPS: &str = "FLOW_SKIPS";
+/// The TC programs' scratch slots; userspace sizes it to the possible CPUs at load time.
+pub const MAP_SCRATCH: &str = "SCRATCH";
 /// Globals of the kernel program holding the [`SampleConfig`] (u64 each).
 pub const GLOBAL_SAMPLE_K0: &str = "SAMPLE_K0";
 pub const GLOBAL_SAMPLE_K1: &str = "SAMPLE_K1";

@@ -21,9 +21,9 @@ mod tls;
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, TC_ACT_UNSPEC},
-    helpers::{bpf_ktime_get_ns, bpf_ringbuf_output, bpf_skb_load_bytes},
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_ringbuf_output, bpf_skb_load_bytes},
     macros::{classifier, map},
-    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::TcContext,
     Global,
 };
@@ -70,8 +70,10 @@ static OWNERS: LruHashMap<FlowTuple, FlowOwner> = LruHashMap::with_max_entries(D
 #[map(name = "IFACE_COUNTERS")]
 static IFACE_COUNTERS: PerCpuHashMap<u32, IfaceCounters> = PerCpuHashMap::with_max_entries(MAX_INTERFACES, 0);
 
+/// One slot per possible CPU (userspace sets the size at load time), indexed by the
+/// CPU the program runs on: a slot is larger than a per-CPU map value may be.
 #[map(name = "SCRATCH")]
-static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+static SCRATCH: Array<Scratch> = Array::with_max_entries(1, 0);
 
 /// Every hook we attach to carries an Ethernet header (lo and veth included).
 const ETH_HLEN: u32 = 14;
@@ -331,7 +333,12 @@ fn capture(ctx: &TcContext, hook: u8) {
         }
     }
 
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return };
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let Some(scratch) = SCRATCH.get_ptr_mut(cpu) else {
+        // Only if the map was sized below the possible CPUs: counted, never silent.
+        count(Counter::CopyErrors, 1);
+        return;
+    };
     let scratch = scratch as *mut u8;
     let limit = MAX_CHUNKS * CHUNK_SIZE as u32;
     if copy_hi - copy_lo > limit {
@@ -353,10 +360,14 @@ fn capture(ctx: &TcContext, hook: u8) {
         }
         let remaining = copy_hi - offset;
         let want = if remaining > CHUNK_SIZE as u32 { CHUNK_SIZE as u32 } else { remaining };
-        unsafe {
+        // Read back from map memory: the verifier does not track its contents, so the
+        // copy length's precision stops here instead of reaching back through every
+        // branch that shaped `want` (each distinct range would be walked separately).
+        let want = unsafe {
             (*event).chunk_offset = offset;
-            (*event).chunk_len = want as u16;
-        }
+            (*event).chunk_len = want;
+            core::ptr::read_volatile(&(*event).chunk_len)
+        };
         let mut size = EVENT_HEADER_SIZE as u64;
         if want > 0 {
             // Keeps the length provably in [1, CHUNK_SIZE] for the verifier.

@@ -36,7 +36,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use capture_common::{
-    EventHeader, FlowTuple, Scratch, TlsOffsets, TlsCounter, CHUNK_SIZE, DIR_CLIENT_TO_SERVER,
+    EventHeader, FlowTuple, TlsScratch, TlsOffsets, TlsCounter, TLS_CHUNK_SIZE, DIR_CLIENT_TO_SERVER,
     DIR_SERVER_TO_CLIENT, EVENT_HEADER_SIZE, EVENT_VERSION, FAMILY_IPV4, FAMILY_IPV6, HOOK_TLS, TCP_ACK,
     TCP_FIN, TCP_SYN, TLS_COUNTER_COUNT, TLS_MAX_CALLS, TLS_MAX_CHUNKS, TLS_MAX_CONNS,
 };
@@ -71,7 +71,7 @@ static TLS_CONNS: LruHashMap<SslKey, TlsConn> = LruHashMap::with_max_entries(TLS
 /// Separate from the classifiers' scratch: a softirq running a classifier can
 /// interrupt a uprobe on the same CPU.
 #[map(name = "TLS_SCRATCH")]
-static TLS_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+static TLS_SCRATCH: PerCpuArray<TlsScratch> = PerCpuArray::with_max_entries(1, 0);
 
 const KIND_READ: u8 = 0;
 const KIND_WRITE: u8 = 1;
@@ -324,7 +324,7 @@ fn write_header(dst: *mut EventHeader, conn: &TlsConn, dir: u8, flags: u8, len: 
     h.tcp_flags = flags;
     h.version = EVENT_VERSION;
     h.hook = HOOK_TLS;
-    h._pad = [0; 5];
+    h._pad = [0; 3];
 }
 
 /// Emits one event without payload (connection start or end).
@@ -465,11 +465,11 @@ struct Chunks {
     len: u64,
 }
 
-/// Copies a call's plaintext into the ring in chunks of CHUNK_SIZE. The header is
+/// Copies a call's plaintext into the ring in chunks of TLS_CHUNK_SIZE. The header is
 /// written into the scratch buffer once; each chunk rewrites only its two fields.
 #[inline(always)]
 fn emit_data(conn: &TlsConn, dir: u8, buf: u64, n: u64, now: u64) {
-    let limit = TLS_MAX_CHUNKS as u64 * CHUNK_SIZE as u64;
+    let limit = TLS_MAX_CHUNKS as u64 * TLS_CHUNK_SIZE as u64;
     if n > limit {
         count(TlsCounter::Truncated, 1);
         count(TlsCounter::TruncatedBytes, n - limit);
@@ -477,7 +477,7 @@ fn emit_data(conn: &TlsConn, dir: u8, buf: u64, n: u64, now: u64) {
     let len = if n > limit { limit } else { n };
     let Some(scratch) = TLS_SCRATCH.get_ptr_mut(0) else { return };
     write_header(scratch as *mut EventHeader, conn, dir, 0, n, now);
-    let chunks = len.div_ceil(CHUNK_SIZE as u64) as u32;
+    let chunks = len.div_ceil(TLS_CHUNK_SIZE as u64) as u32;
     let mut state = Chunks { buf, len };
     unsafe {
         bpf_loop(chunks, emit_chunk as *mut c_void, &mut state as *mut Chunks as *mut c_void, 0);
@@ -489,18 +489,18 @@ extern "C" fn emit_chunk(index: u64, state: *mut c_void) -> i64 {
     let state = unsafe { &*(state as *const Chunks) };
     let Some(scratch) = TLS_SCRATCH.get_ptr_mut(0) else { return 1 };
     let scratch = scratch as *mut u8;
-    let offset = index * CHUNK_SIZE as u64;
+    let offset = index * TLS_CHUNK_SIZE as u64;
     if offset >= state.len {
         return 1;
     }
     let remaining = state.len - offset;
-    let want = if remaining > CHUNK_SIZE as u64 { CHUNK_SIZE as u64 } else { remaining };
-    // Keeps the length provably in [1, CHUNK_SIZE] for the verifier.
-    let n = ((want as u32 - 1) & (CHUNK_SIZE as u32 - 1)) + 1;
+    let want = if remaining > TLS_CHUNK_SIZE as u64 { TLS_CHUNK_SIZE as u64 } else { remaining };
+    // Keeps the length provably in [1, TLS_CHUNK_SIZE] for the verifier.
+    let n = ((want as u32 - 1) & (TLS_CHUNK_SIZE as u32 - 1)) + 1;
     let event = scratch as *mut EventHeader;
     unsafe {
         (*event).chunk_offset = offset as u32;
-        (*event).chunk_len = n as u16;
+        (*event).chunk_len = n;
     }
     let ret = unsafe {
         bpf_probe_read_user(scratch.add(EVENT_HEADER_SIZE) as *mut c_void, n, (state.buf + offset) as *const c_void)

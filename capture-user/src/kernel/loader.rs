@@ -10,7 +10,7 @@ use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfLoader};
 use capture_common::{
-    IfaceCounters, SampleConfig, GLOBAL_SAMPLE_K0, GLOBAL_SAMPLE_K1, GLOBAL_SAMPLE_THRESHOLD, MAP_COUNTERS, MAP_EVENTS, MAP_IFACE_COUNTERS, MAP_OWNERS, MAP_PORTS,
+    IfaceCounters, SampleConfig, GLOBAL_SAMPLE_K0, GLOBAL_SAMPLE_K1, GLOBAL_SAMPLE_THRESHOLD, MAP_COUNTERS, MAP_EVENTS, MAP_IFACE_COUNTERS, MAP_OWNERS, MAP_PORTS, MAP_SCRATCH,
     MAP_SKIPS, MAX_PORTS, PROG_EGRESS, PROG_INGRESS,
 };
 use log::{debug, info, warn};
@@ -27,6 +27,9 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ca
 /// the cause is its `source()` (printed after it by `{:#}`), never repeated in it.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
+    /// The possible CPUs (`/sys/devices/system/cpu/possible`) could not be read.
+    #[error("cannot read the possible CPUs: {0}")]
+    Cpus(String),
     /// The binary was built without the eBPF object.
     #[error("this agent was built without its eBPF object: run `cargo xtask build-ebpf`, then rebuild")]
     NoObject,
@@ -201,8 +204,11 @@ impl KernelCapture {
         }
         let owner = OwnerLock::acquire().map_err(KernelError::Ownership)?;
         let tc = TcNetlink::open().map_err(|source| KernelError::Netlink { iface: "-".into(), step: "socket", source })?;
+        // One scratch slot per possible CPU (the programs index it by CPU id).
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| KernelError::Cpus(format!("{what}: {e}")))? as u32;
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(MAP_EVENTS, ring_bytes)
+            .map_max_entries(MAP_SCRATCH, cpus)
             .map_max_entries(MAP_OWNERS, owner_entries.max(1024))
             .override_global(GLOBAL_SAMPLE_K0, &sampling.k0, true)
             .override_global(GLOBAL_SAMPLE_K1, &sampling.k1, true)
