@@ -25,6 +25,10 @@ fn capture_and_compare(test: &str, use_loopback: bool, ipv6: bool, clients: &[St
     };
     let server = RecordServer::start(&net.server_ns, &server_addr, PORT, &dir);
     let mut agent = Agent::start(&net.server_ns, &iface, &[PORT], &dir, &[]);
+    if use_loopback {
+        // Every loopback packet passes egress then ingress: egress alone sees them all.
+        assert_eq!(attachments(&net.server_ns, "lo"), ["lo egress capture_egress"], "loopback: egress hook only");
+    }
     let url_host = if ipv6 { format!("[{server_addr}]") } else { server_addr.clone() };
     for cmd in clients {
         let cmd = cmd.replace("{URL}", &format!("http://{url_host}:{PORT}")).replace("{DIR}", &dir.0.display().to_string());
@@ -35,6 +39,9 @@ fn capture_and_compare(test: &str, use_loopback: bool, ipv6: bool, clients: &[St
     let stderr = agent.stop();
     let counters = summary(&stderr);
     assert_no_kernel_loss(&counters);
+    if use_loopback {
+        assert_eq!(counters["kernel_duplicate_segments"], 0, "one hook on lo: no segment seen twice");
+    }
     let server_conns = server.connections();
     let agent_conns = agent.streams();
     let bytes = assert_streams_match(&server_conns, &agent_conns);

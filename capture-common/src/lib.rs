@@ -48,6 +48,9 @@ pub const DEFAULT_RING_BYTES: u32 = 16 * 1024 * 1024;
 /// Watched ports at most.
 pub const MAX_PORTS: u32 = 64;
 
+/// Entries of the `PORTS` array map: one per port number.
+pub const PORT_SLOTS: u32 = 65_536;
+
 /// Address families, as in `EventHeader::family`.
 pub const FAMILY_IPV4: u8 = 4;
 pub const FAMILY_IPV6: u8 = 6;
@@ -267,6 +270,8 @@ pub const MAP_SCRATCH: &str = "SCRATCH";
 pub const GLOBAL_SAMPLE_K0: &str = "SAMPLE_K0";
 pub const GLOBAL_SAMPLE_K1: &str = "SAMPLE_K1";
 pub const GLOBAL_SAMPLE_THRESHOLD: &str = "SAMPLE_THRESHOLD";
+/// Global of the kernel program (u8): non-zero when TLS libraries are probed.
+pub const GLOBAL_TLS_ENABLED: &str = "TLS_ENABLED";
 
 /// Default entries of the flow-owner map (one per flow direction); userspace sizes it
 /// from `--max-connections` at load time. An LRU: a live flow evicted under pressure is

@@ -23,7 +23,7 @@ use aya_ebpf::{
     bindings::{BPF_NOEXIST, TC_ACT_UNSPEC},
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_ringbuf_output, bpf_skb_load_bytes},
     macros::{classifier, map},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::TcContext,
     Global,
 };
@@ -32,7 +32,7 @@ use capture_common::{
     EventHeader, FlowOwner, FlowTuple, IfaceCounters, OwnerVerdict, Scratch,
     SkipRange, CHUNK_SIZE, COUNTER_COUNT, DEFAULT_OWNER_ENTRIES, DEFAULT_RING_BYTES,
     DEFAULT_SKIP_ENTRIES, DIR_CLIENT_TO_SERVER, EVENT_HEADER_SIZE, EVENT_VERSION, FAMILY_IPV4,
-    FAMILY_IPV6, HOOK_EGRESS, HOOK_INGRESS, MAX_CHUNKS, MAX_INTERFACES, MAX_PORTS, SAMPLE_ALL,
+    FAMILY_IPV6, HOOK_EGRESS, HOOK_INGRESS, MAX_CHUNKS, MAX_INTERFACES, PORT_SLOTS, SAMPLE_ALL,
     TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 
@@ -53,9 +53,16 @@ static FLOW_SKIPS: LruHashMap<FlowTuple, SkipRange> = LruHashMap::with_max_entri
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 
-/// Watched server ports (host byte order) -> unused flag byte.
+/// Indexed by port (host byte order): non-zero when the port is watched. An array
+/// rather than a hash: the verifier inlines array lookups, and every run of the
+/// classifiers looks up two ports (a hash lookup each cost ~40 ns here).
 #[map(name = "PORTS")]
-static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PORTS, 0);
+pub(crate) static PORTS: Array<u8> = Array::with_max_entries(PORT_SLOTS, 0);
+
+/// Set by the loader when TLS libraries are probed (`--tls-lib`): without them no
+/// flow is ever in `TLS_FLOWS` and its lookup (a hash of 40 bytes) is skipped.
+#[unsafe(no_mangle)]
+static TLS_ENABLED: Global<u8> = Global::new(0);
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
@@ -215,8 +222,8 @@ fn capture(ctx: &TcContext, hook: u8) {
     let Some(tcp) = load::<20>(ctx, l4) else { return };
     hdr.sport = u16::from_be_bytes([tcp[0], tcp[1]]);
     hdr.dport = u16::from_be_bytes([tcp[2], tcp[3]]);
-    let dport_watched = unsafe { PORTS.get(&hdr.dport) }.is_some();
-    let sport_watched = unsafe { PORTS.get(&hdr.sport) }.is_some();
+    let dport_watched = port_watched(hdr.dport);
+    let sport_watched = port_watched(hdr.sport);
     let Some(direction) = direction_of(dport_watched, sport_watched) else { return };
     hdr.direction = direction;
     hdr.seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
@@ -307,7 +314,7 @@ fn capture(ctx: &TcContext, hook: u8) {
 
     // A connection whose plaintext the TLS uprobes capture: its ciphertext is not
     // emitted (a SYN starts a new connection on the tuple, not known to be TLS yet).
-    if unsafe { tls::TLS_FLOWS.get(&tuple) }.is_some() {
+    if TLS_ENABLED.load() != 0 && unsafe { tls::TLS_FLOWS.get(&tuple) }.is_some() {
         if !syn {
             tls::count_ciphertext(payload_len as u64);
             return;
@@ -427,7 +434,13 @@ fn watched(ctx: &TcContext, l4: u32) -> bool {
     let Some(tcp) = load::<4>(ctx, l4) else { return false };
     let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
     let dport = u16::from_be_bytes([tcp[2], tcp[3]]);
-    unsafe { PORTS.get(&dport).is_some() || PORTS.get(&sport).is_some() }
+    port_watched(dport) || port_watched(sport)
+}
+
+/// Whether `port` (host byte order) is watched.
+#[inline(always)]
+pub(crate) fn port_watched(port: u16) -> bool {
+    PORTS.get(port as u32).is_some_and(|w| *w != 0)
 }
 
 #[cfg(not(test))]

@@ -41,7 +41,7 @@ use capture_common::{
     TCP_FIN, TCP_SYN, TLS_COUNTER_COUNT, TLS_MAX_CALLS, TLS_MAX_CHUNKS, TLS_MAX_CONNS,
 };
 
-use crate::{wakeup_flag, EVENTS, PORTS};
+use crate::{port_watched, wakeup_flag, EVENTS};
 
 #[map(name = "TLS_COUNTERS")]
 static TLS_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(TLS_COUNTER_COUNT, 0);
@@ -253,8 +253,8 @@ fn socket_tuple(sk: u64, conn: &mut TlsConn) -> bool {
     read_kernel(&mut local_port as *mut u16 as *mut u8, 2, sk + cfg.num as u64);
     read_kernel(&mut remote_port as *mut u16 as *mut u8, 2, sk + cfg.dport as u64);
     let remote_port = u16::from_be(remote_port);
-    let local_watched = unsafe { PORTS.get(&local_port) }.is_some();
-    let remote_watched = unsafe { PORTS.get(&remote_port) }.is_some();
+    let local_watched = port_watched(local_port);
+    let remote_watched = port_watched(remote_port);
     // The classifiers' rule: a watched destination port is the server's.
     let t = &mut conn.c2s;
     let (local, remote): (*mut [u8; 16], *mut [u8; 16]) = if local_watched {

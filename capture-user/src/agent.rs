@@ -180,7 +180,14 @@ pub fn run(
     open_outputs: impl FnOnce() -> anyhow::Result<Vec<Box<dyn RecordSink>>>,
 ) -> anyhow::Result<AgentSummary> {
     let mut kernel =
-        KernelCapture::load(&config.ports, config.ring_bytes, config.owner_entries, config.sampling, config.attach)?;
+        KernelCapture::load(
+            &config.ports,
+            config.ring_bytes,
+            config.owner_entries,
+            config.sampling,
+            !config.tls_libs.is_empty(),
+            config.attach,
+        )?;
 
     let ctx = RecordContext::new(config.node.clone());
     let mut pipeline = Pipeline::new(config.limits, config.http, ctx, open_outputs()?)

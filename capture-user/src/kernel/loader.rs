@@ -4,13 +4,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::AsFd;
 
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::tc::{SchedClassifierLinkId, TcAttachOptions};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfLoader};
 use capture_common::{
-    IfaceCounters, SampleConfig, GLOBAL_SAMPLE_K0, GLOBAL_SAMPLE_K1, GLOBAL_SAMPLE_THRESHOLD, MAP_COUNTERS, MAP_EVENTS, MAP_IFACE_COUNTERS, MAP_OWNERS, MAP_PORTS, MAP_SCRATCH,
+    IfaceCounters, SampleConfig, GLOBAL_SAMPLE_K0, GLOBAL_SAMPLE_K1, GLOBAL_SAMPLE_THRESHOLD, GLOBAL_TLS_ENABLED, MAP_COUNTERS, MAP_EVENTS, MAP_IFACE_COUNTERS, MAP_OWNERS, MAP_PORTS, MAP_SCRATCH,
     MAP_SKIPS, MAX_PORTS, PROG_EGRESS, PROG_INGRESS,
 };
 use log::{debug, info, warn};
@@ -128,8 +128,8 @@ impl std::str::FromStr for AttachMode {
 
 /// What is attached to one interface.
 enum Attachment {
-    /// Two TCX links (closed with the process even on SIGKILL).
-    Tcx { name: String, ingress: SchedClassifierLinkId, egress: SchedClassifierLinkId },
+    /// TCX links, one per hook (closed with the process even on SIGKILL).
+    Tcx { name: String, links: Vec<(&'static str, SchedClassifierLinkId)> },
     /// Two netlink filters named with this agent's owner token (removed by us, or by
     /// the next agent once we are gone).
     Netlink { name: String },
@@ -146,7 +146,6 @@ impl Attachment {
 /// Loaded programs and their attachments. Dropping it detaches everything.
 pub struct KernelCapture {
     ebpf: Ebpf,
-    ports: BpfHashMap<MapData, u16, u8>,
     iface_counters: PerCpuHashMap<MapData, u32, IfaceCounters>,
     /// `Tcx` or `Netlink` (`Auto` resolved at load).
     mode: AttachMode,
@@ -185,15 +184,32 @@ pub fn resolve_interfaces(patterns: &[String]) -> Result<Vec<String>, KernelErro
 const HOOKS: [(&str, TcAttachType, Hook); 2] =
     [(PROG_INGRESS, TcAttachType::Ingress, Hook::Ingress), (PROG_EGRESS, TcAttachType::Egress, Hook::Egress)];
 
+/// The loopback device's ifindex in every network namespace (`LOOPBACK_IFINDEX`).
+const LOOPBACK_IFINDEX: u32 = 1;
+
+/// The hooks attached on `ifindex`. Every packet on the loopback device passes its
+/// egress hook and then its ingress hook, so egress alone sees all of them: the
+/// ingress run would only find the flow owned by egress (a duplicate) and cost a
+/// program run per packet.
+fn hooks_for(ifindex: u32) -> &'static [(&'static str, TcAttachType, Hook)] {
+    if ifindex == LOOPBACK_IFINDEX { &HOOKS[1..] } else { &HOOKS }
+}
+
+fn hooks_text(ifindex: u32) -> &'static str {
+    if ifindex == LOOPBACK_IFINDEX { "egress only (loopback: every packet passes it)" } else { "ingress and egress" }
+}
+
 impl KernelCapture {
     /// Loads the object with a ring buffer of `ring_bytes`, a flow-owner map of
     /// `owner_entries` and the `sampling` settings, and loads (verifies) both
-    /// classifiers. Nothing is attached yet.
+    /// classifiers. `tls`: TLS probes will be attached (`--tls-lib`). Nothing is
+    /// attached yet.
     pub fn load(
         ports: &[u16],
         ring_bytes: u32,
         owner_entries: u32,
         sampling: SampleConfig,
+        tls: bool,
         mode: AttachMode,
     ) -> Result<Self, KernelError> {
         if OBJECT.is_empty() {
@@ -213,16 +229,14 @@ impl KernelCapture {
             .override_global(GLOBAL_SAMPLE_K0, &sampling.k0, true)
             .override_global(GLOBAL_SAMPLE_K1, &sampling.k1, true)
             .override_global(GLOBAL_SAMPLE_THRESHOLD, &sampling.threshold, true)
+            .override_global(GLOBAL_TLS_ENABLED, &u8::from(tls), true)
             .load(OBJECT)
             .map_err(|e| KernelError::Load(Cause::of(&e)))?;
 
-        let map = ebpf.take_map(MAP_PORTS).ok_or(KernelError::MissingMap(MAP_PORTS))?;
-        let mut port_map: BpfHashMap<MapData, u16, u8> =
-            BpfHashMap::try_from(map).map_err(|e| KernelError::map(MAP_PORTS, e))?;
+        let map = ebpf.map_mut(MAP_PORTS).ok_or(KernelError::MissingMap(MAP_PORTS))?;
+        let mut port_map: Array<&mut MapData, u8> = Array::try_from(map).map_err(|e| KernelError::map(MAP_PORTS, e))?;
         for port in ports {
-            port_map
-                .insert(port, 1, 0)
-                .map_err(|e| KernelError::map(MAP_PORTS, e))?;
+            port_map.set(u32::from(*port), 1, 0).map_err(|e| KernelError::map(MAP_PORTS, e))?;
         }
         let map = ebpf.take_map(MAP_IFACE_COUNTERS).ok_or(KernelError::MissingMap(MAP_IFACE_COUNTERS))?;
         let iface_counters = PerCpuHashMap::try_from(map)
@@ -245,7 +259,6 @@ impl KernelCapture {
         };
         Ok(KernelCapture {
             ebpf,
-            ports: port_map,
             iface_counters,
             mode,
             owner,
@@ -277,7 +290,7 @@ impl KernelCapture {
             AttachMode::Netlink => self.attach_netlink(ifindex, name)?,
             _ => self.attach_tcx(ifindex, name)?,
         };
-        info!("attached to {name} (ifindex {ifindex}, {}): ingress and egress", self.mode_name());
+        info!("attached to {name} (ifindex {ifindex}, {}): {}", self.mode_name(), hooks_text(ifindex));
         self.attached.insert(ifindex, attachment);
         Ok(())
     }
@@ -288,7 +301,7 @@ impl KernelCapture {
 
     fn attach_tcx(&mut self, ifindex: u32, name: &str) -> Result<Attachment, KernelError> {
         let mut links = Vec::new();
-        for (program, attach, hook) in HOOKS {
+        for &(program, attach, hook) in hooks_for(ifindex) {
             let prog = program_mut(&mut self.ebpf, program);
             match prog.attach_with_options(name, attach, TcAttachOptions::TcxOrder(LinkOrder::default())) {
                 Ok(id) => links.push((program, id)),
@@ -303,11 +316,10 @@ impl KernelCapture {
         }
         // aya attaches by name: make sure the name still meant this link.
         let now = ifindex_of(name);
-        let mut ids = links.into_iter().map(|(_, id)| id);
-        let (ingress, egress) = (ids.next().expect("ingress"), ids.next().expect("egress"));
         if now != ifindex {
-            let _ = program_mut(&mut self.ebpf, PROG_INGRESS).detach(ingress);
-            let _ = program_mut(&mut self.ebpf, PROG_EGRESS).detach(egress);
+            for (program, id) in links {
+                let _ = program_mut(&mut self.ebpf, program).detach(id);
+            }
             let iface = name.to_string();
             return Err(if now == 0 {
                 KernelError::Vanished { iface, expected: ifindex }
@@ -315,13 +327,13 @@ impl KernelCapture {
                 KernelError::Replaced { iface, expected: ifindex, now }
             });
         }
-        Ok(Attachment::Tcx { name: name.to_string(), ingress, egress })
+        Ok(Attachment::Tcx { name: name.to_string(), links })
     }
 
     fn attach_netlink(&mut self, ifindex: u32, name: &str) -> Result<Attachment, KernelError> {
         let err = |step, source| KernelError::Netlink { iface: name.to_string(), step, source };
         self.tc.add_clsact(ifindex).map_err(|e| err("adding the clsact qdisc", e))?;
-        for (i, (program, _, hook)) in HOOKS.into_iter().enumerate() {
+        for (i, &(program, _, hook)) in hooks_for(ifindex).iter().enumerate() {
             let filter_name = self.owner.filter_name(program);
             let prog = program_mut(&mut self.ebpf, program);
             let fd = prog.fd().expect("program loaded").as_fd();
@@ -406,8 +418,8 @@ impl KernelCapture {
         let attachment = self.attached.remove(&ifindex)?;
         let name = attachment.name().to_string();
         match attachment {
-            Attachment::Tcx { ingress, egress, .. } => {
-                for (program, id) in [(PROG_INGRESS, ingress), (PROG_EGRESS, egress)] {
+            Attachment::Tcx { links, .. } => {
+                for (program, id) in links {
                     if let Err(e) = program_mut(&mut self.ebpf, program).detach(id) {
                         debug!("detaching {program} from {name}: {e}");
                     }
@@ -451,20 +463,6 @@ impl KernelCapture {
     /// Drops the counters of a forgotten interface (its ifindex may be reused).
     pub fn forget_iface_counters(&mut self, ifindex: u32) {
         let _ = self.iface_counters.remove(&ifindex);
-    }
-
-    /// Changes the watched ports without reloading.
-    pub fn set_ports(&mut self, ports: &[u16]) -> Result<(), KernelError> {
-        let old: Vec<u16> = self.ports.keys().filter_map(Result::ok).collect();
-        for port in old.iter().filter(|p| !ports.contains(p)) {
-            let _ = self.ports.remove(port);
-        }
-        for port in ports {
-            self.ports
-                .insert(port, 1, 0)
-                .map_err(|e| KernelError::map(MAP_PORTS, e))?;
-        }
-        Ok(())
     }
 
     /// Takes the ring buffer for the reader.
