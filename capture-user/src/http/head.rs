@@ -127,7 +127,7 @@ pub(crate) fn request_candidate(s: &[u8], max_head: usize) -> Prefix {
         other => return other,
     }
     let s = &s[..s.len().min(max_head)];
-    let mut headers = vec![httparse::EMPTY_HEADER; HEADER_COUNTS[0]];
+    let mut headers = [httparse::EMPTY_HEADER; HEADER_COUNTS[0]];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(s) {
         Ok(_) | Err(httparse::Error::TooManyHeaders) => Prefix::Yes,
@@ -139,30 +139,36 @@ pub(crate) fn request_candidate(s: &[u8], max_head: usize) -> Prefix {
 /// `start` is where the start line begins (after any leading empty lines). Only looks back
 /// two bytes, so resuming from where the last search stopped is linear overall.
 pub(crate) fn find_head_end(s: &[u8], start: usize, from: usize) -> Option<usize> {
-    let mut i = from.max(start);
-    while i < s.len() {
-        if s[i] == b'\n'
-            && ((i > start && s[i - 1] == b'\n')
-                || (i > start + 1 && s[i - 1] == b'\r' && s[i - 2] == b'\n'))
-        {
+    let from = from.max(start);
+    // memchr: a head's lines are scanned many bytes at a time (hot path).
+    for i in memchr::memchr_iter(b'\n', s.get(from..)?).map(|i| i + from) {
+        if (i > start && s[i - 1] == b'\n') || (i > start + 1 && s[i - 1] == b'\r' && s[i - 2] == b'\n') {
             return Some(i + 1);
         }
-        i += 1;
     }
     None
 }
 
 /// Runs an httparse parse with growing header arrays (TooManyHeaders -> retry bigger).
+/// The first try uses an array on the stack: every head is parsed this way on the hot
+/// path, and a zeroed heap vector per head cost ~3 % of the agent's CPU.
 pub(crate) fn with_headers<'b, T>(
     mut f: impl FnMut(&mut [httparse::Header<'b>]) -> Result<Option<T>, httparse::Error>,
 ) -> Result<T, ParseError> {
-    for &n in HEADER_COUNTS.iter() {
+    let verdict = |r: Result<Option<T>, httparse::Error>| match r {
+        Ok(Some(v)) => Some(Ok(v)),
+        Ok(None) => Some(Err(ParseError::InvalidHead)),
+        Err(httparse::Error::TooManyHeaders) => None,
+        Err(_) => Some(Err(ParseError::InvalidHead)),
+    };
+    let mut first = [httparse::EMPTY_HEADER; HEADER_COUNTS[0]];
+    if let Some(done) = verdict(f(&mut first)) {
+        return done;
+    }
+    for &n in &HEADER_COUNTS[1..] {
         let mut headers = vec![httparse::EMPTY_HEADER; n];
-        match f(&mut headers) {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => return Err(ParseError::InvalidHead),
-            Err(httparse::Error::TooManyHeaders) => continue,
-            Err(_) => return Err(ParseError::InvalidHead),
+        if let Some(done) = verdict(f(&mut headers)) {
+            return done;
         }
     }
     Err(ParseError::InvalidHead)
