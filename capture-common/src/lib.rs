@@ -264,6 +264,8 @@ pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_OWNERS: &str = "OWNERS";
 pub const MAP_IFACE_COUNTERS: &str = "IFACE_COUNTERS";
 pub const MAP_SKIPS: &str = "FLOW_SKIPS";
+/// One `u32`: non-zero once userspace wrote a skip range (the kernel looks skips up only then).
+pub const MAP_SKIPS_ACTIVE: &str = "SKIPS_ACTIVE";
 /// The TC programs' scratch slots; userspace sizes it to the possible CPUs at load time.
 pub const MAP_SCRATCH: &str = "SCRATCH";
 /// Globals of the kernel program holding the [`SampleConfig`] (u64 each).

@@ -50,6 +50,12 @@ static SAMPLE_THRESHOLD: Global<u64> = Global::new(SAMPLE_ALL);
 #[map(name = "FLOW_SKIPS")]
 static FLOW_SKIPS: LruHashMap<FlowTuple, SkipRange> = LruHashMap::with_max_entries(DEFAULT_SKIP_ENTRIES, 0);
 
+/// Entry 0 non-zero once userspace has written any skip range: until then (no filter,
+/// no oversized body) the two `FLOW_SKIPS` lookups per segment (40-byte hashes) are
+/// skipped. Userspace sets it before its first insert and never clears it.
+#[map(name = "SKIPS_ACTIVE")]
+static SKIPS_ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
+
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 
@@ -323,11 +329,14 @@ fn capture(ctx: &TcContext, hook: u8) {
     }
 
     // Payload userspace will not keep: copy only the window outside its skip range.
-    if syn {
+    let skips_active = SKIPS_ACTIVE.get(0).is_some_and(|v| *v != 0);
+    if syn && skips_active {
         let _ = FLOW_SKIPS.remove(&tuple);
     }
     let (copy_lo, copy_hi) = if payload_len == 0 {
         (0, 0)
+    } else if !skips_active {
+        (0, payload_len)
     } else {
         copy_window(hdr.seq, payload_len, hdr.tcp_flags, unsafe { FLOW_SKIPS.get(&tuple) })
     };

@@ -11,7 +11,7 @@ use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfLoader};
 use capture_common::{
     IfaceCounters, SampleConfig, GLOBAL_SAMPLE_K0, GLOBAL_SAMPLE_K1, GLOBAL_SAMPLE_THRESHOLD, GLOBAL_TLS_ENABLED, MAP_COUNTERS, MAP_EVENTS, MAP_IFACE_COUNTERS, MAP_OWNERS, MAP_PORTS, MAP_SCRATCH,
-    MAP_SKIPS, MAX_PORTS, PROG_EGRESS, PROG_INGRESS,
+    MAP_SKIPS, MAP_SKIPS_ACTIVE, MAX_PORTS, PROG_EGRESS, PROG_INGRESS,
 };
 use log::{debug, info, warn};
 
@@ -475,7 +475,9 @@ impl KernelCapture {
     pub fn take_skips(&mut self) -> Result<KernelSkips, KernelError> {
         let map = self.ebpf.take_map(MAP_SKIPS).ok_or(KernelError::MissingMap(MAP_SKIPS))?;
         let map = BpfHashMap::try_from(map).map_err(|source| KernelError::Map { name: MAP_SKIPS, source: Cause::of(&source) })?;
-        Ok(KernelSkips::new(map))
+        let active = self.ebpf.take_map(MAP_SKIPS_ACTIVE).ok_or(KernelError::MissingMap(MAP_SKIPS_ACTIVE))?;
+        let active = Array::try_from(active).map_err(|e| KernelError::map(MAP_SKIPS_ACTIVE, e))?;
+        Ok(KernelSkips::new(map, active))
     }
 
     /// Takes the per-CPU counters.
