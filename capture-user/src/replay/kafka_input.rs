@@ -20,6 +20,8 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::input::{Exchange, InputStats, Pairer, PairingWindow};
+use crate::record::{parse_value, split_file};
+use crate::sink::kafka::{FORMAT_BATCH, FORMAT_HEADER};
 
 #[derive(Clone, Debug)]
 pub struct KafkaInput {
@@ -78,14 +80,49 @@ impl KafkaInput {
     }
 }
 
-/// Adds one Kafka message to the pairer (the captured server address comes from its header).
-fn add(pairer: &mut Pairer, msg: &rdkafka::message::BorrowedMessage<'_>) {
-    let server = msg.headers().and_then(|h| {
-        h.iter().find(|h| h.key == "capture-server").and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
-    });
-    match msg.payload() {
-        Some(value) => pairer.add_value_from(value, server, Some((msg.partition(), msg.offset()))),
-        None => pairer.add_null(),
+/// The value of a Kafka header of `msg`.
+fn header<'a>(msg: &'a rdkafka::message::BorrowedMessage<'_>, key: &str) -> Option<&'a [u8]> {
+    msg.headers().and_then(|h| h.iter().find(|h| h.key == key).and_then(|h| h.value))
+}
+
+/// Whether a record of time `ts_ns` is inside the window (wall-clock ms bounds).
+fn in_window(input: &KafkaInput, ts_ms: i64) -> bool {
+    !input.from_ms.is_some_and(|from| ts_ms < from) && !input.to_ms.is_some_and(|to| ts_ms > to)
+}
+
+/// Adds the records of one Kafka message to the pairer, those `keep` accepts (by
+/// their time in ms). A `batch` value is split into its records (each one keeps its
+/// own time); a `records` value is one record, whose captured server address comes
+/// from its header.
+fn add(pairer: &mut Pairer, msg: &rdkafka::message::BorrowedMessage<'_>, keep: impl Fn(i64) -> bool) {
+    let origin = Some((msg.partition(), msg.offset()));
+    let Some(value) = msg.payload() else {
+        pairer.add_null();
+        return;
+    };
+    match header(msg, FORMAT_HEADER) {
+        Some(format) if format == FORMAT_BATCH.as_bytes() => {
+            for record in split_file(value) {
+                match record {
+                    Ok(record) => {
+                        let ts_ms = parse_value(record).map(|r| (r.ts_ns / 1_000_000) as i64);
+                        // A record that does not parse is counted by the pairer.
+                        if ts_ms.map_or(true, &keep) {
+                            pairer.add_value_from(record, None, origin);
+                        }
+                    }
+                    Err(_) => pairer.add_bad(),
+                }
+            }
+        }
+        // A newer format this reader does not know: counted, never replayed as garbage.
+        Some(_) => pairer.add_bad(),
+        None => {
+            if keep(msg.timestamp().to_millis().unwrap_or(0)) {
+                let server = header(msg, "capture-server").map(|v| String::from_utf8_lossy(v).into_owned());
+                pairer.add_value_from(value, server, origin);
+            }
+        }
     }
 }
 
@@ -160,15 +197,14 @@ pub fn read_window(input: &KafkaInput, mut progress: impl FnMut(&InputStats)) ->
         if msg.offset() + 1 >= ends.get(&p).copied().unwrap_or(0) {
             done.insert(p, true);
         }
+        // A message's time is its first record's: past the window, so is the rest of
+        // the partition (as far as capture order goes); its records are checked one by one.
         let ts = msg.timestamp().to_millis().unwrap_or(0);
         if input.to_ms.is_some_and(|to| ts > to) {
             done.insert(p, true);
             continue;
         }
-        if input.from_ms.is_some_and(|from| ts < from) {
-            continue;
-        }
-        add(&mut pairer, &msg);
+        add(&mut pairer, &msg, |ts_ms| in_window(input, ts_ms));
     }
     Ok(pairer.finish())
 }
@@ -241,7 +277,7 @@ pub fn consume_group(input: &KafkaInput, group: &str, mut on: impl FnMut(GroupEv
             }
             let Some(result) = polled else { continue };
             let msg = result.map_err(input.err("consuming"))?;
-            add(&mut pairer, &msg);
+            add(&mut pairer, &msg, |_| true);
             unreported.entry(msg.partition()).or_insert(msg.offset());
             n += 1;
             last_record = Instant::now();
