@@ -186,6 +186,8 @@ struct Run {
     /// (`http_requests`, `output0_records_written`): where a shortfall in `captured` arose.
     agent_requests: u64,
     agent_records_written: u64,
+    /// Kafka messages the broker acknowledged (`output0_messages_written`).
+    agent_messages_written: u64,
     cpu_ms: u64,
     /// Agent variants: its CPU while wrk ran (without start-up: the verifier's ~0.6 s).
     cpu_under_load_ms: u64,
@@ -391,6 +393,7 @@ impl Bench<'_> {
                 let get = |k: &str| summary.get(k).copied().unwrap_or(0);
                 run.agent_requests = get("http_requests");
                 run.agent_records_written = get("output0_records_written");
+                run.agent_messages_written = get("output0_messages_written");
                 run.cpu_ms = get("agent_cpu_user_ms") + get("agent_cpu_sys_ms");
                 run.rss_kb = get("agent_max_rss_kb");
                 run.kernel_drops = get("kernel_ring_full_events")
@@ -562,7 +565,7 @@ fn print_throughput(name: &str, variants: &[Variant], results: &HashMap<Variant,
         if v.is_agent() {
             let c = |f: fn(&Captured) -> u64| sum(&|r| r.captured.as_ref().map(f).unwrap_or(0));
             println!(
-                "{}: captured {} requests, {} responses, {} whole ({} unpaired, {} truncated) (agent: {} requests framed, {} records written); {checked}",
+                "{}: captured {} requests, {} responses, {} whole ({} unpaired, {} truncated) (agent: {} requests framed, {} records written{}); {checked}",
                 v.label(),
                 c(|c| c.requests),
                 c(|c| c.responses),
@@ -571,6 +574,10 @@ fn print_throughput(name: &str, variants: &[Variant], results: &HashMap<Variant,
                 c(|c| c.truncated),
                 sum(&|r| r.agent_requests),
                 sum(&|r| r.agent_records_written),
+                match sum(&|r| r.agent_messages_written) {
+                    0 => String::new(),
+                    n => format!(" in {n} Kafka messages"),
+                },
             );
         } else {
             println!("{}: {checked}", v.label());
