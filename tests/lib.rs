@@ -828,6 +828,8 @@ impl Broker {
 
     /// Reads the topic with an independent client (Python confluent-kafka) until
     /// `count` messages arrived or `idle_s` seconds passed without one.
+    /// Reads `topic` from the start until messages holding `count` records arrived, or
+    /// none for `idle_s` seconds.
     pub fn consume(&self, topic: &str, count: usize, idle_s: f64, dir: &TempDir) -> Vec<KafkaMessage> {
         let out = dir.path(&format!("consumed-{}.jsonl", NEXT.fetch_add(1, Ordering::SeqCst)));
         sh(&format!(
@@ -876,12 +878,33 @@ pub struct KafkaMessage {
 }
 
 impl KafkaMessage {
-    /// The value parsed as a record (header line + payload), like a `.gor` record.
-    pub fn record(&self) -> GorRecord {
+    /// Whether the value is in the agent's batch format (whole `.gor` records).
+    pub fn is_batch(&self) -> bool {
+        self.headers.get("capture-format").map(String::as_str) == Some("batch-1")
+    }
+
+    /// The records of the value: a batch value split with the tests' own `.gor`
+    /// reader; a records-format value is one record without the separator.
+    pub fn records(&self) -> Vec<GorRecord> {
+        if self.is_batch() {
+            return parse_gor(&self.value);
+        }
         let mut with_sep = self.value.clone();
         with_sep.extend_from_slice(SEPARATOR);
-        parse_gor(&with_sep).pop().unwrap()
+        parse_gor(&with_sep)
     }
+
+    /// The value's one record (a records-format message, or a batch of one).
+    pub fn record(&self) -> GorRecord {
+        let mut records = self.records();
+        assert_eq!(records.len(), 1, "one record in the message at offset {}", self.offset);
+        records.pop().unwrap()
+    }
+}
+
+/// Records in `messages`, in message order.
+pub fn records_of(messages: &[KafkaMessage]) -> Vec<GorRecord> {
+    messages.iter().flat_map(KafkaMessage::records).collect()
 }
 
 fn hex_decode(s: &str) -> Vec<u8> {

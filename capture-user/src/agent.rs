@@ -398,6 +398,7 @@ fn work(
                 for seg in segments.drain(..) {
                     pipeline.on_segment(seg);
                 }
+                pipeline.end_batch();
                 let _ = spare.try_send(segments);
             }
             Msg::Tick(now) => {

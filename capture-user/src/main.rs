@@ -841,6 +841,18 @@ struct AgentArgs {
     #[arg(long, default_value = "1000000", env = "CAPTURE_KAFKA_PART_SIZE", value_parser = parse_part_size)]
     kafka_part_size: u64,
 
+    /// Kafka value format: `batch` (default) packs several records of one connection
+    /// into one message in the .gor file format, with the one header
+    /// `capture-format: batch-1`; `records` sends one record per message with its
+    /// metadata in `capture-*` headers (for consumers that read those headers).
+    #[arg(long, value_enum, default_value = "batch", env = "CAPTURE_KAFKA_FORMAT")]
+    kafka_format: kafka::KafkaFormat,
+
+    /// `batch` format: a message leaves before its records would exceed this size (it
+    /// also leaves at the end of each batch of captured events). Capped at --kafka-part-size.
+    #[arg(long, default_value = "256KiB", env = "CAPTURE_KAFKA_BATCH_BYTES", value_parser = parse_part_size)]
+    kafka_batch_bytes: u64,
+
     /// Seconds to wait at shutdown for Kafka to acknowledge queued records.
     #[arg(long, default_value_t = 10.0, env = "CAPTURE_KAFKA_FLUSH_TIMEOUT")]
     kafka_flush_timeout: f64,
@@ -1082,6 +1094,8 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
                     flush_timeout: Duration::from_secs_f64(args.kafka_flush_timeout.max(0.0)),
                     client_id: format!("capture-{node}"),
                     part_size: args.kafka_part_size as usize,
+                    format: args.kafka_format,
+                    batch_bytes: args.kafka_batch_bytes.min(args.kafka_part_size) as usize,
                 })?)));
             }
         }

@@ -250,6 +250,9 @@ impl PipelineStats {
             out.push((format!("output{i}_records_failed"), s.records_failed));
             out.push((format!("output{i}_records_dropped"), s.records_dropped));
             out.push((format!("output{i}_records_pending"), s.records_pending));
+            if s.messages_written > 0 {
+                out.push((format!("output{i}_messages_written"), s.messages_written));
+            }
             if s.records_split > 0 {
                 out.push((format!("output{i}_records_split"), s.records_split));
                 out.push((format!("output{i}_parts_written"), s.parts_written));
@@ -418,6 +421,13 @@ impl Pipeline {
                 // Kernel timestamps are CLOCK_MONOTONIC (bpf_ktime_get_ns).
                 h.delay.observe(clock_ns(libc::CLOCK_MONOTONIC).saturating_sub(end_ns) as f64 / 1e9);
             }
+        }
+    }
+
+    /// A batch of ring events was processed: outputs send what they held for it.
+    pub fn end_batch(&mut self) {
+        for out in &mut self.outputs {
+            out.sink.end_batch();
         }
     }
 

@@ -87,6 +87,40 @@ pub fn push_decimal(out: &mut Vec<u8>, v: u64) {
     out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
 
+/// Appends a text value of a header-line token: bytes that would end the token or
+/// the line (space, control bytes, DEL) and `%` itself as `%XX`.
+fn push_token_text(out: &mut Vec<u8>, text: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in text {
+        if b <= b' ' || b == b'%' || b == 0x7f {
+            out.extend_from_slice(&[b'%', HEX[(b >> 4) as usize], HEX[(b & 0xf) as usize]]);
+        } else {
+            out.push(b);
+        }
+    }
+}
+
+/// Reverses [`push_token_text`] (a `%` not followed by two hex digits stays as is).
+fn token_text(value: &str) -> String {
+    let b = value.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (b[i], b.get(i + 1).and_then(|&c| hex(c)), b.get(i + 2).and_then(|&c| hex(c))) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Metadata of a record: in Kafka headers, and (the part replay needs) in the
 /// header line's `key=value` tokens, see [`HeaderMeta`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -223,6 +257,19 @@ impl Record {
     /// Appends the header line `"<type> <id> <ts_ns> <latency_ns> len=N ...\n"` to `out`
     /// (tokens in the order [`HeaderMeta`] documents; flags only when set).
     pub fn write_header_line(&self, out: &mut Vec<u8>) {
+        self.write_line(out, None);
+    }
+
+    /// The header line with every piece of metadata (Kafka batch values, where no Kafka
+    /// header carries it): the tokens of [`Record::write_header_line`], then `node=`,
+    /// `iface=` (`iface` given; empty for TLS plaintext), `orig_len=` (always),
+    /// `end_ns=`, and when known `req_start_ns= req_end_ns= method= target= status=`.
+    /// Text values are percent-encoded where they hold a space, a control byte or `%`.
+    pub fn write_full_header_line(&self, out: &mut Vec<u8>, iface: &str) {
+        self.write_line(out, Some(iface));
+    }
+
+    fn write_line(&self, out: &mut Vec<u8>, full: Option<&str>) {
         let m = &self.meta;
         out.push(self.type_byte());
         out.push(b' ');
@@ -261,6 +308,38 @@ impl Record {
             out.push(b'/');
             push_decimal(out, count as u64);
         }
+        if let Some(iface) = full {
+            out.extend_from_slice(b" node=");
+            push_token_text(out, m.node.as_bytes());
+            out.extend_from_slice(b" iface=");
+            push_token_text(out, iface.as_bytes());
+            if !m.truncated {
+                out.extend_from_slice(b" orig_len=");
+                push_decimal(out, m.original_len);
+            }
+            out.extend_from_slice(b" end_ns=");
+            push_decimal(out, m.end_ns);
+            if let Some(v) = m.request_start_ns {
+                out.extend_from_slice(b" req_start_ns=");
+                push_decimal(out, v);
+            }
+            if let Some(v) = m.request_end_ns {
+                out.extend_from_slice(b" req_end_ns=");
+                push_decimal(out, v);
+            }
+            if let Some(v) = &m.method {
+                out.extend_from_slice(b" method=");
+                push_token_text(out, v.as_bytes());
+            }
+            if let Some(v) = &m.target {
+                out.extend_from_slice(b" target=");
+                push_token_text(out, v.as_bytes());
+            }
+            if let Some(v) = m.status {
+                out.extend_from_slice(b" status=");
+                push_decimal(out, v as u64);
+            }
+        }
         out.push(b'\n');
     }
 
@@ -286,8 +365,10 @@ impl Record {
 /// (the message was cut at capture; N is its length on the wire), `unpaired=1` (a
 /// response not matched with certainty to a request), `ambiguous=REASON` (framing
 /// was ambiguous, the server may have read it differently), `redacted=1`, `tls=1`,
-/// `part=I/N` (part I of N of one message). Unknown tokens are ignored, so newer
-/// writers stay readable.
+/// `part=I/N` (part I of N of one message); in Kafka batch values also `node=`,
+/// `iface=`, `orig_len=`, `end_ns=`, `req_start_ns=`, `req_end_ns=`, `method=`,
+/// `target=`, `status=` (see [`Record::write_full_header_line`]). Unknown tokens are
+/// ignored, so newer writers stay readable.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HeaderMeta {
     pub len: Option<usize>,
@@ -300,6 +381,14 @@ pub struct HeaderMeta {
     pub redacted: bool,
     pub tls: bool,
     pub part: Option<(u32, u32)>,
+    pub node: Option<String>,
+    pub iface: Option<String>,
+    pub end_ns: Option<u64>,
+    pub request_start_ns: Option<u64>,
+    pub request_end_ns: Option<u64>,
+    pub method: Option<String>,
+    pub target: Option<String>,
+    pub status: Option<u16>,
 }
 
 /// A record read back from a `.gor` file or a Kafka value.
@@ -369,6 +458,14 @@ fn parse_header_line(line: &[u8]) -> Result<(u8, String, u64, i64, HeaderMeta), 
                 }
                 meta.part = Some((i, n));
             }
+            "node" => meta.node = Some(token_text(value)),
+            "iface" => meta.iface = Some(token_text(value)),
+            "end_ns" => meta.end_ns = Some(value.parse().map_err(|_| bad_meta())?),
+            "req_start_ns" => meta.request_start_ns = Some(value.parse().map_err(|_| bad_meta())?),
+            "req_end_ns" => meta.request_end_ns = Some(value.parse().map_err(|_| bad_meta())?),
+            "method" => meta.method = Some(token_text(value)),
+            "target" => meta.target = Some(token_text(value)),
+            "status" => meta.status = Some(value.parse().map_err(|_| bad_meta())?),
             _ => {}
         }
     }
@@ -548,6 +645,28 @@ mod tests {
         assert!(!resp.meta.truncated && !resp.meta.unpaired && resp.meta.part.is_none());
     }
 
+    /// Batch values carry in the header line what Kafka headers carry per record.
+    #[test]
+    fn full_header_line_carries_every_kafka_header_value() {
+        let ctx = RecordContext { run: RunId(1), node: "node a%".into(), wall_offset_ns: 0 };
+        let mut msg = message(MessageKind::Response, b"HTTP/1.1 200 OK\r\n\r\n");
+        msg.status = Some(200);
+        msg.target = Some("/a b".into());
+        let mut resp = Record::from_message(msg, &conn(), &ctx);
+        resp.meta.tls = true;
+        let mut line = Vec::new();
+        resp.write_full_header_line(&mut line, "eth0");
+        let text = String::from_utf8(line.clone()).unwrap();
+        assert!(text.starts_with(&resp.header_line()[..resp.header_line().len() - 1]), "{text}");
+        line.extend_from_slice(&resp.payload);
+        let m = parse_value(&line).unwrap().meta;
+        assert_eq!((m.node.as_deref(), m.iface.as_deref()), (Some("node a%"), Some("eth0")));
+        assert_eq!((m.original_len, m.end_ns, m.request_start_ns, m.request_end_ns), (Some(19), Some(1_500), Some(100), Some(400)));
+        assert_eq!((m.method.as_deref(), m.target.as_deref(), m.status), (Some("GET"), Some("/a b"), Some(200)));
+        assert!(m.tls && !m.redacted && !m.truncated);
+        assert!(text.contains(" node=node%20a%25 ") && text.contains(" target=/a%20b "), "{text}");
+    }
+
     fn conn() -> ConnectionInfo {
         let client: SocketAddr = "[fd00::2]:40000".parse().unwrap();
         let server: SocketAddr = "[fd00::1]:80".parse().unwrap();
@@ -591,6 +710,7 @@ mod tests {
             redacted: true,
             tls: true,
             part: Some((2, 3)),
+            ..HeaderMeta::default()
         };
         assert_eq!(meta, want);
         // GoReplay's reader takes the first four space-separated fields: they are unchanged.

@@ -3,7 +3,8 @@
 //! In a network namespace it creates (loopback only), nginx serves files of each
 //! `--sizes` size to wrk for a fixed time, interleaved and repeated:
 //!   A  no capture
-//!   B  `capture agent` writing a .gor file (B-kafka: to a local tansu broker; with
+//!   B  `capture agent` writing a .gor file (B-kafka: to a local tansu broker, in the
+//!      default batch format and in the records format; with
 //!      `--controls` also B-sample: `--sample 10`, B-filtered: a filter that drops
 //!      every exchange)
 //!   C  `tcpdump -w /dev/null` with the same port filter (the libpcap path)
@@ -73,13 +74,19 @@ enum Variant {
     /// `--deny-path` matching every request: framed, judged, nothing written.
     AgentFiltered,
     AgentKafka,
+    /// `--kafka-format records`: one record per message with its metadata headers.
+    AgentKafkaRecords,
     Tcpdump,
     GoReplay,
 }
 
 impl Variant {
     fn is_agent(self) -> bool {
-        matches!(self, Variant::AgentFile | Variant::AgentSample | Variant::AgentFiltered | Variant::AgentKafka)
+        matches!(self, Variant::AgentFile | Variant::AgentSample | Variant::AgentFiltered | Variant::AgentKafka | Variant::AgentKafkaRecords)
+    }
+
+    fn is_kafka(self) -> bool {
+        matches!(self, Variant::AgentKafka | Variant::AgentKafkaRecords)
     }
 
     fn label(self) -> &'static str {
@@ -89,6 +96,7 @@ impl Variant {
             Variant::AgentSample => "B  file --sample 10",
             Variant::AgentFiltered => "B  file, all filtered",
             Variant::AgentKafka => "B  agent -> kafka",
+            Variant::AgentKafkaRecords => "B  kafka, format records",
             Variant::Tcpdump => "C  tcpdump",
             Variant::GoReplay => "G  goreplay",
         }
@@ -104,7 +112,7 @@ impl Variant {
             Variant::NoCapture => 0.5,
             Variant::Tcpdump => 0.7,
             Variant::GoReplay => 1.7,
-            Variant::AgentKafka => 3.0 + 6.0 * per_64k,
+            Variant::AgentKafka | Variant::AgentKafkaRecords => 3.0 + 6.0 * per_64k,
             Variant::AgentFile | Variant::AgentSample | Variant::AgentFiltered => 2.5 + 2.0 * per_64k,
         }
     }
@@ -178,6 +186,8 @@ struct Run {
     /// (`http_requests`, `output0_records_written`): where a shortfall in `captured` arose.
     agent_requests: u64,
     agent_records_written: u64,
+    /// Kafka messages the broker acknowledged (`output0_messages_written`).
+    agent_messages_written: u64,
     cpu_ms: u64,
     /// Agent variants: its CPU while wrk ran (without start-up: the verifier's ~0.6 s).
     cpu_under_load_ms: u64,
@@ -326,13 +336,13 @@ impl Bench<'_> {
             Variant::NoCapture => {
                 run.wrk = wrk::run(&ns, &target.url, target.body_size, load, &self.dir)?;
             }
-            Variant::AgentFile | Variant::AgentSample | Variant::AgentFiltered | Variant::AgentKafka => {
+            Variant::AgentFile | Variant::AgentSample | Variant::AgentFiltered | Variant::AgentKafka | Variant::AgentKafkaRecords => {
                 // A fresh topic or directory per run: what the run wrote is counted alone.
                 let out_dir = self.dir.join(format!("run-{}", self.runs));
                 std::fs::create_dir_all(&out_dir)?;
                 let topic = format!("bench-{}", self.runs);
                 let broker = format!("127.0.0.1:{KAFKA_PORT}");
-                let output = if variant == Variant::AgentKafka {
+                let output = if variant.is_kafka() {
                     sh(&format!("ip netns exec {ns} tansu topic create {topic} --broker tcp://{broker} --partitions 3"))?;
                     format!("kafka://{broker}/{topic}")
                 } else {
@@ -341,6 +351,7 @@ impl Bench<'_> {
                 let controls: &[&str] = match variant {
                     Variant::AgentSample => &["--sample", "10"],
                     Variant::AgentFiltered => &["--deny-path", "^/"],
+                    Variant::AgentKafkaRecords => &["--kafka-format", "records"],
                     _ => &[],
                 };
                 let mut child = Command::new("ip")
@@ -382,6 +393,7 @@ impl Bench<'_> {
                 let get = |k: &str| summary.get(k).copied().unwrap_or(0);
                 run.agent_requests = get("http_requests");
                 run.agent_records_written = get("output0_records_written");
+                run.agent_messages_written = get("output0_messages_written");
                 run.cpu_ms = get("agent_cpu_user_ms") + get("agent_cpu_sys_ms");
                 run.rss_kb = get("agent_max_rss_kb");
                 run.kernel_drops = get("kernel_ring_full_events")
@@ -392,7 +404,7 @@ impl Bench<'_> {
                     + get("kernel_tls_truncated_calls");
                 run.user_drops =
                     get("stream_gaps") + get("http_lost_to_gap") + get("output0_records_dropped") + get("output0_records_failed");
-                run.captured = Some(if variant == Variant::AgentKafka {
+                run.captured = Some(if variant.is_kafka() {
                     let captured = records::count_kafka(&ns, &broker, &topic, run.agent_records_written, target.body_size)?;
                     sh(&format!("ip netns exec {ns} tansu topic delete {topic} --broker tcp://{broker}"))?;
                     captured
@@ -553,7 +565,7 @@ fn print_throughput(name: &str, variants: &[Variant], results: &HashMap<Variant,
         if v.is_agent() {
             let c = |f: fn(&Captured) -> u64| sum(&|r| r.captured.as_ref().map(f).unwrap_or(0));
             println!(
-                "{}: captured {} requests, {} responses, {} whole ({} unpaired, {} truncated) (agent: {} requests framed, {} records written); {checked}",
+                "{}: captured {} requests, {} responses, {} whole ({} unpaired, {} truncated) (agent: {} requests framed, {} records written{}); {checked}",
                 v.label(),
                 c(|c| c.requests),
                 c(|c| c.responses),
@@ -562,6 +574,10 @@ fn print_throughput(name: &str, variants: &[Variant], results: &HashMap<Variant,
                 c(|c| c.truncated),
                 sum(&|r| r.agent_requests),
                 sum(&|r| r.agent_records_written),
+                match sum(&|r| r.agent_messages_written) {
+                    0 => String::new(),
+                    n => format!(" in {n} Kafka messages"),
+                },
             );
         } else {
             println!("{}: {checked}", v.label());
@@ -636,6 +652,7 @@ pub fn bench(root: &Path, opts: BenchOptions) -> Result<()> {
     variants.push(Variant::Tcpdump);
     let _broker = if opts.kafka {
         let broker = start_tansu(&ns.0, KAFKA_PORT)?;
+        variants.insert(variants.len() - 1, Variant::AgentKafkaRecords);
         variants.insert(variants.len() - 1, Variant::AgentKafka);
         Some(broker)
     } else {

@@ -235,6 +235,7 @@ const FAMILIES: &[(&str, &str)] = &[
     ("capture_http_parse_errors", "Unparseable message heads or bodies, by reason: invalid_head, head_too_large, bad_content_length, bad_chunk"),
     ("capture_output_records", "Records per output, by result: written (files, stdout) or acknowledged (Kafka), failed after queueing, dropped before queueing"),
     ("capture_output_written_bytes", "Bytes written (files, stdout) or acknowledged (Kafka) per output"),
+    ("capture_output_messages_written", "Kafka messages acknowledged per output (a batch-format message carries several records)"),
     ("capture_output_lost_records", "Records per output that failed or were dropped, by reason (buffer_full, too_large, message_timed_out, ...)"),
     ("capture_agent_cpu_seconds", "CPU time of the agent process, by mode: user, system"),
     ("capture_kernel_sampled_out_connections", "Connections --sample left out (their client SYNs), decided in the kernel; not a loss"),
@@ -482,6 +483,9 @@ pub fn samples(
             out.push(counter("capture_output_records", labelled(Some(("result", result))), value));
         }
         out.push(counter("capture_output_written_bytes", labelled(None), s.bytes_written));
+        if s.messages_written > 0 {
+            out.push(counter("capture_output_messages_written", labelled(None), s.messages_written));
+        }
         out.push(Sample {
             name: "capture_output_pending_records".into(),
             kind: Kind::Gauge,

@@ -234,6 +234,12 @@ impl Pairer {
         self.stats.null_values += 1;
     }
 
+    /// Counts bytes that are no record (torn in a batch value, or a format unknown here).
+    pub fn add_bad(&mut self) {
+        self.stats.records += 1;
+        self.stats.bad_records += 1;
+    }
+
     pub fn add_value(&mut self, value: &[u8], server: Option<String>) {
         self.add_value_from(value, server, None);
     }

@@ -20,6 +20,8 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::input::{Exchange, InputStats, Pairer, PairingWindow};
+use crate::record::{parse_value, split_file};
+use crate::sink::kafka::{FORMAT_BATCH, FORMAT_HEADER};
 
 #[derive(Clone, Debug)]
 pub struct KafkaInput {
@@ -78,14 +80,71 @@ impl KafkaInput {
     }
 }
 
-/// Adds one Kafka message to the pairer (the captured server address comes from its header).
-fn add(pairer: &mut Pairer, msg: &rdkafka::message::BorrowedMessage<'_>) {
-    let server = msg.headers().and_then(|h| {
-        h.iter().find(|h| h.key == "capture-server").and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
-    });
-    match msg.payload() {
-        Some(value) => pairer.add_value_from(value, server, Some((msg.partition(), msg.offset()))),
-        None => pairer.add_null(),
+/// The value of a Kafka header of `msg`.
+fn header<'a>(msg: &'a rdkafka::message::BorrowedMessage<'_>, key: &str) -> Option<&'a [u8]> {
+    msg.headers().and_then(|h| h.iter().find(|h| h.key == key).and_then(|h| h.value))
+}
+
+/// Whether a record of time `ts_ns` is inside the window (wall-clock ms bounds).
+fn in_window(input: &KafkaInput, ts_ms: i64) -> bool {
+    !input.from_ms.is_some_and(|from| ts_ms < from) && !input.to_ms.is_some_and(|to| ts_ms > to)
+}
+
+/// Adds the records of one Kafka message to the pairer, those `keep` accepts (by
+/// their time in ms). A `batch` value is split into its records (each one keeps its
+/// own time); a `records` value is one record, whose captured server address comes
+/// from its header.
+fn add(pairer: &mut Pairer, msg: &rdkafka::message::BorrowedMessage<'_>, keep: impl Fn(i64) -> bool) {
+    let Some(value) = msg.payload() else {
+        pairer.add_null();
+        return;
+    };
+    let message = MessageView {
+        value,
+        format: header(msg, FORMAT_HEADER),
+        ts_ms: msg.timestamp().to_millis().unwrap_or(0),
+        server: header(msg, "capture-server"),
+        origin: (msg.partition(), msg.offset()),
+    };
+    add_records(pairer, &message, keep);
+}
+
+/// What [`add_records`] needs of a Kafka message (a struct, so it is tested without a broker).
+struct MessageView<'a> {
+    value: &'a [u8],
+    /// The `capture-format` header.
+    format: Option<&'a [u8]>,
+    ts_ms: i64,
+    /// The `capture-server` header (records format).
+    server: Option<&'a [u8]>,
+    origin: (i32, i64),
+}
+
+fn add_records(pairer: &mut Pairer, m: &MessageView<'_>, keep: impl Fn(i64) -> bool) {
+    let origin = Some(m.origin);
+    match m.format {
+        Some(format) if format == FORMAT_BATCH.as_bytes() => {
+            for record in split_file(m.value) {
+                match record {
+                    Ok(record) => {
+                        let ts_ms = parse_value(record).map(|r| (r.ts_ns / 1_000_000) as i64);
+                        // A record that does not parse is counted by the pairer.
+                        if ts_ms.map_or(true, &keep) {
+                            pairer.add_value_from(record, None, origin);
+                        }
+                    }
+                    Err(_) => pairer.add_bad(),
+                }
+            }
+        }
+        // A newer format this reader does not know: counted, never replayed as garbage.
+        Some(_) => pairer.add_bad(),
+        None => {
+            if keep(m.ts_ms) {
+                let server = m.server.map(|v| String::from_utf8_lossy(v).into_owned());
+                pairer.add_value_from(m.value, server, origin);
+            }
+        }
     }
 }
 
@@ -160,15 +219,14 @@ pub fn read_window(input: &KafkaInput, mut progress: impl FnMut(&InputStats)) ->
         if msg.offset() + 1 >= ends.get(&p).copied().unwrap_or(0) {
             done.insert(p, true);
         }
+        // A message's time is its first record's: past the window, so is the rest of
+        // the partition (as far as capture order goes); its records are checked one by one.
         let ts = msg.timestamp().to_millis().unwrap_or(0);
         if input.to_ms.is_some_and(|to| ts > to) {
             done.insert(p, true);
             continue;
         }
-        if input.from_ms.is_some_and(|from| ts < from) {
-            continue;
-        }
-        add(&mut pairer, &msg);
+        add(&mut pairer, &msg, |ts_ms| in_window(input, ts_ms));
     }
     Ok(pairer.finish())
 }
@@ -241,7 +299,7 @@ pub fn consume_group(input: &KafkaInput, group: &str, mut on: impl FnMut(GroupEv
             }
             let Some(result) = polled else { continue };
             let msg = result.map_err(input.err("consuming"))?;
-            add(&mut pairer, &msg);
+            add(&mut pairer, &msg, |_| true);
             unreported.entry(msg.partition()).or_insert(msg.offset());
             n += 1;
             last_record = Instant::now();
@@ -318,6 +376,58 @@ pub fn parse_time(s: &str, now_ms: i64) -> Result<i64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn gor(records: &[(u8, &str, u64, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (ty, id, ts_ns, payload) in records {
+            out.extend_from_slice(format!("{} {id} {ts_ns} 0 len={}\n", *ty as char, payload.len()).as_bytes());
+            out.extend_from_slice(payload);
+            out.extend_from_slice(crate::record::FILE_SEPARATOR);
+        }
+        out
+    }
+
+    /// A time window keeps each record of a batch by the record's own time, not the
+    /// message's (its first record's).
+    #[test]
+    fn a_window_filters_batch_records_by_their_own_time() {
+        let id = |n: u32| format!("0123456789abcdef00000001{n:08x}");
+        let (a, b, c) = (id(1), id(2), id(3));
+        let value = gor(&[
+            (b'1', &a, 1_000_000_000, b"GET /a HTTP/1.1\r\n\r\n"),
+            (b'2', &a, 1_100_000_000, b"HTTP/1.1 200 OK\r\n\r\n"),
+            (b'1', &b, 2_000_000_000, b"GET /b HTTP/1.1\r\n\r\n"),
+            (b'2', &b, 2_100_000_000, b"HTTP/1.1 200 OK\r\n\r\n"),
+            (b'1', &c, 3_000_000_000, b"GET /c HTTP/1.1\r\n\r\n"),
+        ]);
+        let input = KafkaInput {
+            brokers: String::new(),
+            topic: String::new(),
+            group: None,
+            from_ms: Some(1_500),
+            to_ms: Some(2_500),
+            options: Vec::new(),
+            idle: Duration::ZERO,
+        };
+        let mut pairer = Pairer::new(PairingWindow::default());
+        let m = MessageView { value: &value, format: Some(FORMAT_BATCH.as_bytes()), ts_ms: 1_000, server: None, origin: (0, 7) };
+        add_records(&mut pairer, &m, |ts| in_window(&input, ts));
+        let (exchanges, stats) = pairer.finish();
+        assert_eq!(exchanges.len(), 1);
+        assert_eq!((exchanges[0].id.as_str(), exchanges[0].request.as_slice()), (b.as_str(), &b"GET /b HTTP/1.1\r\n\r\n"[..]));
+        assert!(exchanges[0].response.is_some());
+        assert_eq!((stats.records, stats.bad_records), (2, 0));
+        // Every record of a batch in group mode; a torn one is counted bad.
+        let mut pairer = Pairer::new(PairingWindow::default());
+        add_records(&mut pairer, &m, |_| true);
+        let torn = MessageView { value: &value[..value.len() - 3], ..m };
+        add_records(&mut pairer, &torn, |_| true);
+        let unknown = MessageView { format: Some(b"batch-9"), ..m };
+        add_records(&mut pairer, &unknown, |_| true);
+        let stats = pairer.finish().1;
+        // 5 records, 4 whole + 1 torn, 1 value of an unknown format.
+        assert_eq!((stats.records, stats.bad_records), (5 + 5 + 1, 2), "{stats:?}");
+    }
 
     #[test]
     fn times_parse_absolute_and_relative() {

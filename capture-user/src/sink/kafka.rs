@@ -1,9 +1,24 @@
 //! Kafka output (rdkafka, bundled librdkafka).
 //!
-//! Value: the record without the file separator. Key: the connection id, so the
-//! default partitioner keeps one connection's records in one partition, in order.
-//! Headers carry metadata (see [`HEADERS`]). The message timestamp is the record's
-//! first-byte time, so replayers can seek by time.
+//! Two value formats ([`KafkaFormat`]):
+//! - `batch` (default): a value is one or more whole records of ONE connection in the
+//!   `.gor` file format (full header line with `len=`, payload, separator), so the
+//!   file reader splits it and a dumped value is a valid `.gor` file. The metadata
+//!   is in each record's header line ([`Record::write_full_header_line`]); the only
+//!   Kafka header is [`FORMAT_HEADER`]` = `[`FORMAT_BATCH`]. The message timestamp
+//!   is its first record's. librdkafka's per-message work and the per-record headers
+//!   were most of the agent's CPU on this path; a message now carries many records.
+//! - `records`: one record per message, without separator, metadata in headers
+//!   ([`HEADERS`]); the message timestamp is the record's first-byte time.
+//!
+//! Key (both): the connection id, so the default partitioner keeps one connection's
+//! records in one partition, in order.
+//!
+//! Packing (`batch`): each connection's records are appended to its pack; a pack
+//! leaves when the next record would make it larger than `batch_bytes`, at the end of
+//! each batch of ring events the pipeline processed ([`RecordSink::end_batch`]), at
+//! each flush and at shutdown, so no record waits longer than one batch. Accounting
+//! stays per record: a message of k records acknowledges, fails or drops k records.
 //!
 //! Sending never blocks the pipeline: librdkafka queues records in memory up to
 //! `buffer_bytes`. When the queue is full the NEW record is dropped and counted
@@ -33,7 +48,22 @@ use rdkafka::ClientContext;
 
 use super::{RecordSink, SinkError, SinkStats};
 use crate::http::MessageKind;
-use crate::record::{push_decimal, push_socket_addr, Record};
+use crate::record::{push_decimal, push_socket_addr, Record, FILE_SEPARATOR};
+
+/// The Kafka header that names the value format of a `batch` message. A message
+/// without it is in the `records` format.
+pub const FORMAT_HEADER: &str = "capture-format";
+/// Its value for the batch format, version 1.
+pub const FORMAT_BATCH: &str = "batch-1";
+
+/// How records become Kafka messages (`--kafka-format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum KafkaFormat {
+    /// Several records of one connection per message, in the file format.
+    Batch,
+    /// One record per message, metadata in Kafka headers.
+    Records,
+}
 
 /// Header names; stable, documented in README.
 pub const HEADERS: &[(&str, &str)] = &[
@@ -70,6 +100,9 @@ pub struct KafkaConfig {
     pub client_id: String,
     /// Largest payload per Kafka message; a larger record is sent as continuation records.
     pub part_size: usize,
+    pub format: KafkaFormat,
+    /// `batch` format: a pack leaves before it would grow past this many bytes.
+    pub batch_bytes: usize,
 }
 
 /// Producer defaults: throughput (batching, linger, zstd) and ordered, durable delivery.
@@ -103,8 +136,22 @@ struct PartSet {
     dropped: bool,
 }
 
+/// Delivery opaque of a message of `records` whole records.
+fn records_opaque(records: u64) -> usize {
+    (records as usize) << 1
+}
+
+/// Delivery opaque of a continuation record of part set `set`.
+fn part_opaque(set: usize) -> usize {
+    (set << 1) | 1
+}
+
 #[derive(Default)]
 struct Delivery {
+    /// Messages acknowledged (packs, whole records and parts).
+    messages_acked: AtomicU64,
+    /// Whole records in queued messages, not yet delivered (parts not included).
+    records_in_flight: AtomicU64,
     acked: AtomicU64,
     acked_bytes: AtomicU64,
     failed: AtomicU64,
@@ -120,7 +167,25 @@ struct Delivery {
 
 impl Delivery {
     fn count_reason(&self, reason: &str) {
-        *self.reasons.lock().unwrap().entry(reason.to_string()).or_default() += 1;
+        self.count_reasons(reason, 1);
+    }
+
+    fn count_reasons(&self, reason: &str, n: u64) {
+        *self.reasons.lock().unwrap().entry(reason.to_string()).or_default() += n;
+    }
+
+    /// A message of `records` whole records was delivered or failed.
+    fn records_delivered(&self, records: u64, result: Result<(), String>) {
+        self.records_in_flight.fetch_sub(records, Ordering::Relaxed);
+        match result {
+            Ok(()) => {
+                self.acked.fetch_add(records, Ordering::Relaxed);
+            }
+            Err(reason) => {
+                self.count_reasons(&reason, records);
+                self.failed.fetch_add(records, Ordering::Relaxed);
+            }
+        }
     }
 
     /// A record split into `count` parts: all of them are in flight before the first is
@@ -194,25 +259,106 @@ impl ClientContext for Context {
 }
 
 impl ProducerContext for Context {
-    /// 0 for a whole record; for a part, the key of its record's [`PartSet`].
+    /// [`records_opaque`] for a message of whole records, [`part_opaque`] for a part.
     type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, set: usize) {
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
         let d = &self.delivery;
         if let Ok(msg) = result {
             d.acked_bytes.fetch_add(msg.payload_len() as u64, Ordering::Relaxed);
+            d.messages_acked.fetch_add(1, Ordering::Relaxed);
         }
-        if set == 0 {
-            match result {
-                Ok(_) => d.acked.fetch_add(1, Ordering::Relaxed),
-                Err((e, _)) => {
-                    d.count_reason(&reason_name(e));
-                    d.failed.fetch_add(1, Ordering::Relaxed)
-                }
-            };
-            return;
+        let result = result.as_ref().map(|_| ()).map_err(|(e, _)| reason_name(e));
+        if opaque & 1 == 0 {
+            d.records_delivered((opaque >> 1) as u64, result);
+        } else {
+            d.part_delivered(opaque >> 1, result);
         }
-        d.part_delivered(set, result.as_ref().map(|_| ()).map_err(|(e, _)| reason_name(e)));
+    }
+}
+
+/// Records of one connection waiting to leave as one message (`batch` format).
+#[derive(Debug, Default)]
+pub struct Pack {
+    /// Whole records in the file format.
+    pub value: Vec<u8>,
+    pub records: u64,
+    /// Wall-clock ns of its first record.
+    pub ts_ns: u64,
+}
+
+/// The pack being filled, per connection id; a pure structure (no Kafka) so its
+/// bounds are unit-tested.
+#[derive(Debug)]
+pub struct Packs {
+    by_conn: HashMap<String, Pack>,
+    /// A pack leaves before it would grow past this many bytes.
+    limit: usize,
+    /// Records in packs not yet handed to the producer.
+    buffered: u64,
+    /// Emptied values, reused for the next packs.
+    spare: Vec<Vec<u8>>,
+}
+
+/// Packs that must leave now, in this order (at most two).
+pub type Leaving = [Option<(String, Pack)>; 2];
+
+impl Packs {
+    pub fn new(limit: usize) -> Packs {
+        Packs { by_conn: HashMap::new(), limit, buffered: 0, spare: Vec::new() }
+    }
+
+    /// Records held, not yet handed to the producer.
+    pub fn buffered(&self) -> u64 {
+        self.buffered
+    }
+
+    /// Adds one record (`line` is its full header line) to the pack of `conn`. Returns
+    /// what must leave: the pack it no longer fits in, then the record itself if it
+    /// fills a pack on its own (a record larger than the limit goes alone).
+    pub fn add(&mut self, conn: &str, ts_ns: u64, line: &[u8], payload: &[u8]) -> Leaving {
+        let size = line.len() + payload.len() + FILE_SEPARATOR.len();
+        let mut leaving: Leaving = [None, None];
+        if self.by_conn.get(conn).is_some_and(|p| p.value.len() + size > self.limit) {
+            leaving[0] = self.take(conn);
+        }
+        let pack = match self.by_conn.get_mut(conn) {
+            Some(pack) => pack,
+            None => {
+                let value = self.spare.pop().unwrap_or_default();
+                self.by_conn.entry(conn.to_string()).or_insert(Pack { value, records: 0, ts_ns })
+            }
+        };
+        pack.value.extend_from_slice(line);
+        pack.value.extend_from_slice(payload);
+        pack.value.extend_from_slice(FILE_SEPARATOR);
+        pack.records += 1;
+        self.buffered += 1;
+        if pack.value.len() >= self.limit {
+            leaving[1] = self.take(conn);
+        }
+        leaving
+    }
+
+    /// The pack of `conn`, if it holds records.
+    pub fn take(&mut self, conn: &str) -> Option<(String, Pack)> {
+        let (conn, pack) = self.by_conn.remove_entry(conn)?;
+        self.buffered -= pack.records;
+        Some((conn, pack))
+    }
+
+    /// Every pack (the end of a batch, a flush, shutdown).
+    pub fn take_all(&mut self) -> Vec<(String, Pack)> {
+        self.buffered = 0;
+        self.by_conn.drain().collect()
+    }
+
+    /// Gives a sent pack's buffer back for reuse (a few are kept).
+    pub fn recycle(&mut self, mut value: Vec<u8>) {
+        if self.spare.len() < 64 && value.capacity() <= 2 * self.limit {
+            value.clear();
+            self.spare.push(value);
+        }
     }
 }
 
@@ -245,9 +391,13 @@ pub struct KafkaSink {
     /// Reused per record: the value (header line + payload) and the header values.
     value_buf: Vec<u8>,
     header_buf: Vec<u8>,
-    /// Opaque of the next record sent as parts (never 0).
+    /// Key of the next record sent as parts.
     next_part_set: usize,
     records_split: u64,
+    /// `batch` format: each connection's pack being filled.
+    packs: Packs,
+    /// Reused per record: its full header line (`batch` format).
+    line_buf: Vec<u8>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -309,7 +459,6 @@ impl KafkaSink {
         }
         Ok(KafkaSink {
             producer,
-            config,
             delivery,
             dropped: 0,
             drop_logged: HashMap::new(),
@@ -318,6 +467,9 @@ impl KafkaSink {
             header_buf: Vec::new(),
             next_part_set: 1,
             records_split: 0,
+            packs: Packs::new(config.batch_bytes.max(1)),
+            line_buf: Vec::new(),
+            config,
         })
     }
 
@@ -338,8 +490,12 @@ impl KafkaSink {
     }
 
     fn drop_record(&mut self, reason: &str, detail: String) {
-        self.dropped += 1;
-        self.delivery.count_reason(reason);
+        self.drop_records(reason, detail, 1);
+    }
+
+    fn drop_records(&mut self, reason: &str, detail: String, records: u64) {
+        self.dropped += records;
+        self.delivery.count_reasons(reason, records);
         if self.drop_logged.insert(reason.to_string(), ()).is_none() {
             warn!("kafka://{}/{}: record dropped ({reason}): {detail} (repeats are only counted)", self.config.brokers, self.config.topic);
         }
@@ -422,23 +578,15 @@ pub fn headers(record: &Record, iface: &str, scratch: &mut Vec<u8>) -> OwnedHead
 }
 
 impl KafkaSink {
-    /// Queues one Kafka message for `record` with delivery opaque `set` (0: a whole
-    /// record). On failure returns the drop reason and its detail.
-    fn send(&mut self, record: &Record, set: usize) -> Result<(), (String, String)> {
-        // librdkafka copies key, value and headers: build them in reused buffers.
-        let value = &mut self.value_buf;
-        value.clear();
-        record.write_header_line(value);
-        value.extend_from_slice(&record.payload);
-        // TLS plaintext is read at the library, on no interface.
-        let iface = if record.meta.tls { "" } else { Self::iface_name(&mut self.iface_names, record.meta.ifindex) };
-        let headers = headers(record, iface, &mut self.header_buf);
+    /// Queues one Kafka message with delivery opaque `opaque`. On failure returns the
+    /// drop reason and its detail.
+    fn send(&self, key: &[u8], value: &[u8], ts_ns: u64, headers: OwnedHeaders, opaque: usize) -> Result<(), (String, String)> {
         let sent = self.producer.send(
-            BaseRecord::with_opaque_to(&self.config.topic, set)
-                .key(record.connection_id().as_bytes())
-                .payload(&value[..])
+            BaseRecord::with_opaque_to(&self.config.topic, opaque)
+                .key(key)
+                .payload(value)
                 .headers(headers)
-                .timestamp((record.ts_ns / 1_000_000) as i64),
+                .timestamp((ts_ns / 1_000_000) as i64),
         );
         sent.map_err(|(e, _)| match e.rdkafka_error_code() {
             Some(RDKafkaErrorCode::QueueFull) => (
@@ -448,13 +596,101 @@ impl KafkaSink {
             Some(RDKafkaErrorCode::MessageSizeTooLarge) => (
                 "too_large".to_string(),
                 format!(
-                    "a record of {} bytes exceeds message.max.bytes; lower --max-message-size or --kafka-part-size, or raise it with --kafka-opt message.max.bytes=N (and the topic's max.message.bytes)",
+                    "a message of {} bytes exceeds message.max.bytes; lower --max-message-size or --kafka-part-size, or raise it with --kafka-opt message.max.bytes=N (and the topic's max.message.bytes)",
                     value.len()
                 ),
             ),
             _ => (reason_name(&e), e.to_string()),
         })
     }
+
+    /// Queues one record alone in its message (the `records` format, or a part in
+    /// either format) with delivery opaque `opaque`.
+    fn send_record(&mut self, record: &Record, opaque: usize) -> Result<(), (String, String)> {
+        // librdkafka copies key, value and headers: build them in reused buffers.
+        let mut value = std::mem::take(&mut self.value_buf);
+        value.clear();
+        // TLS plaintext is read at the library, on no interface.
+        let iface = if record.meta.tls { "" } else { Self::iface_name(&mut self.iface_names, record.meta.ifindex) };
+        let headers = match self.config.format {
+            KafkaFormat::Records => {
+                record.write_header_line(&mut value);
+                value.extend_from_slice(&record.payload);
+                headers(record, iface, &mut self.header_buf)
+            }
+            KafkaFormat::Batch => {
+                record.write_full_header_line(&mut value, iface);
+                value.extend_from_slice(&record.payload);
+                value.extend_from_slice(FILE_SEPARATOR);
+                batch_headers()
+            }
+        };
+        let sent = self.send(record.connection_id().as_bytes(), &value, record.ts_ns, headers, opaque);
+        self.value_buf = value;
+        sent
+    }
+
+    /// Queues a pack as one message; its records are dropped if it cannot be queued.
+    fn send_pack(&mut self, conn: &str, pack: Pack) {
+        let d = &self.delivery;
+        // In flight before the send: the producer's thread may deliver it at once.
+        d.records_in_flight.fetch_add(pack.records, Ordering::Relaxed);
+        if let Err((reason, detail)) = self.send(conn.as_bytes(), &pack.value, pack.ts_ns, batch_headers(), records_opaque(pack.records)) {
+            self.delivery.records_in_flight.fetch_sub(pack.records, Ordering::Relaxed);
+            self.drop_records(&reason, format!("{detail} ({} records of one connection)", pack.records), pack.records);
+        }
+        self.packs.recycle(pack.value);
+    }
+
+    fn send_packs(&mut self, leaving: Vec<(String, Pack)>) {
+        for (conn, pack) in leaving {
+            self.send_pack(&conn, pack);
+        }
+    }
+
+    /// `batch` format: appends a record to its connection's pack.
+    fn pack(&mut self, record: &Record) {
+        let iface = if record.meta.tls { "" } else { Self::iface_name(&mut self.iface_names, record.meta.ifindex) };
+        self.line_buf.clear();
+        record.write_full_header_line(&mut self.line_buf, iface);
+        let leaving = self.packs.add(record.connection_id(), record.ts_ns, &self.line_buf, &record.payload);
+        for (conn, pack) in leaving.into_iter().flatten() {
+            self.send_pack(&conn, pack);
+        }
+    }
+
+    /// Sends a record larger than the part size as continuation records: same id, key
+    /// and metadata, a slice of the payload each.
+    fn send_parts(&mut self, record: &Record) {
+        // The connection's earlier records leave first: order per connection.
+        if let Some((conn, pack)) = self.packs.take(record.connection_id()) {
+            self.send_pack(&conn, pack);
+        }
+        let size = self.config.part_size.max(1);
+        let count = record.payload.len().div_ceil(size) as u32;
+        let set = self.next_part_set;
+        self.next_part_set = (self.next_part_set + 1) & (usize::MAX >> 1);
+        self.records_split += 1;
+        self.delivery.begin_parts(set, count);
+        let mut part = record.clone();
+        for index in 1..=count {
+            let start = (index as usize - 1) * size;
+            part.payload = record.payload.slice(start..(start + size).min(record.payload.len()));
+            part.meta.part = Some((index, count));
+            if let Err(reason) = self.send_record(&part, part_opaque(set)) {
+                // This part and the ones after it are never sent.
+                self.delivery.parts_not_sent(set, count - index + 1);
+                // Parts already queued still go out; the replayer counts the set incomplete.
+                self.drop_record(&reason.0, format!("{} (part {index} of {count})", reason.1));
+                break;
+            }
+        }
+    }
+}
+
+/// The only Kafka header of a `batch` message.
+fn batch_headers() -> OwnedHeaders {
+    OwnedHeaders::new_with_capacity(1).insert(Header { key: FORMAT_HEADER, value: Some(FORMAT_BATCH) })
 }
 
 impl RecordSink for KafkaSink {
@@ -463,50 +699,45 @@ impl RecordSink for KafkaSink {
     }
 
     fn write(&mut self, record: &Record) -> Result<(), SinkError> {
-        if record.payload.len() <= self.config.part_size {
-            if let Err(reason) = self.send(record, 0) {
-                self.drop_record(&reason.0, reason.1);
-            }
+        if record.payload.len() > self.config.part_size {
+            self.send_parts(record);
             return Ok(());
         }
-        // Continuation records: same id, key and headers, a slice of the payload each.
-        let size = self.config.part_size.max(1);
-        let count = record.payload.len().div_ceil(size) as u32;
-        let set = self.next_part_set;
-        self.next_part_set = self.next_part_set.wrapping_add(1).max(1);
-        self.records_split += 1;
-        self.delivery.begin_parts(set, count);
-        let mut part = record.clone();
-        for index in 1..=count {
-            let start = (index as usize - 1) * size;
-            part.payload = record.payload.slice(start..(start + size).min(record.payload.len()));
-            part.meta.part = Some((index, count));
-            if let Err(reason) = self.send(&part, set) {
-                // This part and the ones after it are never sent.
-                self.delivery.parts_not_sent(set, count - index + 1);
-                // Parts already queued still go out; the replayer counts the set incomplete.
-                self.drop_record(&reason.0, format!("{} (part {index} of {count})", reason.1));
-                break;
+        match self.config.format {
+            KafkaFormat::Batch => self.pack(record),
+            KafkaFormat::Records => {
+                self.delivery.records_in_flight.fetch_add(1, Ordering::Relaxed);
+                if let Err(reason) = self.send_record(record, records_opaque(1)) {
+                    self.delivery.records_in_flight.fetch_sub(1, Ordering::Relaxed);
+                    self.drop_record(&reason.0, reason.1);
+                }
             }
         }
         Ok(())
     }
 
+    fn end_batch(&mut self) {
+        let leaving = self.packs.take_all();
+        self.send_packs(leaving);
+    }
+
     fn flush(&mut self) -> Result<(), SinkError> {
-        // The producer's own thread sends and polls; nothing to push here.
+        // The producer's own thread sends and polls; only the packs are pushed here.
+        self.end_batch();
         Ok(())
     }
 
     fn close(&mut self) -> Result<(), SinkError> {
+        self.end_batch();
         let pending = self.producer.in_flight_count();
         if pending > 0 {
-            info!("{}: waiting up to {:?} for {pending} record(s) to be acknowledged", self.describe(), self.config.flush_timeout);
+            info!("{}: waiting up to {:?} for {pending} message(s) to be acknowledged", self.describe(), self.config.flush_timeout);
         }
         if let Err(e) = self.producer.flush(self.config.flush_timeout) {
             return Err(SinkError::Kafka {
                 sink: self.describe(),
                 message: format!(
-                    "{} record(s) not acknowledged within --kafka-flush-timeout {:?} ({e}); they are reported as pending",
+                    "{} message(s) not acknowledged within --kafka-flush-timeout {:?} ({e}); their records are reported as pending",
                     self.producer.in_flight_count(),
                     self.config.flush_timeout
                 ),
@@ -521,13 +752,13 @@ impl RecordSink for KafkaSink {
             bytes_written: self.delivery.acked_bytes.load(Ordering::Relaxed),
             records_failed: self.delivery.failed.load(Ordering::Relaxed),
             records_dropped: self.dropped,
-            // Messages in flight, each record's parts counted as one record.
+            // Records in packs, in queued messages, and split records (once each).
             records_pending: {
-                let messages = self.producer.in_flight_count().max(0) as u64;
-                let parts = self.delivery.parts_in_flight.load(Ordering::Relaxed);
+                let queued = self.delivery.records_in_flight.load(Ordering::Relaxed);
                 let split = self.delivery.part_sets.lock().unwrap().values().filter(|p| !p.dropped).count() as u64;
-                messages.saturating_sub(parts) + split
+                self.packs.buffered() + queued + split
             },
+            messages_written: self.delivery.messages_acked.load(Ordering::Relaxed),
             records_split: self.records_split,
             parts_written: self.delivery.parts_acked.load(Ordering::Relaxed),
             reasons: self.delivery.reasons.lock().unwrap().iter().map(|(k, v)| (k.clone(), *v)).collect(),
@@ -625,6 +856,8 @@ mod tests {
             flush_timeout: Duration::from_millis(100),
             client_id: "test".into(),
             part_size: 1000,
+            format: KafkaFormat::Records,
+            batch_bytes: 1000,
         })
         .unwrap();
         let mut big = record(MessageKind::Request, None, None);
@@ -640,6 +873,120 @@ mod tests {
         let s = sink.stats();
         assert_eq!((s.records_failed, s.records_written, s.records_pending, s.parts_written), (2, 0, 0, 0));
         assert_eq!(s.reasons, [("message_timed_out".to_string(), 2)]);
+    }
+
+    fn unreachable_sink(format: KafkaFormat, batch_bytes: usize) -> KafkaSink {
+        KafkaSink::create(KafkaConfig {
+            // Nothing listens there: messages wait, then time out.
+            brokers: "127.0.0.1:1".into(),
+            topic: "t".into(),
+            options: vec![("message.timeout.ms".into(), "1500".into())],
+            buffer_bytes: 64 << 20,
+            flush_timeout: Duration::from_millis(100),
+            client_id: "test".into(),
+            part_size: 1000,
+            format,
+            batch_bytes,
+        })
+        .unwrap()
+    }
+
+    fn split(value: &[u8]) -> Vec<crate::record::ParsedRecord> {
+        crate::record::split_file(value).into_iter().map(|v| crate::record::parse_value(v.unwrap()).unwrap()).collect()
+    }
+
+    /// A pack never grows past its limit with a second record; a record larger than the
+    /// limit leaves alone; other connections have their own packs; taking all empties it.
+    #[test]
+    fn packs_stay_within_their_size_and_keep_connections_apart() {
+        let mut packs = Packs::new(200);
+        let line = b"1 a 1 0 len=40\n";
+        let body = [b'x'; 40];
+        assert_eq!(line.len() + body.len() + FILE_SEPARATOR.len(), 69, "2 records fit in 200 bytes, 3 do not");
+        let mut left = Vec::new();
+        for i in 0..7 {
+            left.extend(packs.add("c1", i, line, &body).into_iter().flatten());
+            left.extend(packs.add("c2", 100 + i, line, &body).into_iter().flatten());
+        }
+        let shape: Vec<(&str, u64, u64, usize)> = left.iter().map(|(c, p)| (c.as_str(), p.records, p.ts_ns, p.value.len())).collect();
+        assert_eq!(
+            shape,
+            [("c1", 2, 0, 138), ("c2", 2, 100, 138), ("c1", 2, 2, 138), ("c2", 2, 102, 138), ("c1", 2, 4, 138), ("c2", 2, 104, 138)]
+        );
+        assert_eq!(split(&left[0].1.value).len(), 2, "a pack is whole records in the file format");
+        assert_eq!(packs.buffered(), 2);
+        let mut rest: Vec<(String, u64)> = packs.take_all().into_iter().map(|(c, p)| (c, p.records)).collect();
+        rest.sort();
+        assert_eq!(rest, [("c1".to_string(), 1), ("c2".to_string(), 1)]);
+        assert_eq!(packs.buffered(), 0);
+        // A record larger than the limit: the pack before it leaves, then it alone.
+        packs.add("c1", 1, line, &body);
+        let big = [b'y'; 300];
+        let [before, alone] = packs.add("c1", 2, b"1 b 2 0 len=300\n", &big);
+        assert_eq!(before.unwrap().1.records, 1);
+        let alone = alone.unwrap().1;
+        assert_eq!((alone.records, alone.ts_ns), (1, 2));
+        assert_eq!(split(&alone.value)[0].payload, big);
+        assert_eq!(packs.buffered(), 0);
+    }
+
+    /// Every record of a batch-format sink is pending until delivered, then counted
+    /// once per record (here failed: nothing listens), however they were packed.
+    #[test]
+    fn batch_accounting_counts_records_not_messages() {
+        let mut sink = unreachable_sink(KafkaFormat::Batch, 700);
+        let mut other = record(MessageKind::Request, None, None);
+        other.id = "fedcba98765432100000000100000001".into();
+        for _ in 0..10 {
+            sink.write(&record(MessageKind::Request, None, None)).unwrap();
+            sink.write(&other).unwrap();
+        }
+        let mut big = record(MessageKind::Response, Some(1), Some(200));
+        big.payload = bytes::Bytes::from(vec![b'z'; 2500]);
+        sink.write(&big).unwrap();
+        let s = sink.stats();
+        assert_eq!((s.records_pending, s.records_split), (21, 1));
+        assert!(sink.packs.buffered() < 20, "full packs left before the batch ended");
+        sink.end_batch();
+        assert_eq!(sink.packs.buffered(), 0, "the end of a batch sends every pack");
+        assert_eq!(sink.stats().records_pending, 21);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while sink.stats().records_pending > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let s = sink.stats();
+        assert_eq!((s.records_failed, s.records_written, s.records_pending, s.messages_written), (21, 0, 0, 0));
+        assert_eq!(s.reasons, [("message_timed_out".to_string(), 21)]);
+    }
+
+    /// A pack that cannot be queued drops each of its records, counted by reason.
+    #[test]
+    fn a_pack_refused_by_a_full_buffer_drops_its_records() {
+        let mut sink = KafkaSink::create(KafkaConfig {
+            brokers: "127.0.0.1:1".into(),
+            topic: "t".into(),
+            options: vec![("queue.buffering.max.messages".into(), "1".into())],
+            buffer_bytes: 64 << 20,
+            flush_timeout: Duration::from_millis(100),
+            client_id: "test".into(),
+            part_size: 1000,
+            format: KafkaFormat::Batch,
+            batch_bytes: 1000,
+        })
+        .unwrap();
+        let mut other = record(MessageKind::Request, None, None);
+        other.id = "fedcba98765432100000000100000001".into();
+        for _ in 0..3 {
+            sink.write(&record(MessageKind::Request, None, None)).unwrap();
+        }
+        for _ in 0..4 {
+            sink.write(&other).unwrap();
+        }
+        sink.end_batch();
+        let s = sink.stats();
+        // One message fits the queue: one connection's records are pending, the other's dropped.
+        assert!(matches!((s.records_pending, s.records_dropped), (3, 4) | (4, 3)), "{s:?}");
+        assert_eq!(s.reasons, [("buffer_full".to_string(), s.records_dropped)]);
     }
 
     #[test]

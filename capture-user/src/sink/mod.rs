@@ -34,6 +34,8 @@ pub struct SinkStats {
     pub records_split: u64,
     /// Kafka: continuation records acknowledged (parts of the split records).
     pub parts_written: u64,
+    /// Kafka: messages acknowledged (a `batch` message carries several records).
+    pub messages_written: u64,
     /// Failures and drops by reason, e.g. `("message_timed_out", 3)`.
     pub reasons: Vec<(String, u64)>,
 }
@@ -62,6 +64,9 @@ pub trait RecordSink: Send {
     fn describe(&self) -> String;
     /// Writes or queues one record. Must not block for long: it runs on the pipeline thread.
     fn write(&mut self, record: &Record) -> Result<(), SinkError>;
+    /// The pipeline finished a batch of ring events: records held to be sent together
+    /// (Kafka packs) leave now, so none waits longer than one batch.
+    fn end_batch(&mut self) {}
     /// Pushes buffered data out without waiting for acknowledgements (periodic).
     fn flush(&mut self) -> Result<(), SinkError>;
     /// Final flush at shutdown; may wait, bounded by the sink's own timeout.
