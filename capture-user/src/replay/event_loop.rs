@@ -443,3 +443,192 @@ fn connected(stream: &TcpStream) -> std::io::Result<bool> {
         Err(e) => Err(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compare::{CompareSettings, ErrorKind as Kind, Outcome};
+    use crate::replay::input::{CapturedResponse, Exchange as Captured};
+    use crate::replay::request::{RewriteOptions, TargetUrl};
+    use crate::replay::safety::{LocalAddresses, ProductionCheck};
+    use crate::replay::target::Target;
+    use crate::replay::{lane_of, Event, Pacing, SAFE_METHODS};
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream as StdStream};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc::sync_channel;
+    use std::sync::Mutex;
+
+    /// A server on 127.0.0.1 that counts the connections it accepts and runs `handle`
+    /// on each (in its own thread).
+    fn server(handle: impl Fn(StdStream) + Send + Sync + 'static) -> (Target, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url: TargetUrl = format!("http://{}", listener.local_addr().unwrap()).parse().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (count, handle) = (accepted.clone(), Arc::new(handle));
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                count.fetch_add(1, Ordering::SeqCst);
+                let handle = handle.clone();
+                std::thread::spawn(move || handle(stream));
+            }
+        });
+        (Target::resolve(url).unwrap(), accepted)
+    }
+
+    /// Reads one request head (requests here have no body): its path.
+    fn read_path(stream: &mut StdStream) -> Option<String> {
+        let mut got = Vec::new();
+        let mut b = [0u8; 1];
+        while !got.ends_with(b"\r\n\r\n") {
+            match stream.read(&mut b) {
+                Ok(1) => got.push(b[0]),
+                _ => return None,
+            }
+        }
+        String::from_utf8_lossy(&got).split(' ').nth(1).map(str::to_string)
+    }
+
+    const OK: &str = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n6\r\n{\"a\":1\r\n1\r\n}\r\n0\r\n\r\n";
+
+    fn config(target: Target, timeout: Duration) -> ReplayConfig {
+        ReplayConfig {
+            targets: vec![target],
+            baseline: None,
+            pacing: Pacing::Max,
+            max_wait: Duration::from_secs(10),
+            allow_methods: SAFE_METHODS.iter().map(|m| m.to_string()).collect(),
+            replay_ambiguous: false,
+            rewrite: RewriteOptions { keep_host: false, mark: ("X-Capture-Replay".into(), "1".into()), set: vec![], drop: vec![] },
+            concurrency: 1,
+            timeout,
+            compare: Some(CompareSettings::default()),
+            production: ProductionCheck { local: LocalAddresses::new(vec![]), allow: false },
+            keep_alive: KeepAlive::default(),
+            threads: 1,
+        }
+    }
+
+    /// Request `n` of captured connection `connection`, answered `OK` in production.
+    fn job(connection: usize, n: usize, lanes: usize) -> Job {
+        let connection = format!("c{connection}");
+        let lane = lane_of(&connection, lanes);
+        let response = CapturedResponse { bytes: OK.as_bytes().to_vec(), latency_ns: Some(1), cut: None, ambiguous: None, unpaired: false };
+        let exchange = Captured {
+            id: format!("{connection}-{n}"),
+            connection,
+            ts_ns: 1,
+            request: format!("GET /{n} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes(),
+            request_cut: None,
+            request_ambiguous: None,
+            response: Some(response),
+            server: None,
+        };
+        Job { exchange, at: Instant::now(), lane }
+    }
+
+    /// Runs one thread of the sender over `lanes` lanes on `jobs`: the outcomes, in order.
+    fn replay(config: ReplayConfig, lanes: usize, jobs: Vec<Job>) -> Vec<Outcome> {
+        let pending = Arc::new(Mutex::new(Vec::new()));
+        let (wake, _woken) = sync_channel(1);
+        let out = Outbox { pending: pending.clone(), wake, closed: false };
+        let (sender, _waker) = EventLoop::new(lanes, 1, Arc::new(config), KeepAlive::default(), out).unwrap();
+        let (tx, rx) = sync_channel(1);
+        tx.send(jobs).unwrap();
+        drop(tx);
+        sender.run(rx);
+        let events = std::mem::take(&mut *pending.lock().unwrap());
+        events
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Outcome(o) => Some(*o),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_answer_in_pieces_is_read_until_framed_whole() {
+        let (target, _) = server(|mut s| {
+            while read_path(&mut s).is_some() {
+                // Head, then each chunk, apart: several readiness events per answer.
+                for piece in OK.split_inclusive("\r\n") {
+                    let _ = s.write_all(piece.as_bytes());
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        });
+        let outcomes = replay(config(target, Duration::from_secs(10)), 1, (0..3).map(|n| job(0, n, 1)).collect());
+        assert_eq!(outcomes.len(), 3);
+        for o in &outcomes {
+            assert!(o.error.is_none() && o.differences.is_empty(), "{o:?}");
+            assert_eq!(o.candidate_status, Some(200), "{o:?}");
+        }
+    }
+
+    #[test]
+    fn a_target_that_closes_mid_answer_is_an_error_and_nothing_is_resent() {
+        let received = Arc::new(AtomicUsize::new(0));
+        let seen = received.clone();
+        let (target, accepted) = server(move |mut s| {
+            if read_path(&mut s).is_some() {
+                seen.fetch_add(1, Ordering::SeqCst);
+                let _ = s.write_all(&OK.as_bytes()[..OK.len() - 12]);
+            }
+        });
+        let outcomes = replay(config(target, Duration::from_secs(10)), 1, (0..2).map(|n| job(0, n, 1)).collect());
+        let kinds: Vec<_> = outcomes.iter().map(|o| o.error.as_ref().map(|e| e.kind)).collect();
+        assert_eq!(kinds, [Some(Kind::Closed), Some(Kind::Closed)]);
+        assert_eq!((received.load(Ordering::SeqCst), accepted.load(Ordering::SeqCst)), (2, 2), "each request sent once, on a new connection");
+    }
+
+    #[test]
+    fn a_target_that_never_answers_times_out_and_nothing_is_resent() {
+        let received = Arc::new(AtomicUsize::new(0));
+        let seen = received.clone();
+        let (target, accepted) = server(move |mut s| {
+            while read_path(&mut s).is_some() {
+                seen.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        // Two captured connections on two lanes, two requests each.
+        let jobs = [(0, 0), (1, 0), (0, 1), (1, 1)].into_iter().map(|(c, n)| job(c, n, 2)).collect();
+        let outcomes = replay(config(target, Duration::from_millis(300)), 2, jobs);
+        assert_eq!(outcomes.len(), 4);
+        assert!(outcomes.iter().all(|o| o.error.as_ref().is_some_and(|e| e.kind == Kind::ReadTimeout)), "{outcomes:?}");
+        // The server still holds every connection open: anything re-sent would be counted.
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!((received.load(Ordering::SeqCst), accepted.load(Ordering::SeqCst)), (4, 4), "each request sent once; a timed-out connection is not reused");
+    }
+
+    #[test]
+    fn many_connections_keep_their_order_on_fewer_lanes() {
+        const CONNECTIONS: usize = 24;
+        const PER_CONNECTION: usize = 20;
+        let seen: Arc<Mutex<Vec<Arc<Mutex<Vec<String>>>>>> = Arc::default();
+        let all = seen.clone();
+        let (target, _) = server(move |mut s| {
+            let paths = Arc::new(Mutex::new(Vec::new()));
+            all.lock().unwrap().push(paths.clone());
+            while let Some(path) = read_path(&mut s) {
+                paths.lock().unwrap().push(path);
+                let _ = s.write_all(OK.as_bytes());
+            }
+        });
+        let lanes = 5;
+        // Captured order: the connections' requests interleaved.
+        let jobs = (0..PER_CONNECTION).flat_map(|n| (0..CONNECTIONS).map(move |c| (c, n))).map(|(c, n)| job(c, n, lanes)).collect();
+        let outcomes = replay(config(target, Duration::from_secs(10)), lanes, jobs);
+        assert_eq!(outcomes.len(), CONNECTIONS * PER_CONNECTION);
+        assert!(outcomes.iter().all(|o| o.error.is_none() && o.differences.is_empty()));
+        for c in 0..CONNECTIONS {
+            let ids: Vec<String> = outcomes.iter().filter(|o| o.id.starts_with(&format!("c{c}-"))).map(|o| o.id.clone()).collect();
+            assert_eq!(ids, (0..PER_CONNECTION).map(|n| format!("c{c}-{n}")).collect::<Vec<_>>(), "outcomes of a captured connection in order");
+        }
+        let per_connection: Vec<Vec<String>> = seen.lock().unwrap().iter().map(|p| p.lock().unwrap().clone()).collect();
+        assert_eq!(per_connection.len(), CONNECTIONS, "one target connection per captured connection");
+        for paths in per_connection {
+            assert_eq!(paths, (0..PER_CONNECTION).map(|n| format!("/{n}")).collect::<Vec<_>>(), "a connection's requests, in order, once each");
+        }
+    }
+}
