@@ -365,7 +365,10 @@ impl Exchange {
             if self.started.is_none() && self.written >= self.last_from {
                 self.started = Some((Instant::now(), SystemTime::now()));
             }
-            match target::send_now(&self.conn.stream, &request[self.written..]) {
+            // The head and the last part are written apart, so the clock starts just
+            // before the write of the last part whatever the socket takes at once.
+            let end = if self.written < self.last_from { self.last_from } else { request.len() };
+            match target::send_now(&self.conn.stream, &request[self.written..end]) {
                 Ok(0) => return Step::Done(Err(SendError::Write(ErrorKind::WriteZero.into()))),
                 Ok(n) => self.written += n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Step::Waiting,
@@ -564,6 +567,35 @@ mod tests {
             assert!(o.error.is_none() && o.differences.is_empty(), "{o:?}");
             assert_eq!(o.candidate_status, Some(200), "{o:?}");
         }
+    }
+
+    /// A request whose head one write took past the start of its last part (a 5 MB
+    /// upload) left the latency clock unset and panicked the sender thread.
+    #[test]
+    fn a_large_upload_panicked_the_sender() {
+        const BODY: usize = 3_000_000;
+        let received = Arc::new(AtomicUsize::new(0));
+        let seen = received.clone();
+        let (target, _) = server(move |mut s| {
+            while let Some(path) = read_path(&mut s) {
+                let mut body = vec![0u8; if path == "/up" { BODY } else { 0 }];
+                if s.read_exact(&mut body).is_err() {
+                    return;
+                }
+                seen.fetch_add(body.iter().filter(|&&b| b == b'u').count(), Ordering::SeqCst);
+                let _ = s.write_all(OK.as_bytes());
+            }
+        });
+        let mut cfg = config(target, Duration::from_secs(20));
+        cfg.allow_methods.push("POST".into());
+        let mut upload = job(0, 0, 1);
+        let mut request = format!("POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: {BODY}\r\n\r\n").into_bytes();
+        request.resize(request.len() + BODY, b'u');
+        upload.exchange.request = request;
+        let outcomes = replay(cfg, 1, vec![upload, job(0, 1, 1)]);
+        assert_eq!(outcomes.len(), 2);
+        assert!(outcomes.iter().all(|o| o.error.is_none() && o.differences.is_empty() && o.candidate_latency_ms.is_some()), "{outcomes:?}");
+        assert_eq!(received.load(Ordering::SeqCst), BODY, "the body sent once, whole");
     }
 
     #[test]
