@@ -1,10 +1,12 @@
 //! `capture replay`: sends captured requests to candidate targets and compares
 //! their responses with production's.
 //!
-//! Exchanges are dispatched by captured connection to a fixed pool of workers, so
-//! requests of one connection replay in order on one keep-alive connection per
-//! target (a bounded number open at once, idle ones closed: [`target::Connections`]),
-//! and concurrency is bounded by the pool. Each request waits for its
+//! Exchanges are dispatched by captured connection to a fixed number of lanes
+//! (`--concurrency`), so requests of one connection replay in order on one keep-alive
+//! connection per target (a bounded number open at once, idle ones closed:
+//! [`target::Pool`]), and concurrency is bounded by the lanes. A few threads serve the
+//! lanes with one event loop each (`event_loop`); with an `https://` target each lane
+//! is a blocking worker thread ([`target::Connections`]). Each request waits for its
 //! scheduled time ([`schedule`]). Nothing is sent twice ([`target`]); requests the
 //! capture cut or found ambiguous are not sent; nothing is sent to the captured
 //! production server ([`safety`]).
