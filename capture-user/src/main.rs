@@ -362,6 +362,12 @@ struct ReplayArgs {
     #[arg(long, default_value_t = 512, env = "CAPTURE_MAX_TARGET_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
     max_target_connections: u32,
 
+    /// Threads sending the requests of `http://` targets, each running one event loop
+    /// over its share of the --concurrency connections (0: one per core, at most
+    /// --concurrency). `https://` targets use a thread per unit of concurrency.
+    #[arg(long, default_value_t = 0, env = "CAPTURE_REPLAY_THREADS", value_parser = clap::value_parser!(u32).range(0..=4096))]
+    replay_threads: u32,
+
     /// Serve Prometheus metrics on `addr:port` while the replay runs (e.g. `0.0.0.0:9478`,
     /// `127.0.0.1:0` for any free port): `/metrics` (requests sent and skipped, outcomes
     /// by class and risk, errors by target role and kind, input and connection
@@ -584,6 +590,7 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         compare: args.compare.then_some(settings),
         production: ProductionCheck { local: LocalAddresses::of_this_node(), allow: args.allow_production },
         keep_alive: KeepAlive { max_open: args.max_target_connections as usize, idle: IDLE_CLOSE },
+        threads: args.replay_threads as usize,
     };
     // Bound before anything is sent, so a port in use stops the run first.
     let metrics = args.metrics.map(|_| ReplayMetrics::new(config.longest_silence(), config.baseline.is_some()));

@@ -8,7 +8,9 @@
 //! interleaved and repeated, against the second port with concurrency C:
 //!   wrk -t2 -cC (the baseline),
 //!   replay from the .gor file and from Kafka, `--compare` off and on,
-//!   GoReplay's replay of the same file if env GOR names its binary.
+//!   GoReplay's replay of the same file if env GOR names its binary,
+//!   the same replays by another `capture` binary if env REPLAY_BASE names it (a
+//!   before/after comparison within one run).
 //! Each run is checked: nginx logged one line per request sent, every one a 200 with
 //! the whole 100 B body, the replayer counted no error, and with `--compare` every
 //! answer equal to the captured one.
@@ -47,8 +49,9 @@ pub struct ReplayBenchOptions {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Variant {
     Wrk,
-    Gor { compare: bool },
-    Kafka { compare: bool },
+    /// `base`: by the REPLAY_BASE binary.
+    Gor { compare: bool, base: bool },
+    Kafka { compare: bool, base: bool },
     GoReplay,
 }
 
@@ -56,8 +59,8 @@ impl Variant {
     fn label(self) -> String {
         match self {
             Variant::Wrk => "wrk (baseline)".into(),
-            Variant::Gor { compare } => format!("replay .gor{}", if compare { " --compare" } else { "" }),
-            Variant::Kafka { compare } => format!("replay Kafka{}", if compare { " --compare" } else { "" }),
+            Variant::Gor { compare, base } => format!("replay .gor{}{}", if compare { " --compare" } else { "" }, if base { " (base)" } else { "" }),
+            Variant::Kafka { compare, base } => format!("replay Kafka{}{}", if compare { " --compare" } else { "" }, if base { " (base)" } else { "" }),
             Variant::GoReplay => "GoReplay file".into(),
         }
     }
@@ -129,6 +132,8 @@ fn time_cmd(ns: &str) -> Command {
 struct Setup<'a> {
     ns: &'a str,
     bin: &'a Path,
+    /// REPLAY_BASE: another binary whose replays are measured too.
+    base_bin: Option<&'a Path>,
     gor: &'a Path,
     log: &'a Path,
     concurrency: u32,
@@ -160,9 +165,9 @@ fn run_variant(v: Variant, s: &Setup) -> Result<Run> {
                 run.problems.push(format!("{bad} answer(s) not 200 with {BODY} B"));
             }
         }
-        Variant::Gor { compare } | Variant::Kafka { compare } => {
+        Variant::Gor { compare, base } | Variant::Kafka { compare, base } => {
             let mut cmd = time_cmd(s.ns);
-            cmd.arg(s.bin).args(["replay", "--target", &url, "--speed", "max", "--concurrency", &s.concurrency.to_string()]);
+            cmd.arg(if base { s.base_bin.expect("base variants only with REPLAY_BASE") } else { s.bin }).args(["replay", "--target", &url, "--speed", "max", "--concurrency", &s.concurrency.to_string()]);
             match v {
                 Variant::Gor { .. } => cmd.arg("--input").arg(s.gor),
                 _ => cmd.args(["--input", &format!("kafka://127.0.0.1:{KAFKA_PORT}/{TOPIC}"), "--from", "-1h"]),
@@ -321,14 +326,18 @@ fn bench_in(bin: &Path, dir: &Path, opts: &ReplayBenchOptions) -> Result<()> {
     };
     let gor = dir.join("captured.gor");
     let captured = capture(&ns.0, bin, &gor, &captured_log, opts)?;
-    let mut variants = vec![Variant::Wrk, Variant::Gor { compare: false }, Variant::Gor { compare: true }];
-    if opts.kafka {
-        variants.extend([Variant::Kafka { compare: false }, Variant::Kafka { compare: true }]);
+    let base_bin = std::env::var_os("REPLAY_BASE").map(std::path::PathBuf::from);
+    let mut variants = vec![Variant::Wrk];
+    for base in [false].into_iter().chain(base_bin.is_some().then_some(true)) {
+        variants.extend([Variant::Gor { compare: false, base }, Variant::Gor { compare: true, base }]);
+        if opts.kafka {
+            variants.extend([Variant::Kafka { compare: false, base }, Variant::Kafka { compare: true, base }]);
+        }
     }
     if std::env::var_os("GOR").is_some() {
         variants.push(Variant::GoReplay);
     }
-    let setup = Setup { ns: &ns.0, bin, gor: &gor, log: &target_log, concurrency: opts.concurrency, duration_s: opts.duration_s, captured };
+    let setup = Setup { ns: &ns.0, bin, base_bin: base_bin.as_deref(), gor: &gor, log: &target_log, concurrency: opts.concurrency, duration_s: opts.duration_s, captured };
     println!(
         "\ncapture bench, replayer: {captured} captured exchanges (100 B responses), concurrency {}, {} repeats interleaved, load before: {}",
         opts.concurrency,

@@ -1,14 +1,17 @@
 //! `capture replay`: sends captured requests to candidate targets and compares
 //! their responses with production's.
 //!
-//! Exchanges are dispatched by captured connection to a fixed pool of workers, so
-//! requests of one connection replay in order on one keep-alive connection per
-//! target (a bounded number open at once, idle ones closed: [`target::Connections`]),
-//! and concurrency is bounded by the pool. Each request waits for its
+//! Exchanges are dispatched by captured connection to a fixed number of lanes
+//! (`--concurrency`), so requests of one connection replay in order on one keep-alive
+//! connection per target (a bounded number open at once, idle ones closed:
+//! [`target::Pool`]), and concurrency is bounded by the lanes. A few threads serve the
+//! lanes with one event loop each (`event_loop`); with an `https://` target each lane
+//! is a blocking worker thread ([`target::Connections`]). Each request waits for its
 //! scheduled time ([`schedule`]). Nothing is sent twice ([`target`]); requests the
 //! capture cut or found ambiguous are not sent; nothing is sent to the captured
 //! production server ([`safety`]).
 
+mod event_loop;
 pub mod input;
 #[cfg(feature = "kafka")]
 pub mod kafka_input;
@@ -54,9 +57,31 @@ pub struct ReplayConfig {
     pub production: ProductionCheck,
     /// Keep-alive connections to the targets: `max_open` over all workers.
     pub keep_alive: KeepAlive,
+    /// Threads of the event-driven sender (0: one per core, at most `concurrency`).
+    pub threads: usize,
 }
 
 impl ReplayConfig {
+    /// Whether a target or the baseline is `https://`: those are sent by the blocking
+    /// sender, a thread per unit of concurrency (TLS is not in the event loop yet).
+    fn uses_tls(&self) -> bool {
+        self.targets.iter().chain(&self.baseline).any(|t| t.tls.is_some())
+    }
+
+    /// Threads sending requests: the event-driven sender's, or one per unit of
+    /// concurrency for the blocking sender.
+    fn sender_threads(&self) -> usize {
+        let lanes = self.concurrency.max(1);
+        if self.uses_tls() {
+            return lanes;
+        }
+        let threads = match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        threads.clamp(1, lanes)
+    }
+
     /// The longest a healthy replay goes without an event (a request sent, answered or
     /// skipped): one pacing gap plus connecting and exchanging with every target, with
     /// room to spare. `/healthz` fails after that long without one.
@@ -142,6 +167,8 @@ impl fmt::Display for SkipReason {
 struct Job {
     exchange: Exchange,
     at: Instant,
+    /// See [`lane_of`].
+    lane: usize,
 }
 
 /// What the workers tell the collector.
@@ -244,23 +271,37 @@ impl Results {
 /// Replays `exchanges` (in capture order, read as they come), adding every outcome to
 /// `results`.
 pub fn run(exchanges: impl IntoIterator<Item = Exchange>, config: &ReplayConfig, mut results: Results) -> Results {
-    let workers = config.concurrency.max(1);
-    // Each worker keeps its share of the open connections.
-    let keep_alive = KeepAlive { max_open: (config.keep_alive.max_open / workers).max(1), ..config.keep_alive };
+    let lanes = config.concurrency.max(1);
+    // Each lane keeps its share of the open connections.
+    let keep_alive = KeepAlive { max_open: (config.keep_alive.max_open / lanes).max(1), ..config.keep_alive };
     let config = Arc::new(config.clone());
-    // Each worker's events, and the reader's (last).
-    let lists: Vec<Arc<Mutex<Vec<Event>>>> = (0..=workers).map(|_| Arc::default()).collect();
-    let (wake, woken) = sync_channel::<()>(1);
-    let outbox = |i: usize| Outbox { pending: lists[i].clone(), wake: wake.clone(), closed: false };
     let batch = if config.pacing == Pacing::Max { JOB_BATCH } else { 1 };
-    let mut senders: Vec<SyncSender<Vec<Job>>> = Vec::new();
+    let (wake, woken) = sync_channel::<()>(1);
+    let threads = config.sender_threads();
+    // Each thread's events, and the reader's (last).
+    let lists: Vec<Arc<Mutex<Vec<Event>>>> = (0..=threads).map(|_| Arc::default()).collect();
+    let outbox = |i: usize| Outbox { pending: lists[i].clone(), wake: wake.clone(), closed: false };
+    let mut senders: Vec<JobSender> = Vec::new();
     let mut handles = Vec::new();
-    for i in 0..workers {
-        let (tx, rx) = sync_channel::<Vec<Job>>(JOBS_QUEUED / batch);
-        senders.push(tx);
-        let (cfg, out) = (config.clone(), outbox(i));
-        handles.push(std::thread::spawn(move || worker(rx, &cfg, keep_alive, out)));
+    if !config.uses_tls() {
+        // The event-driven sender: each thread serves every `threads`-th lane.
+        for i in 0..threads {
+            let (tx, rx) = sync_channel::<Vec<Job>>(JOBS_QUEUED / batch);
+            let its_lanes = (lanes - i).div_ceil(threads);
+            let (sender, waker) = event_loop::EventLoop::new(its_lanes, threads, config.clone(), keep_alive, outbox(i)).expect("epoll instance");
+            senders.push(JobSender { tx, waker: Some(waker) });
+            handles.push(std::thread::spawn(move || sender.run(rx)));
+        }
+    } else {
+        // https:// targets: a blocking worker thread per lane.
+        for i in 0..lanes {
+            let (tx, rx) = sync_channel::<Vec<Job>>(JOBS_QUEUED / batch);
+            senders.push(JobSender { tx, waker: None });
+            let (cfg, out) = (config.clone(), outbox(i));
+            handles.push(std::thread::spawn(move || worker(rx, &cfg, keep_alive, out)));
+        }
     }
+    let workers = threads;
     let mut counters = outbox(workers);
     drop(wake);
     let collector = std::thread::spawn(move || {
@@ -301,8 +342,9 @@ pub fn run(exchanges: impl IntoIterator<Item = Exchange>, config: &ReplayConfig,
                 if schedule.capped == LOGGED_CAPPED_GAPS { " (further ones are only counted: replay_gaps_capped)" } else { "" }
             );
         }
-        let slot = worker_for(&exchange.connection, workers);
-        pending[slot].push(Job { exchange, at: start + offset });
+        let lane = lane_of(&exchange.connection, lanes);
+        let slot = lane % workers;
+        pending[slot].push(Job { exchange, at: start + offset, lane });
         if pending[slot].len() >= batch && !hand_over(&senders, &mut pending, slot) {
             break;
         }
@@ -318,7 +360,9 @@ pub fn run(exchanges: impl IntoIterator<Item = Exchange>, config: &ReplayConfig,
         );
     }
     drop(counters);
-    drop(senders);
+    for sender in senders {
+        sender.close();
+    }
     for h in handles {
         let _ = h.join();
     }
@@ -328,7 +372,7 @@ pub fn run(exchanges: impl IntoIterator<Item = Exchange>, config: &ReplayConfig,
 /// Hands worker `slot` its pending jobs; if its queue is full, first hands the other
 /// workers theirs (so none idles with jobs read for it), then waits. False when the
 /// worker is gone.
-fn hand_over(senders: &[SyncSender<Vec<Job>>], pending: &mut [Vec<Job>], slot: usize) -> bool {
+fn hand_over(senders: &[JobSender], pending: &mut [Vec<Job>], slot: usize) -> bool {
     let jobs = std::mem::take(&mut pending[slot]);
     let jobs = match senders[slot].try_send(jobs) {
         Ok(()) => return true,
@@ -345,7 +389,44 @@ fn hand_over(senders: &[SyncSender<Vec<Job>>], pending: &mut [Vec<Job>], slot: u
     senders[slot].send(jobs).is_ok()
 }
 
-fn worker_for(connection: &str, workers: usize) -> usize {
+/// Jobs on their way to a sender thread; wakes an event-driven one when it gets some.
+struct JobSender {
+    tx: SyncSender<Vec<Job>>,
+    waker: Option<Arc<mio::Waker>>,
+}
+
+impl JobSender {
+    fn try_send(&self, jobs: Vec<Job>) -> Result<(), TrySendError<Vec<Job>>> {
+        self.tx.try_send(jobs)?;
+        self.wake();
+        Ok(())
+    }
+
+    fn send(&self, jobs: Vec<Job>) -> Result<(), std::sync::mpsc::SendError<Vec<Job>>> {
+        self.tx.send(jobs)?;
+        self.wake();
+        Ok(())
+    }
+
+    /// No more jobs: the thread finishes those it has.
+    fn close(self) {
+        let JobSender { tx, waker } = self;
+        drop(tx);
+        if let Some(waker) = waker {
+            let _ = waker.wake();
+        }
+    }
+
+    fn wake(&self) {
+        if let Some(waker) = &self.waker {
+            // Fails only if the thread is gone: then it needs no jobs.
+            let _ = waker.wake();
+        }
+    }
+}
+
+/// The lane of a captured connection: all its requests go to one lane, in order.
+fn lane_of(connection: &str, workers: usize) -> usize {
     // FNV-1a: stable, cheap, good enough to spread connections.
     let mut h: u64 = 0xcbf29ce484222325;
     for b in connection.bytes() {
@@ -408,7 +489,7 @@ fn worker(rx: Receiver<Vec<Job>>, config: &ReplayConfig, keep_alive: KeepAlive, 
             Ok(jobs) => jobs,
             Err(RecvTimeoutError::Timeout) => {
                 conns.close_idle(Instant::now());
-                report_connections(&conns.stats, &mut reported, &mut out);
+                report_connections(conns.stats(), &mut reported, &mut out);
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => break,
@@ -417,11 +498,11 @@ fn worker(rx: Receiver<Vec<Job>>, config: &ReplayConfig, keep_alive: KeepAlive, 
             if !replay_one(job, config, &mut conns, &mut out) {
                 return;
             }
-            report_connections(&conns.stats, &mut reported, &mut out);
+            report_connections(conns.stats(), &mut reported, &mut out);
         }
     }
     conns.close_all();
-    report_connections(&conns.stats, &mut reported, &mut out);
+    report_connections(conns.stats(), &mut reported, &mut out);
 }
 
 /// Sends the connection counters that changed since the last report.
@@ -437,84 +518,122 @@ fn report_connections(stats: &ConnectionStats, reported: &mut ConnectionStats, o
     *reported = *stats;
 }
 
-/// Replays one exchange to the baseline and every target. False when the collector is gone.
-fn replay_one(job: &Job, config: &ReplayConfig, conns: &mut Connections, out: &mut Outbox) -> bool {
-    let ex = &job.exchange;
-    if let Some(reason) = skip_reason(ex, config) {
-        let request_line = message::parse_request(&ex.request).ok().map(|r| (r.method.to_string(), r.target.split('?').next().unwrap_or("").to_string()));
-        return out.send(Event::Skipped { id: ex.id.clone(), request_line, reason });
-    }
-    let req = message::parse_request(&ex.request).expect("checked by skip_reason");
-    let now = Instant::now();
-    if job.at > now {
-        std::thread::sleep(job.at - now);
-    }
-    let path = req.target.split('?').next().unwrap_or("").to_string();
-    let production = production_response(ex, req.method, config);
-    let production_latency_ns = ex.response.as_ref().and_then(|r| r.latency_ns);
-    if !out.send(Event::Sent { production_latency_ns }) {
-        return false;
-    }
-    // Whether `target` is the captured production server (refused unless allowed).
-    let refused = |target: &Target, out: &mut Outbox| {
-        let server = ex.server.as_deref().and_then(|s| config.production.production_match(&target.addrs, s))?;
-        if config.production.allow {
-            out.send(Event::Counter("replay_sent_to_production", 1));
-            return None;
+/// A captured request about to be sent: to whom, what, and what to compare with.
+struct Plan {
+    method: String,
+    path: String,
+    production: Result<Response, String>,
+    /// In sending order: the baseline first (when there is a production response to
+    /// compare it with), then each target.
+    sends: Vec<Send>,
+    /// Sends answered (or failed) so far.
+    done: usize,
+    /// The baseline's differences from production (noise), or why it has none.
+    noise: Option<Result<Vec<compare::Difference>, Failure>>,
+}
+
+/// One request of a [`Plan`].
+struct Send {
+    /// 0: the baseline; i + 1: target i (its keep-alive connections are its own).
+    index: usize,
+    /// The bytes to send, or why it is refused (the captured production server).
+    request: Result<Vec<u8>, Failure>,
+}
+
+impl ReplayConfig {
+    /// The target of a [`Send::index`].
+    fn target(&self, index: usize) -> &Target {
+        match index {
+            0 => self.baseline.as_ref().expect("index 0 is the baseline"),
+            i => &self.targets[i - 1],
         }
-        Some(Failure::new(ErrorKind::RefusedProduction, format!("refused: it is the captured production server {server} (--allow-production overrides)")))
-    };
-    let baseline = match (&config.baseline, &production) {
-        (Some(b), Ok(prod)) => {
-            let answer = match refused(b, out) {
-                Some(reason) => Err(reason),
-                None => {
-                    let bytes = request::rewrite(&req, &b.url, &config.rewrite);
-                    conns.send(0, b, &ex.connection, &bytes, config.timeout).map_err(|e| failure(&e))
+    }
+}
+
+/// Reports `ex` as skipped if it is not to be sent; whether it was.
+fn skipped(ex: &Exchange, config: &ReplayConfig, out: &mut Outbox) -> bool {
+    let Some(reason) = skip_reason(ex, config) else { return false };
+    let request_line = message::parse_request(&ex.request).ok().map(|r| (r.method.to_string(), r.target.split('?').next().unwrap_or("").to_string()));
+    out.send(Event::Skipped { id: ex.id.clone(), request_line, reason });
+    true
+}
+
+impl Plan {
+    /// What to send for `ex` (not skipped: see [`skipped`]), once its time has come;
+    /// counts it as sent.
+    fn new(ex: &Exchange, config: &ReplayConfig, out: &mut Outbox) -> Plan {
+        let req = message::parse_request(&ex.request).expect("checked by skip_reason");
+        let path = req.target.split('?').next().unwrap_or("").to_string();
+        let production = production_response(ex, req.method, config);
+        let production_latency_ns = ex.response.as_ref().and_then(|r| r.latency_ns);
+        out.send(Event::Sent { production_latency_ns });
+        // The request for `target`, unless it is the captured production server (refused unless allowed).
+        let request = |target: &Target, out: &mut Outbox| {
+            if let Some(server) = ex.server.as_deref().and_then(|s| config.production.production_match(&target.addrs, s)) {
+                if !config.production.allow {
+                    return Err(Failure::new(ErrorKind::RefusedProduction, format!("refused: it is the captured production server {server} (--allow-production overrides)")));
                 }
-            };
+                out.send(Event::Counter("replay_sent_to_production", 1));
+            }
+            Ok(request::rewrite(&req, &target.url, &config.rewrite))
+        };
+        let mut sends = Vec::with_capacity(config.targets.len() + 1);
+        if let (Some(b), Ok(_)) = (&config.baseline, &production) {
+            sends.push(Send { index: 0, request: request(b, out) });
+        }
+        for (i, target) in config.targets.iter().enumerate() {
+            sends.push(Send { index: i + 1, request: request(target, out) });
+        }
+        Plan { method: req.method.to_string(), path, production, sends, done: 0, noise: None }
+    }
+
+    /// The next request to send, if any is left.
+    fn next(&self) -> Option<&Send> {
+        self.sends.get(self.done)
+    }
+
+    /// Reports the answer to the next send: the baseline's, or a target's outcome.
+    fn answered(&mut self, ex: &Exchange, answer: Result<target::Answer, Failure>, config: &ReplayConfig, out: &mut Outbox) {
+        let index = self.sends[self.done].index;
+        self.done += 1;
+        let method = self.method.as_str();
+        if index == 0 {
+            let (Some(b), Ok(prod)) = (&config.baseline, &self.production) else { unreachable!("sent only to compare with production") };
             let latency = answer.as_ref().ok().map(|a| a.latency);
-            let response = answer.and_then(|a| candidate_response(&a, req.method));
+            let response = answer.and_then(|a| candidate_response(&a, method));
             let error = response.as_ref().err().cloned();
             let latency = latency.filter(|_| error.is_none());
             out.send(Event::Baseline { target: b.url.to_string(), error, latency });
             let cfg = config.compare.as_ref().expect("production compared only with --compare");
-            Some(response.map(|b| compare::compare(prod, &b, cfg)))
+            self.noise = Some(response.map(|b| compare::compare(prod, &b, cfg)));
+            return;
         }
-        _ => None,
-    };
-    for (i, target) in config.targets.iter().enumerate() {
-        let mut o = Outcome::new(&ex.id, req.method, &path, &target.url.to_string());
+        let target = config.target(index);
+        let production = &self.production;
+        let mut o = Outcome::new(&ex.id, method, &self.path, &target.url.to_string());
         o.production_status = production.as_ref().ok().map(|p| p.status);
         o.production_latency_ms = ex.response.as_ref().and_then(|r| r.latency_ns).map(|n| n as f64 / 1e6);
-        let answer = match refused(target, out) {
-            Some(reason) => Err(reason),
-            None => {
-                let bytes = request::rewrite(&req, &target.url, &config.rewrite);
-                conns.send(i + 1, target, &ex.connection, &bytes, config.timeout).map_err(|e| failure(&e))
-            }
-        };
         match answer {
             Ok(answer) => {
                 o.candidate_latency_ms = Some(answer.latency.as_secs_f64() * 1e3);
-                match &production {
+                match production {
                     // Nothing to compare with: the status (and that the response parses)
                     // is all that is needed, without building its header list.
-                    Err(reason) => match candidate_status(&answer, req.method) {
+                    Err(reason) => match candidate_status(&answer, method) {
                         Err(e) => o.error = Some(e),
                         Ok(status) => {
                             o.candidate_status = Some(status);
                             o.not_compared = Some(reason.clone());
                         }
                     },
-                    Ok(prod) => match candidate_response(&answer, req.method) {
+                    Ok(prod) => match candidate_response(&answer, method) {
                         Err(e) => o.error = Some(e),
                         Ok(cand) => {
                             o.candidate_status = Some(cand.status);
                             let cfg = config.compare.as_ref().expect("production compared only with --compare");
                             let diffs = compare::compare(prod, &cand, cfg);
                             o.compared_body_bytes = compare::compared_body_bytes(prod, &cand).map(|n| n as u64);
-                            match &baseline {
+                            match &self.noise {
                                 Some(Ok(noise)) => (o.differences, o.noise) = compare::split_noise(diffs, noise),
                                 Some(Err(e)) => {
                                     o.differences = diffs;
@@ -528,11 +647,30 @@ fn replay_one(job: &Job, config: &ReplayConfig, conns: &mut Connections, out: &m
             }
             Err(e) => o.error = Some(e),
         }
-        if !out.send(Event::Outcome(Box::new(o))) {
-            return false;
-        }
+        out.send(Event::Outcome(Box::new(o)));
     }
-    true
+}
+
+/// Replays one exchange to the baseline and every target, blocking. False when the
+/// collector is gone.
+fn replay_one(job: &Job, config: &ReplayConfig, conns: &mut Connections, out: &mut Outbox) -> bool {
+    let ex = &job.exchange;
+    if skipped(ex, config, out) {
+        return !out.closed;
+    }
+    let now = Instant::now();
+    if job.at > now {
+        std::thread::sleep(job.at - now);
+    }
+    let mut plan = Plan::new(ex, config, out);
+    while let Some(send) = plan.next() {
+        let answer = match &send.request {
+            Ok(bytes) => conns.send(send.index, config.target(send.index), &ex.connection, bytes, config.timeout).map_err(|e| failure(&e)),
+            Err(refused) => Err(refused.clone()),
+        };
+        plan.answered(ex, answer, config, out);
+    }
+    !out.closed
 }
 
 /// The report's kind of a failed exchange.
@@ -584,6 +722,7 @@ mod tests {
             compare: Some(CompareSettings::default()),
             production: ProductionCheck { local: safety::LocalAddresses::new(vec![]), allow: false },
             keep_alive: KeepAlive::default(),
+            threads: 0,
         }
     }
 

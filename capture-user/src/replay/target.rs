@@ -31,10 +31,10 @@ pub const MAX_RESPONSE_BYTES: usize = 64 << 20;
 
 /// The request's last bytes are written by one call with the clock running: small
 /// enough that the call does not wait for the target to read much.
-const LAST_WRITE: usize = 16 * 1024;
+pub(super) const LAST_WRITE: usize = 16 * 1024;
 
 /// Bytes read from a target at a time.
-const READ_CHUNK: usize = 64 * 1024;
+pub(super) const READ_CHUNK: usize = 64 * 1024;
 
 /// A target with the addresses its host resolved to at start.
 #[derive(Clone, Debug)]
@@ -102,9 +102,6 @@ pub enum SendError {
 struct Conn {
     stream: Stream,
     framer: HttpConnection,
-    /// Its place in the least-recently-used order ([`Connections::lru`]).
-    stamp: u64,
-    last_used: Instant,
 }
 
 /// Bounds on the keep-alive connections a worker keeps open.
@@ -163,21 +160,127 @@ impl ConnectionStats {
 }
 
 /// (captured connection, target index).
-type Key = (String, usize);
+pub type Key = (String, usize);
 
-/// Keep-alive connections of one worker: one per (captured connection, target index),
-/// so a captured connection's requests reach each target in order on one connection.
-/// At most [`KeepAlive::max_open`] are open; idle ones are closed after
-/// [`KeepAlive::idle`]. A connection is only ever closed between exchanges: nothing
-/// is re-sent because of it.
-pub struct Connections {
+/// What [`Pool::check_out`] found for a key.
+pub enum Checkout<C> {
+    /// Its open connection, out of the pool for one exchange.
+    Open(C),
+    /// None usable: open a new one (room was made for it). `reopening`: the captured
+    /// connection had one that was closed while idle.
+    New { reopening: bool },
+}
+
+/// An idle connection in the pool.
+struct Pooled<C> {
+    conn: C,
+    /// Its place in the least-recently-used order ([`Pool::lru`]).
+    stamp: u64,
+    last_used: Instant,
+}
+
+/// Keep-alive connections of one worker (or lane of the event-driven sender): one per
+/// (captured connection, target index), so a captured connection's requests reach each
+/// target in order on one connection. At most [`KeepAlive::max_open`] are open; idle
+/// ones are closed after [`KeepAlive::idle`]. A connection is taken out for an
+/// exchange and put back after it, so one is only ever closed between exchanges:
+/// nothing is re-sent because of it. `C` is the connection type of the sender.
+pub struct Pool<C> {
     keep_alive: KeepAlive,
-    conns: std::collections::HashMap<Key, Conn>,
+    conns: std::collections::HashMap<Key, Pooled<C>>,
     /// Least recently used first: stamp -> key.
     lru: std::collections::BTreeMap<u64, Key>,
     next_stamp: u64,
     closed: RecentlyClosed,
     pub stats: ConnectionStats,
+}
+
+impl<C> Pool<C> {
+    pub fn new(keep_alive: KeepAlive) -> Pool<C> {
+        let keep_alive = KeepAlive { max_open: keep_alive.max_open.max(1), ..keep_alive };
+        Pool {
+            keep_alive,
+            conns: Default::default(),
+            lru: Default::default(),
+            next_stamp: 0,
+            closed: RecentlyClosed::new(keep_alive.max_open.saturating_mul(4).clamp(1024, 16_384)),
+            stats: ConnectionStats::default(),
+        }
+    }
+
+    /// Idle connections open now.
+    pub fn open(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Takes `key`'s connection out for an exchange if `usable` (the target has not
+    /// closed it while idle); else makes room for a new one.
+    pub fn check_out(&mut self, key: &Key, now: Instant, usable: impl FnOnce(&mut C) -> bool) -> Checkout<C> {
+        self.close_idle(now);
+        let reopening = match self.conns.remove(key) {
+            Some(mut idle) => {
+                self.lru.remove(&idle.stamp);
+                if usable(&mut idle.conn) {
+                    return Checkout::Open(idle.conn);
+                }
+                self.stats.closed_by_target += 1;
+                true
+            }
+            None => self.closed.forget(key),
+        };
+        while self.conns.len() >= self.keep_alive.max_open {
+            let Some((_, oldest)) = self.lru.pop_first() else { break };
+            self.conns.remove(&oldest);
+            self.closed.add(&oldest);
+            self.stats.closed_evicted += 1;
+        }
+        Checkout::New { reopening }
+    }
+
+    /// Counts a connection opened after [`Checkout::New`].
+    pub fn opened(&mut self, reopening: bool) {
+        self.stats.opened += 1;
+        self.stats.reopened += u64::from(reopening);
+    }
+
+    /// Puts a connection back after its exchange (`last_used`: when it began) if it
+    /// may be used again, else closes it.
+    pub fn check_in(&mut self, key: Key, conn: C, keep: bool, last_used: Instant) {
+        if !keep {
+            self.stats.closed_after_exchange += 1;
+            return;
+        }
+        let stamp = self.next_stamp;
+        self.next_stamp += 1;
+        self.lru.insert(stamp, key.clone());
+        self.conns.insert(key, Pooled { conn, stamp, last_used });
+    }
+
+    /// Closes the connections unused for [`KeepAlive::idle`] (also called by an idle worker).
+    pub fn close_idle(&mut self, now: Instant) {
+        while let Some((_, key)) = self.lru.first_key_value() {
+            let idle = self.conns.get(key).is_some_and(|c| now.duration_since(c.last_used) >= self.keep_alive.idle);
+            if !idle {
+                break;
+            }
+            let (_, key) = self.lru.pop_first().expect("looked at");
+            self.conns.remove(&key);
+            self.closed.add(&key);
+            self.stats.closed_idle += 1;
+        }
+    }
+
+    /// Closes every connection (the worker is done).
+    pub fn close_all(&mut self) {
+        self.stats.closed_at_end += self.conns.len() as u64;
+        self.conns.clear();
+        self.lru.clear();
+    }
+}
+
+/// The blocking sender's connections (one worker thread each; `https://` targets).
+pub struct Connections {
+    pool: Pool<Conn>,
     /// Read buffer, reused by every exchange.
     buf: Vec<u8>,
     /// Tests: a pause after writing the request, as when the replayer's thread is
@@ -194,23 +297,21 @@ impl Default for Connections {
 
 impl Connections {
     pub fn new(keep_alive: KeepAlive) -> Connections {
-        let keep_alive = KeepAlive { max_open: keep_alive.max_open.max(1), ..keep_alive };
         Connections {
-            keep_alive,
-            conns: Default::default(),
-            lru: Default::default(),
-            next_stamp: 0,
-            closed: RecentlyClosed::new(keep_alive.max_open.saturating_mul(4).clamp(1024, 16_384)),
-            stats: ConnectionStats::default(),
+            pool: Pool::new(keep_alive),
             buf: vec![0u8; READ_CHUNK],
             #[cfg(test)]
             pause_after_write: Duration::ZERO,
         }
     }
 
+    pub fn stats(&self) -> &ConnectionStats {
+        &self.pool.stats
+    }
+
     /// Connections open now.
     pub fn open(&self) -> usize {
-        self.conns.len()
+        self.pool.open()
     }
 
     /// Sends `request` to target number `index` on the connection of `captured`
@@ -218,82 +319,42 @@ impl Connections {
     /// `timeout` for the exchange.
     pub fn send(&mut self, index: usize, target: &Target, captured: &str, request: &[u8], timeout: Duration) -> Result<Answer, SendError> {
         let now = Instant::now();
-        self.close_idle(now);
         let key = (captured.to_string(), index);
-        let mut reopening = false;
-        if self.conns.get_mut(&key).is_some_and(|c| !c.stream.still_open()) {
-            self.remove(&key);
-            self.stats.closed_by_target += 1;
-            reopening = true;
-        } else if !self.conns.contains_key(&key) {
-            reopening = self.closed.forget(&key);
-        }
-        if !self.conns.contains_key(&key) {
-            while self.conns.len() >= self.keep_alive.max_open {
-                let Some((_, oldest)) = self.lru.first_key_value().map(|(s, k)| (*s, k.clone())) else { break };
-                self.remove(&oldest);
-                self.closed.add(&oldest);
-                self.stats.closed_evicted += 1;
+        let mut conn = match self.pool.check_out(&key, now, |c| c.stream.still_open()) {
+            Checkout::Open(conn) => conn,
+            Checkout::New { reopening } => {
+                let tcp = connect(&target.addrs, timeout)?;
+                let stream = match &target.tls {
+                    Some(config) => tls::handshake(tcp, config.clone(), &target.url.host, timeout).map_err(SendError::Handshake)?,
+                    None => Stream::Plain(tcp),
+                };
+                self.pool.opened(reopening);
+                Conn { stream, framer: response_framer() }
             }
-            let tcp = connect(&target.addrs, timeout)?;
-            let stream = match &target.tls {
-                Some(config) => tls::handshake(tcp, config.clone(), &target.url.host, timeout).map_err(SendError::Handshake)?,
-                None => Stream::Plain(tcp),
-            };
-            let framer = HttpConnection::new(HttpConfig { max_message_bytes: MAX_RESPONSE_BYTES, ..HttpConfig::default() });
-            self.conns.insert(key.clone(), Conn { stream, framer, stamp: 0, last_used: now });
-            self.stats.opened += 1;
-            self.stats.reopened += u64::from(reopening);
-        }
-        self.touch(&key, now);
-        let conn = self.conns.get_mut(&key).expect("inserted");
+        };
         #[cfg(test)]
         let pause = self.pause_after_write;
         #[cfg(not(test))]
         let pause = Duration::ZERO;
-        let result = exchange(conn, &mut self.buf, request, timeout, pause);
-        if !matches!(result, Ok((_, true))) {
-            self.remove(&key);
-            self.stats.closed_after_exchange += 1;
-        }
+        let result = exchange(&mut conn, &mut self.buf, request, timeout, pause);
+        self.pool.check_in(key, conn, matches!(result, Ok((_, true))), now);
         result.map(|(answer, _)| answer)
     }
 
     /// Closes the connections unused for [`KeepAlive::idle`] (also called by an idle worker).
     pub fn close_idle(&mut self, now: Instant) {
-        while let Some((_, key)) = self.lru.first_key_value() {
-            let idle = self.conns.get(key).is_some_and(|c| now.duration_since(c.last_used) >= self.keep_alive.idle);
-            if !idle {
-                break;
-            }
-            let key = key.clone();
-            self.remove(&key);
-            self.closed.add(&key);
-            self.stats.closed_idle += 1;
-        }
+        self.pool.close_idle(now);
     }
 
     /// Closes every connection (the worker is done).
     pub fn close_all(&mut self) {
-        self.stats.closed_at_end += self.conns.len() as u64;
-        self.conns.clear();
-        self.lru.clear();
+        self.pool.close_all();
     }
+}
 
-    fn touch(&mut self, key: &Key, now: Instant) {
-        let conn = self.conns.get_mut(key).expect("open");
-        self.lru.remove(&conn.stamp);
-        conn.stamp = self.next_stamp;
-        conn.last_used = now;
-        self.next_stamp += 1;
-        self.lru.insert(conn.stamp, key.clone());
-    }
-
-    fn remove(&mut self, key: &Key) {
-        if let Some(conn) = self.conns.remove(key) {
-            self.lru.remove(&conn.stamp);
-        }
-    }
+/// A framer for one target connection's responses.
+pub(super) fn response_framer() -> HttpConnection {
+    HttpConnection::new(HttpConfig { max_message_bytes: MAX_RESPONSE_BYTES, ..HttpConfig::default() })
 }
 
 /// Captured connections whose target connection the replayer closed lately (as
@@ -353,7 +414,7 @@ fn connect(addrs: &[SocketAddr], timeout: Duration) -> Result<TcpStream, SendErr
 
 /// Whether an idle keep-alive connection can take a request: the target has neither
 /// closed it nor sent anything unasked (an unasked 408 would pass for the next answer).
-pub(super) fn still_open(stream: &TcpStream) -> bool {
+pub(super) fn still_open(stream: &impl AsRawFd) -> bool {
     let mut byte = 0u8;
     // SAFETY: a valid socket and a 1-byte buffer. One non-blocking peek, whatever the
     // socket's mode: it would block exactly when the connection is open and quiet.
@@ -363,7 +424,7 @@ pub(super) fn still_open(stream: &TcpStream) -> bool {
 
 /// One non-blocking `recv`/`send` on a socket left in blocking mode (the common case
 /// of an exchange needs no timeout to be set): `WouldBlock` when it would wait.
-fn recv_now(stream: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+pub(super) fn recv_now(stream: &impl AsRawFd, buf: &mut [u8]) -> std::io::Result<usize> {
     // SAFETY: a valid socket and a buffer of `buf.len()` writable bytes.
     let n = unsafe { libc::recv(stream.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), libc::MSG_DONTWAIT) };
     if n < 0 {
@@ -372,7 +433,7 @@ fn recv_now(stream: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n as usize)
 }
 
-fn send_now(stream: &TcpStream, buf: &[u8]) -> std::io::Result<usize> {
+pub(super) fn send_now(stream: &impl AsRawFd, buf: &[u8]) -> std::io::Result<usize> {
     // SAFETY: a valid socket and `buf.len()` readable bytes. MSG_NOSIGNAL: a closed
     // connection is an EPIPE error, not a SIGPIPE.
     let n = unsafe { libc::send(stream.as_raw_fd(), buf.as_ptr() as *const libc::c_void, buf.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
@@ -411,7 +472,7 @@ fn write_until(stream: &mut Stream, mut bytes: &[u8], deadline: Instant, timeout
 }
 
 /// Asks the kernel to stamp received data with its arrival time (`SO_TIMESTAMPNS`).
-fn enable_receive_timestamps(stream: &TcpStream) {
+pub(super) fn enable_receive_timestamps(stream: &impl AsRawFd) {
     let on: libc::c_int = 1;
     // SAFETY: a valid socket and an int option value. Failure only loses precision.
     unsafe {
@@ -427,7 +488,7 @@ fn enable_receive_timestamps(stream: &TcpStream) {
 
 /// Reads like `read`, and returns the kernel's arrival time of the data read (of its
 /// last segment; read 1 byte to get the first one's) when the kernel gave one.
-pub(super) fn read_timestamped(stream: &TcpStream, buf: &mut [u8]) -> std::io::Result<(usize, Option<SystemTime>)> {
+pub(super) fn read_timestamped(stream: &impl AsRawFd, buf: &mut [u8]) -> std::io::Result<(usize, Option<SystemTime>)> {
     let mut iov = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() };
     // u64s: aligned for cmsghdr.
     let mut control = [0u64; 16];
@@ -460,7 +521,7 @@ pub(super) fn read_timestamped(stream: &TcpStream, buf: &mut [u8]) -> std::io::R
 }
 
 /// The connection's smallest round-trip time seen by the kernel.
-fn min_rtt(stream: &TcpStream) -> Option<Duration> {
+pub(super) fn min_rtt(stream: &impl AsRawFd) -> Option<Duration> {
     // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes into it.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -525,11 +586,7 @@ fn exchange(conn: &mut Conn, buf: &mut [u8], request: &[u8], timeout: Duration, 
             }
             Ok((n, stamp)) => {
                 if first_byte.is_none() {
-                    let waited = match stamp {
-                        Some(at) => at.duration_since(started_wall).unwrap_or_default(),
-                        None => started.elapsed(),
-                    };
-                    first_byte = Some(waited);
+                    first_byte = Some(waited_since((started, started_wall), stamp));
                 }
                 conn.framer.on_data(Direction::ServerToClient, &buf[..n], 0, &mut stats, &mut msgs);
             }
@@ -539,13 +596,28 @@ fn exchange(conn: &mut Conn, buf: &mut [u8], request: &[u8], timeout: Duration, 
         }
     };
     let waited = first_byte.unwrap_or_else(|| started.elapsed());
-    let latency = waited.saturating_sub(min_rtt(conn.stream.tcp()).unwrap_or_default());
-    let keep = !closed && !conn.framer.is_ignored() && !asks_to_close(&response.bytes);
-    Ok((Answer { bytes: response.bytes.to_vec(), truncated: response.truncated, latency }, keep))
+    Ok(answer_of(conn.stream.tcp(), &conn.framer, response, waited, closed))
+}
+
+/// How long after `started` (just before the write of the request's last part) the
+/// response's first byte arrived: the kernel's receive `stamp`, else now.
+pub(super) fn waited_since(started: (Instant, SystemTime), stamp: Option<SystemTime>) -> Duration {
+    match stamp {
+        Some(at) => at.duration_since(started.1).unwrap_or_default(),
+        None => started.0.elapsed(),
+    }
+}
+
+/// The answer of a framed `response` whose first byte came `waited` after the request
+/// (see the module documentation), and whether its connection may be used again.
+pub(super) fn answer_of(stream: &impl AsRawFd, framer: &HttpConnection, response: HttpMessage, waited: Duration, closed: bool) -> (Answer, bool) {
+    let latency = waited.saturating_sub(min_rtt(stream).unwrap_or_default());
+    let keep = !closed && !framer.is_ignored() && !asks_to_close(&response.bytes);
+    (Answer { bytes: response.bytes.to_vec(), truncated: response.truncated, latency }, keep)
 }
 
 /// A `Connection: close` in the response's head.
-fn asks_to_close(response: &[u8]) -> bool {
+pub(super) fn asks_to_close(response: &[u8]) -> bool {
     crate::http::message::parse_response(response, None).is_ok_and(|r| {
         r.headers().any(|(n, v)| n.eq_ignore_ascii_case("connection") && String::from_utf8_lossy(v).split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
     })
@@ -627,7 +699,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(100));
         let b = conns.send(0, &target, "c", GET, Duration::from_secs(5)).unwrap();
         assert!(b.bytes.ends_with(b"ok"));
-        assert_eq!((conns.stats.reopened, conns.stats.closed_by_target, accepted.load(Ordering::SeqCst)), (1, 1, 2));
+        assert_eq!((conns.stats().reopened, conns.stats().closed_by_target, accepted.load(Ordering::SeqCst)), (1, 1, 2));
     }
 
     /// Issue 11, bug 6 ("hangs"), I/O part: a large request to a target that never
@@ -700,15 +772,15 @@ mod tests {
             assert!(conns.open() <= 2);
         }
         // a, b (open 2); a reused; c evicts b; a reused; b evicts c and is a reopening.
-        let stats = conns.stats;
+        let stats = *conns.stats();
         assert_eq!((stats.opened, stats.closed_evicted, stats.reopened), (4, 2, 1), "{stats:?}");
         assert_eq!((received.load(Ordering::SeqCst), accepted.load(Ordering::SeqCst)), (6, 4), "each request sent once");
         std::thread::sleep(Duration::from_millis(350));
         conns.close_idle(Instant::now());
-        assert_eq!((conns.open(), conns.stats.closed_idle), (0, 2));
+        assert_eq!((conns.open(), conns.stats().closed_idle), (0, 2));
         conns.send(0, &target, "a", GET, t).unwrap();
         conns.close_all();
-        let s = conns.stats;
+        let s = *conns.stats();
         assert_eq!((s.opened, s.reopened, s.closed_at_end), (5, 2, 1), "{s:?}");
         assert_eq!(s.opened, s.closed_idle + s.closed_evicted + s.closed_by_target + s.closed_after_exchange + s.closed_at_end);
     }
