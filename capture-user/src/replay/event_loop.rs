@@ -104,13 +104,20 @@ pub(super) struct EventLoop {
 }
 
 impl EventLoop {
-    /// A thread's loop over `lanes` lanes, and the waker that tells it jobs came.
-    pub(super) fn new(lanes: usize, threads: usize, config: Arc<ReplayConfig>, keep_alive: KeepAlive, out: Outbox) -> std::io::Result<(EventLoop, Arc<Waker>)> {
+    /// The epoll instance of one loop and the waker that tells it jobs came. Made
+    /// before any thread starts, so a system that refuses one (descriptors or memory
+    /// exhausted) can fall back to the blocking sender.
+    pub(super) fn prepare() -> std::io::Result<(Poll, Arc<Waker>)> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        Ok((poll, waker))
+    }
+
+    /// A thread's loop over `lanes` lanes on a prepared epoll instance.
+    pub(super) fn new(poll: Poll, lanes: usize, threads: usize, config: Arc<ReplayConfig>, keep_alive: KeepAlive, out: Outbox) -> EventLoop {
         let lanes = (0..lanes).map(|_| Lane { queue: VecDeque::new(), pool: Pool::new(keep_alive), reported: ConnectionStats::default(), state: State::Idle }).collect();
         let buf = vec![0u8; READ_CHUNK];
-        Ok((EventLoop { poll, lanes, threads, paced: BinaryHeap::new(), queued: 0, buf, config, out }, waker))
+        EventLoop { poll, lanes, threads, paced: BinaryHeap::new(), queued: 0, buf, config, out }
     }
 
     /// Replays the jobs from `rx` until it is closed and every job is done (or the
@@ -535,7 +542,8 @@ mod tests {
         let pending = Arc::new(Mutex::new(Vec::new()));
         let (wake, _woken) = sync_channel(1);
         let out = Outbox { pending: pending.clone(), wake, closed: false };
-        let (sender, _waker) = EventLoop::new(lanes, 1, Arc::new(config), KeepAlive::default(), out).unwrap();
+        let (poll, _waker) = EventLoop::prepare().unwrap();
+        let sender = EventLoop::new(poll, lanes, 1, Arc::new(config), KeepAlive::default(), out);
         let (tx, rx) = sync_channel(1);
         tx.send(jobs).unwrap();
         drop(tx);

@@ -277,23 +277,34 @@ pub fn run(exchanges: impl IntoIterator<Item = Exchange>, config: &ReplayConfig,
     let config = Arc::new(config.clone());
     let batch = if config.pacing == Pacing::Max { JOB_BATCH } else { 1 };
     let (wake, woken) = sync_channel::<()>(1);
-    let threads = config.sender_threads();
+    let prepared = if config.uses_tls() {
+        None
+    } else {
+        match (0..config.sender_threads()).map(|_| event_loop::EventLoop::prepare()).collect::<std::io::Result<Vec<_>>>() {
+            Ok(p) => Some(p),
+            Err(e) => {
+                log::warn!("cannot create an epoll instance ({e}): replaying with a blocking thread per lane");
+                None
+            }
+        }
+    };
+    let threads = if prepared.is_some() { config.sender_threads() } else { lanes };
     // Each thread's events, and the reader's (last).
     let lists: Vec<Arc<Mutex<Vec<Event>>>> = (0..=threads).map(|_| Arc::default()).collect();
     let outbox = |i: usize| Outbox { pending: lists[i].clone(), wake: wake.clone(), closed: false };
     let mut senders: Vec<JobSender> = Vec::new();
     let mut handles = Vec::new();
-    if !config.uses_tls() {
+    if let Some(prepared) = prepared {
         // The event-driven sender: each thread serves every `threads`-th lane.
-        for i in 0..threads {
+        for (i, (poll, waker)) in prepared.into_iter().enumerate() {
             let (tx, rx) = sync_channel::<Vec<Job>>(JOBS_QUEUED / batch);
             let its_lanes = (lanes - i).div_ceil(threads);
-            let (sender, waker) = event_loop::EventLoop::new(its_lanes, threads, config.clone(), keep_alive, outbox(i)).expect("epoll instance");
+            let sender = event_loop::EventLoop::new(poll, its_lanes, threads, config.clone(), keep_alive, outbox(i));
             senders.push(JobSender { tx, waker: Some(waker) });
             handles.push(std::thread::spawn(move || sender.run(rx)));
         }
     } else {
-        // https:// targets: a blocking worker thread per lane.
+        // https:// targets (or no epoll instance): a blocking worker thread per lane.
         for i in 0..lanes {
             let (tx, rx) = sync_channel::<Vec<Job>>(JOBS_QUEUED / batch);
             senders.push(JobSender { tx, waker: None });
