@@ -881,7 +881,8 @@ struct AgentArgs {
     /// so clients and other programs using the same libssl pay nothing. `all`: every
     /// process that maps the library (a server whose processes the agent cannot see,
     /// or that accepts on sockets it did not open itself), at a cost to each of them.
-    #[arg(long = "tls-scope", default_value = "listeners", env = "CAPTURE_TLS_SCOPE", requires = "tls_libs")]
+    /// Without --tls-lib it has no effect.
+    #[arg(long = "tls-scope", default_value = "listeners", env = "CAPTURE_TLS_SCOPE")]
     tls_scope: capture::tls_listeners::TlsScope,
 
     /// Permission bits of the `.gor` files and the stream log, in octal (they hold
