@@ -167,6 +167,8 @@ fn https_through_openssl_is_captured_byte_exact_paired_and_without_its_ciphertex
         &["--tls-lib", "auto", "--max-message-size", "8MB", "--no-stream-log"],
     );
     assert!(agent.log().contains("TLS: probing /proc/"), "the running nginx's libssl was found:\n{}", agent.log());
+    // `--tls-scope listeners` (the default): nginx's master and worker, each probed.
+    wait_for_probed_processes(&agent, PORT, 2);
 
     let url = format!("https://{}:{PORT}", net.server_v4);
     let url6 = format!("https://[{}]:{PORT}", net.server_v6);
@@ -209,11 +211,8 @@ fn https_through_openssl_is_captured_byte_exact_paired_and_without_its_ciphertex
     std::fs::copy(LIBSSL, &private_lib).unwrap();
     let wrap = format!("unshare --mount --propagation private sh -c 'mount --bind {} {LIBSSL} && exec \"$0\" \"$@\"'", private_lib.display());
     let _late = HttpsNginx::start(&net.server_ns, LATE_PORT, &dir, "late", &wrap);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while agent.log().matches("TLS: probing /proc/").count() < 2 {
-        assert!(std::time::Instant::now() < deadline, "the late server's libssl copy was never probed:\n{}", agent.log());
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_for_probed_processes(&agent, LATE_PORT, 2);
+    assert_eq!(agent.log().matches("TLS: probing /proc/").count(), 2, "the late server's libssl copy was found:\n{}", agent.log());
     let late = curl(&net, &dir, "late", &format!("https://{}:{LATE_PORT}/hello.txt", net.server_v4));
 
     let stderr = agent.stop();
@@ -274,10 +273,53 @@ fn https_through_openssl_is_captured_byte_exact_paired_and_without_its_ciphertex
     ] {
         assert_eq!(counters[key], 0, "{key}: {counters:?}");
     }
-    assert!(counters["kernel_tls_client_side_calls"] > 0, "curl's and Python's own calls were seen and skipped");
+    // The clients (curl, Python) map the same libssl but listen on no watched port:
+    // not probed, so none of their calls reached the probes.
+    assert_eq!(counters["kernel_tls_client_side_calls"], 0, "a client process was probed");
+    assert_eq!(counters["tls_processes"], 4, "both nginx masters and workers, nothing else");
+    assert_eq!(counters["tls_process_errors"], 0);
     assert_eq!(counters["http_requests"], 12);
     assert_eq!(counters["http_paired"], 12);
     assert!(counters["tls_libraries"] >= 2, "the host's libssl and the late server's copy");
+}
+
+/// Waits (20 s at most) until the agent's log shows `n` processes listening on `port`
+/// probed: a server's traffic is captured only from then on.
+fn wait_for_probed_processes(agent: &Agent, port: u16, n: usize) {
+    let line = format!("(listens on port {port})");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while agent.log().matches(&line).count() < n {
+        assert!(std::time::Instant::now() < deadline, "{n} processes listening on {port} were never probed:\n{}", agent.log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// `--tls-scope all` probes every process mapping the library: the server's HTTPS is
+/// captured byte-exact as with the default scope, and the client's own calls now reach
+/// the probes too (counted client-side and skipped); no process is probed one by one.
+#[test]
+fn tls_scope_all_probes_clients_too_and_still_captures_the_server() {
+    let test = "tls_scope_all_probes_clients_too_and_still_captures_the_server";
+    if !kernel_tests_enabled(test) {
+        return;
+    }
+    let net = NetPair::new();
+    let dir = TempDir::new("tls_scope_all");
+    make_certificate(&dir);
+    std::fs::create_dir_all(dir.path("www")).unwrap();
+    std::fs::write(dir.path("www").join("hello.txt"), "hello to every process\n").unwrap();
+    let _nginx = HttpsNginx::start(&net.server_ns, PORT, &dir, "nginx", "");
+    let mut agent =
+        Agent::start(&net.server_ns, &net.server_if, &[PORT], &dir, &["--tls-lib", LIBSSL, "--tls-scope", "all", "--no-stream-log"]);
+    let run = curl(&net, &dir, "get", &format!("https://{}:{PORT}/hello.txt", net.server_v4));
+    let counters = summary(&agent.stop());
+    assert_no_kernel_loss(&counters);
+    let records = parse_gor(&agent.records());
+    let (client, server) = (format!("{}:{}", net.client_v4, run.local_port), format!("{}:{PORT}", net.server_v4));
+    assert_captured(&records, "scope all", &run.sent, &run.received, &client, &server);
+    assert!(counters["kernel_tls_client_side_calls"] > 0, "curl's own calls reached the probes: {counters:?}");
+    assert_eq!(counters["tls_processes"], 0, "probes per file, not per process");
+    assert!(!agent.log().contains("TLS: probing process"), "{}", agent.log());
 }
 
 /// `/etc/netns/<ns>/hosts`, which `ip netns exec` puts over /etc/hosts in that
@@ -356,6 +398,8 @@ const TLS_SERIES: &[(&str, &str, bool)] = &[
     ("kernel_tls_calls_unmatched", "capture_kernel_tls_unmatched_calls_total", true),
     ("tls_libraries", "capture_tls_libraries", false),
     ("tls_library_errors", "capture_tls_library_errors_total", false),
+    ("tls_processes", "capture_tls_processes", false),
+    ("tls_process_errors", "capture_tls_process_errors_total", false),
     ("tls_ciphertext_connections", "capture_tls_ciphertext_connections_total", false),
     ("tls_ciphertext_bytes", "capture_tls_ciphertext_bytes_total", false),
     ("tls_ciphertext_segments_dropped", "capture_tls_ciphertext_dropped_segments_total", false),
@@ -429,6 +473,8 @@ fn tls_metrics_equal_the_summary(scraped: &std::collections::BTreeMap<String, f6
         }
     }
     assert!(counters["kernel_tls_connections"] >= 2 && counters["tls_libraries"] == 1, "{counters:?}");
+    // The production server's master and worker; not the candidate (its port is not watched).
+    assert_eq!(counters["tls_processes"], 2, "{counters:?}");
 }
 
 #[test]

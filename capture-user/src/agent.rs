@@ -8,6 +8,7 @@
 //! The same reactor listens for link notifications: interfaces matching `--iface`
 //! are attached when they appear and forgotten when they vanish.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
@@ -36,6 +37,7 @@ use crate::segment::Segment;
 use crate::sink::RecordSink;
 use crate::skip::Skipper;
 use crate::tls_libs::{Discovery, TlsLibSpec};
+use crate::tls_listeners::{ListenerScan, TlsScope};
 
 pub struct AgentConfig {
     /// `--iface` names and globs; globs stay live (interfaces that appear later).
@@ -56,6 +58,8 @@ pub struct AgentConfig {
     pub metrics: Arc<AgentMetrics>,
     /// `--tls-lib`: OpenSSL libraries to probe for plaintext (empty: no TLS capture).
     pub tls_libs: Vec<TlsLibSpec>,
+    /// `--tls-scope`: which processes the TLS probes go on.
+    pub tls_scope: TlsScope,
     /// `--sample`: which connections the kernel copies.
     pub sampling: SampleConfig,
     /// Filters and rate limits.
@@ -87,7 +91,10 @@ impl AgentSummary {
         let mut parts: Vec<String> = self.kernel.iter().map(|(c, v)| format!("{}={v}", c.name())).collect();
         if !self.tls.kernel.is_empty() {
             parts.extend(self.tls.kernel.iter().map(|(c, v)| format!("{}={v}", c.name())));
-            parts.push(format!("tls_libraries={} tls_library_errors={}", self.tls.libraries, self.tls.library_errors));
+            parts.push(format!(
+                "tls_libraries={} tls_library_errors={} tls_processes={} tls_process_errors={}",
+                self.tls.libraries, self.tls.library_errors, self.tls.processes, self.tls.process_errors
+            ));
         }
         parts.extend(self.links.fields().into_iter().map(|(k, v)| format!("{k}={v}")));
         parts.extend(self.pipeline.fields().into_iter().map(|(k, v)| format!("{k}={v}")));
@@ -110,27 +117,36 @@ impl AgentSummary {
     }
 }
 
-/// The TLS probes and, with `--tls-lib auto`, the search for libssl in processes.
+/// The TLS probes and, with `--tls-lib auto`, the search for libssl in processes;
+/// with `--tls-scope listeners`, the search for the processes to probe.
 struct TlsCapture {
     probes: TlsProbes,
     discovery: Option<Discovery>,
+    /// Scope `listeners`: the watched ports' listening processes.
+    listeners: Option<ListenerScan>,
+    ports: Vec<u16>,
     scans: u64,
     attach_errors: u64,
+    /// Processes whose probing failed (logged once; tried again once they are gone and
+    /// their pid is reused).
+    failed_processes: HashSet<u32>,
+    process_errors: u64,
 }
 
-/// Seconds between scans of new processes for libssl (`--tls-lib auto`); every
-/// `FULL_RESCAN_EVERY`th scan reads every process again (a library loaded late with dlopen).
+/// Seconds between scans of new processes for libssl (`--tls-lib auto`) and for
+/// listeners on watched ports (`--tls-scope listeners`); every `FULL_RESCAN_EVERY`th
+/// scan reads every process again (a library loaded late with dlopen).
 const TLS_SCAN_INTERVAL: Duration = Duration::from_secs(2);
 const FULL_RESCAN_EVERY: u64 = 15;
 
 impl TlsCapture {
     /// Loads the probes and attaches the libraries named (errors are fatal at start);
     /// with `auto`, also every libssl running processes map.
-    fn start(kernel: &mut KernelCapture, specs: &[TlsLibSpec]) -> anyhow::Result<Option<TlsCapture>> {
+    fn start(kernel: &mut KernelCapture, specs: &[TlsLibSpec], scope: TlsScope, ports: &[u16]) -> anyhow::Result<Option<TlsCapture>> {
         if specs.is_empty() {
             return Ok(None);
         }
-        let mut probes = TlsProbes::load(kernel.ebpf_mut())?;
+        let mut probes = TlsProbes::load(kernel.ebpf_mut(), scope)?;
         let mut discovery = None;
         for spec in specs {
             match spec {
@@ -146,9 +162,19 @@ impl TlsCapture {
             }
         }
         let auto = discovery.is_some();
-        let mut tls = TlsCapture { probes, discovery, scans: 0, attach_errors: 0 };
+        let listeners = (scope == TlsScope::Listeners).then(|| ListenerScan::new("/proc"));
+        let mut tls = TlsCapture {
+            probes,
+            discovery,
+            listeners,
+            ports: ports.to_vec(),
+            scans: 0,
+            attach_errors: 0,
+            failed_processes: HashSet::new(),
+            process_errors: 0,
+        };
         tls.rescan(kernel);
-        if auto && tls.probes.libraries().is_empty() {
+        if auto && tls.probes.library_count() == 0 {
             eprintln!("capture: TLS: no process maps libssl.so yet; looking for new ones every {} s", TLS_SCAN_INTERVAL.as_secs());
         }
         Ok(Some(tls))
@@ -156,18 +182,61 @@ impl TlsCapture {
 
     /// The probes' counters, as the summary and `/metrics` show them.
     fn counters(&self) -> TlsCounters {
-        TlsCounters { kernel: self.probes.counters(), libraries: self.probes.libraries().len() as u64, library_errors: self.attach_errors }
+        TlsCounters {
+            kernel: self.probes.counters(),
+            libraries: self.probes.library_count() as u64,
+            library_errors: self.attach_errors,
+            processes: self.probes.processes() as u64,
+            process_errors: self.process_errors,
+        }
     }
 
-    /// Probes libssl files of processes not seen before (all processes now and then).
+    /// Is there anything to look for in `/proc` from time to time?
+    fn scans_proc(&self) -> bool {
+        self.discovery.is_some() || self.listeners.is_some()
+    }
+
+    /// Probes libssl files of processes not seen before (all processes now and then),
+    /// then (scope `listeners`) the processes listening on watched ports.
     fn rescan(&mut self, kernel: &mut KernelCapture) {
-        let Some(discovery) = &mut self.discovery else { return };
         let full = self.scans % FULL_RESCAN_EVERY == 0;
         self.scans += 1;
-        for (pid, path) in discovery.scan(full) {
-            if let Err(e) = self.probes.attach_library(kernel.ebpf_mut(), &path) {
-                self.attach_errors += 1;
-                warn!("TLS: libssl of process {pid} not probed: {}", crate::error_chain::render(&e));
+        if let Some(discovery) = &mut self.discovery {
+            for (pid, path) in discovery.scan(full) {
+                if let Err(e) = self.probes.attach_library(kernel.ebpf_mut(), &path) {
+                    self.attach_errors += 1;
+                    warn!("TLS: libssl of process {pid} not probed: {}", crate::error_chain::render(&e));
+                }
+            }
+        }
+        let Some(scan) = &mut self.listeners else { return };
+        let libraries: HashSet<_> = self.probes.library_ids().into_iter().map(|(id, _)| id).collect();
+        let found = scan.scan(&self.ports, &libraries, full);
+        let gone = self.probes.detach_gone(kernel.ebpf_mut(), &found.live);
+        if gone > 0 {
+            info!("TLS: {gone} probed processes are gone, their probes removed");
+        }
+        self.failed_processes.retain(|pid| found.live.contains(pid));
+        for listener in found.listeners {
+            if self.failed_processes.contains(&listener.pid) {
+                continue;
+            }
+            for id in listener.libraries {
+                match self.probes.attach_process(kernel.ebpf_mut(), listener.pid, id) {
+                    Ok(false) => {}
+                    Ok(true) => info!(
+                        "TLS: probing process {} (listens on port {}) in {}",
+                        listener.pid,
+                        listener.ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", "),
+                        self.probes.library_path(id).map(|p| p.display().to_string()).unwrap_or_default()
+                    ),
+                    Err(e) => {
+                        self.process_errors += 1;
+                        self.failed_processes.insert(listener.pid);
+                        warn!("TLS: process {} not probed: {}", listener.pid, crate::error_chain::render(&e));
+                        break;
+                    }
+                }
             }
         }
     }
@@ -217,7 +286,7 @@ pub fn run(
     let counter_map = Arc::new(kernel.take_counters()?);
     let scraped_map = counter_map.clone();
     metrics.set_kernel_source(Box::new(move || counters::read(&scraped_map)));
-    let mut tls = TlsCapture::start(&mut kernel, &config.tls_libs)?;
+    let mut tls = TlsCapture::start(&mut kernel, &config.tls_libs, config.tls_scope, &config.ports)?;
     // Subscribe before listing the links: nothing that happens in between is missed.
     let link_socket = links::subscribe().map_err(KernelError::Links)?;
     let snapshot = links::current_links().map_err(KernelError::Links)?;
@@ -351,7 +420,7 @@ async fn read_loop(
                     interfaces.on_event(kernel, event);
                 }
             }
-            _ = tls_scan.tick(), if tls.as_ref().is_some_and(|t| t.discovery.is_some()) => {
+            _ = tls_scan.tick(), if tls.as_ref().is_some_and(|t| t.scans_proc()) => {
                 if let Some(t) = tls.as_deref_mut() {
                     t.rescan(kernel);
                 }

@@ -29,6 +29,7 @@ pub mod segment;
 pub mod sink;
 pub mod skip;
 pub mod tls_libs;
+pub mod tls_listeners;
 pub mod tls_streams;
 pub mod reassembly;
 pub mod http;

@@ -894,6 +894,16 @@ struct AgentArgs {
     #[arg(long = "tls-lib", env = "CAPTURE_TLS_LIB", value_delimiter = ',')]
     tls_libs: Vec<capture::tls_libs::TlsLibSpec>,
 
+    /// Which processes the TLS probes (`--tls-lib`) go on. `listeners`: only processes
+    /// with a listening socket on a watched port (found in /proc every 2 s, in every
+    /// network namespace; in a container the agent needs the host's pid namespace),
+    /// so clients and other programs using the same libssl pay nothing. `all`: every
+    /// process that maps the library (a server whose processes the agent cannot see,
+    /// or that accepts on sockets it did not open itself), at a cost to each of them.
+    /// Without --tls-lib it has no effect.
+    #[arg(long = "tls-scope", default_value = "listeners", env = "CAPTURE_TLS_SCOPE")]
+    tls_scope: capture::tls_listeners::TlsScope,
+
     /// Permission bits of the `.gor` files and the stream log, in octal (they hold
     /// production traffic). Files are always created new: an existing file, or a
     /// symbolic link, at an output path is refused.
@@ -1181,6 +1191,7 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         duration: args.duration.map(Duration::from_secs_f64),
         metrics,
         tls_libs: args.tls_libs,
+        tls_scope: args.tls_scope,
     };
     let summary = agent::run(config, open_outputs).context("capture agent")?;
     eprintln!("capture: summary {}", summary.line());

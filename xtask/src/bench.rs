@@ -18,7 +18,9 @@
 //!
 //! The HTTPS variant: nginx serves 100 B over TLS (self-signed) to wrk over https,
 //! without (A) and with the agent capturing plaintext at OpenSSL (`--tls-lib`, B);
-//! wrk uses the same libssl, so its own calls hit the probes too.
+//! wrk uses the same libssl, but with the default `--tls-scope listeners` only nginx's
+//! processes are probed (`CAPTURE_TLS_SCOPE=all` in the environment measures the
+//! probes on every process instead).
 //!
 //! The latency run: wrk paced at about half of A's maximum (of this run), without
 //! and with capture; wrk's p50/p99 are the price a production request pays.

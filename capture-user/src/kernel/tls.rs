@@ -1,13 +1,15 @@
 //! Loads the TLS probes of the agent's eBPF object (see `capture-ebpf/src/tls.rs`):
 //! a raw tracepoint on syscall entry (which fd an SSL call uses), uprobes on OpenSSL's
 //! `SSL_read`, `SSL_write`, `SSL_read_ex`, `SSL_write_ex` (entry and return) and
-//! `SSL_free`, attached per library file.
+//! `SSL_free`, attached per library file (`--tls-scope all`) or per process and
+//! library file (`--tls-scope listeners`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, MapData, PerCpuArray};
-use aya::programs::uprobe::UProbeScope;
+use aya::programs::uprobe::{UProbeLinkId, UProbeScope};
 use aya::programs::{RawTracePoint, UProbe};
 use aya::Ebpf;
 use capture_common::{
@@ -19,6 +21,7 @@ use log::info;
 use crate::btf::{self, BtfError};
 use crate::error_chain::Cause;
 use crate::tls_libs::{self, FileId, TlsLibError};
+use crate::tls_listeners::TlsScope;
 
 const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 const UPROBE_PMU: &str = "/sys/bus/event_source/devices/uprobe";
@@ -56,11 +59,63 @@ pub enum TlsError {
     Library(#[from] TlsLibError),
 }
 
-/// The TLS probes: loaded once, attached to each library file once.
+/// A library file to probe: the path used to attach and the symbols it exports.
+struct Library {
+    path: PathBuf,
+    symbols: Vec<&'static str>,
+}
+
+/// The TLS probes: loaded once, attached to each library file once (scope `all`) or
+/// to each process and library file (scope `listeners`).
 pub struct TlsProbes {
-    /// Library files probed, by identity, with the path used to attach.
-    libraries: HashMap<FileId, PathBuf>,
+    scope: TlsScope,
+    /// Library files probed, by identity.
+    libraries: HashMap<FileId, Library>,
+    /// Scope `listeners`: the uprobe links of each probed process and library.
+    processes: HashMap<(u32, FileId), Vec<(&'static str, UProbeLinkId)>>,
     counters: PerCpuArray<MapData, u64>,
+}
+
+/// The programs attached to a symbol: entry and return probe, or `SSL_free`'s.
+fn programs_of(symbol: &str) -> &'static [&'static str] {
+    match symbol {
+        "SSL_read" => &[PROG_SSL_READ, PROG_SSL_RET],
+        "SSL_write" => &[PROG_SSL_WRITE, PROG_SSL_RET],
+        "SSL_read_ex" => &[PROG_SSL_READ_EX, PROG_SSL_RET],
+        "SSL_write_ex" => &[PROG_SSL_WRITE_EX, PROG_SSL_RET],
+        _ => &[PROG_SSL_FREE],
+    }
+}
+
+/// Attaches every program of every symbol of `lib` with `scope`; on failure, detaches
+/// what this call attached.
+fn attach_all(ebpf: &mut Ebpf, lib: &Library, scope: UProbeScope) -> Result<Vec<(&'static str, UProbeLinkId)>, TlsError> {
+    let mut links = Vec::new();
+    for symbol in &lib.symbols {
+        for &name in programs_of(symbol) {
+            let prog: &mut UProbe = program(ebpf, name);
+            match prog.attach(*symbol, &lib.path, scope) {
+                Ok(link) => links.push((name, link)),
+                Err(e) => {
+                    detach_all(ebpf, links);
+                    return Err(TlsError::Program {
+                        program: name,
+                        what: format!("attaching to {symbol} in {}", lib.path.display()),
+                        source: Cause::of(&e),
+                    });
+                }
+            }
+        }
+    }
+    Ok(links)
+}
+
+fn detach_all(ebpf: &mut Ebpf, links: Vec<(&'static str, UProbeLinkId)>) {
+    for (name, link) in links {
+        let prog: &mut UProbe = program(ebpf, name);
+        // Fails only for a link already gone: nothing left to release.
+        let _ = prog.detach(link);
+    }
 }
 
 /// The kernel field offsets the probes read, from the kernel's BTF.
@@ -103,7 +158,7 @@ where
 impl TlsProbes {
     /// Loads the TLS programs, writes the kernel offsets and attaches the syscall
     /// tracepoint. Libraries are attached with [`TlsProbes::attach_library`].
-    pub fn load(ebpf: &mut Ebpf) -> Result<TlsProbes, TlsError> {
+    pub fn load(ebpf: &mut Ebpf, scope: TlsScope) -> Result<TlsProbes, TlsError> {
         if !Path::new(UPROBE_PMU).exists() {
             return Err(TlsError::NoUprobes);
         }
@@ -128,55 +183,72 @@ impl TlsProbes {
         let map = ebpf.take_map(MAP_TLS_COUNTERS).expect("TLS_COUNTERS in the object");
         let counters = PerCpuArray::try_from(map)
             .map_err(|source| TlsError::Map { name: MAP_TLS_COUNTERS, source: Cause::of(&source) })?;
-        Ok(TlsProbes { libraries: HashMap::new(), counters })
+        Ok(TlsProbes { scope, libraries: HashMap::new(), processes: HashMap::new(), counters })
     }
 
     /// Probes the library at `path` (a path through `/proc/PID/root` reaches other
-    /// mount namespaces). Returns false if that file is probed already.
+    /// mount namespaces): in every process with scope `all`; with scope `listeners`
+    /// the file is checked and remembered, and [`TlsProbes::attach_process`] probes it
+    /// in a process. Returns false if that file is probed already.
     pub fn attach_library(&mut self, ebpf: &mut Ebpf, path: &Path) -> Result<bool, TlsError> {
         let id = tls_libs::file_id(path)
             .map_err(|source| TlsLibError::Unreadable { path: path.to_path_buf(), source })?;
         if self.libraries.contains_key(&id) {
             return Ok(false);
         }
-        let symbols = tls_libs::check_library(path)?;
-        for symbol in &symbols {
-            let entry = match *symbol {
-                "SSL_read" => Some(PROG_SSL_READ),
-                "SSL_write" => Some(PROG_SSL_WRITE),
-                "SSL_read_ex" => Some(PROG_SSL_READ_EX),
-                "SSL_write_ex" => Some(PROG_SSL_WRITE_EX),
-                _ => None,
-            };
-            let attach = |ebpf: &mut Ebpf, name: &'static str| {
-                let prog: &mut UProbe = program(ebpf, name);
-                prog.attach(*symbol, path, UProbeScope::AllProcesses).map(|_| ()).map_err(|e| TlsError::Program {
-                    program: name,
-                    what: format!("attaching to {symbol} in {}", path.display()),
-                    source: Cause::of(&e),
-                })
-            };
-            match entry {
-                Some(name) => {
-                    attach(ebpf, name)?;
-                    attach(ebpf, PROG_SSL_RET)?;
-                }
-                None => attach(ebpf, PROG_SSL_FREE)?,
-            }
+        let lib = Library { path: path.to_path_buf(), symbols: tls_libs::check_library(path)? };
+        if self.scope == TlsScope::All {
+            // Attached for the agent's lifetime: the links live as long as the programs.
+            attach_all(ebpf, &lib, UProbeScope::AllProcesses)?;
         }
-        info!("TLS: probing {} ({})", path.display(), symbols.join(", "));
-        self.libraries.insert(id, path.to_path_buf());
+        info!("TLS: probing {} ({})", path.display(), lib.symbols.join(", "));
+        self.libraries.insert(id, lib);
         Ok(true)
     }
 
-    /// Library files probed so far.
-    pub fn libraries(&self) -> Vec<PathBuf> {
-        self.libraries.values().cloned().collect()
+    /// Scope `listeners`: probes library `id` (known from [`TlsProbes::attach_library`])
+    /// in process `pid` only. Returns false if it is probed there already.
+    pub fn attach_process(&mut self, ebpf: &mut Ebpf, pid: u32, id: FileId) -> Result<bool, TlsError> {
+        if self.processes.contains_key(&(pid, id)) {
+            return Ok(false);
+        }
+        let (Some(lib), Some(nz)) = (self.libraries.get(&id), NonZeroU32::new(pid)) else { return Ok(false) };
+        let links = attach_all(ebpf, lib, UProbeScope::OneProcess(nz))?;
+        self.processes.insert((pid, id), links);
+        Ok(true)
+    }
+
+    /// Drops the probes of processes not in `live` (gone: their links would leak).
+    /// Returns how many processes lost their probes.
+    pub fn detach_gone(&mut self, ebpf: &mut Ebpf, live: &HashSet<u32>) -> usize {
+        let gone: Vec<(u32, FileId)> = self.processes.keys().filter(|(pid, _)| !live.contains(pid)).copied().collect();
+        let pids: HashSet<u32> = gone.iter().map(|(pid, _)| *pid).collect();
+        for key in gone {
+            if let Some(links) = self.processes.remove(&key) {
+                detach_all(ebpf, links);
+            }
+        }
+        pids.len()
+    }
+
+    /// Processes probed now (scope `listeners`).
+    pub fn processes(&self) -> usize {
+        self.processes.keys().map(|(pid, _)| *pid).collect::<HashSet<_>>().len()
+    }
+
+    /// The probed library's path, for logs.
+    pub fn library_path(&self, id: FileId) -> Option<&Path> {
+        self.libraries.get(&id).map(|l| l.path.as_path())
     }
 
     /// Identities of the library files probed so far.
     pub fn library_ids(&self) -> Vec<(FileId, PathBuf)> {
-        self.libraries.iter().map(|(id, p)| (*id, p.clone())).collect()
+        self.libraries.iter().map(|(id, l)| (*id, l.path.clone())).collect()
+    }
+
+    /// Number of library files probed so far.
+    pub fn library_count(&self) -> usize {
+        self.libraries.len()
     }
 
     /// Sum over CPUs of every TLS counter, in `TlsCounter::ALL` order.

@@ -39,6 +39,10 @@ pub struct TlsCounters {
     pub libraries: u64,
     /// Libraries found by discovery that could not be probed (`tls_library_errors`).
     pub library_errors: u64,
+    /// Processes probed now, `--tls-scope listeners` (`tls_processes`, a gauge).
+    pub processes: u64,
+    /// Listening processes whose probing failed (`tls_process_errors`).
+    pub process_errors: u64,
 }
 
 /// What the agent shares with the metrics endpoint.
@@ -183,6 +187,7 @@ const FAMILIES: &[(&str, &str)] = &[
     ("capture_kernel_tls_sampled_out_calls", "Calls on connections --sample left out, not copied; not a loss"),
     ("capture_kernel_tls_sampled_out_bytes", "Plaintext bytes of those calls"),
     ("capture_tls_library_errors", "libssl files found by --tls-lib auto that could not be probed"),
+    ("capture_tls_process_errors", "Processes listening on a watched port whose probing failed (--tls-scope listeners; logged once per process)"),
     ("capture_tls_ciphertext_connections", "TCP-path connections recognised as TLS by their first client bytes (their bytes are not framed as HTTP)"),
     ("capture_tls_ciphertext_bytes", "Ciphertext bytes that reached userspace before the kernel knew the flow was TLS"),
     ("capture_tls_ciphertext_dropped_segments", "TCP-path segments of flows whose plaintext is captured, dropped in userspace"),
@@ -297,6 +302,7 @@ const EXPORTS: &[(&str, &str, Option<(&str, &str)>)] = &[
     ("kernel_tls_sampled_out_calls", "capture_kernel_tls_sampled_out_calls", None),
     ("kernel_tls_sampled_out_bytes", "capture_kernel_tls_sampled_out_bytes", None),
     ("tls_library_errors", "capture_tls_library_errors", None),
+    ("tls_process_errors", "capture_tls_process_errors", None),
     ("tls_ciphertext_connections", "capture_tls_ciphertext_connections", None),
     ("tls_ciphertext_bytes", "capture_tls_ciphertext_bytes", None),
     ("tls_ciphertext_segments_dropped", "capture_tls_ciphertext_dropped_segments", None),
@@ -444,6 +450,14 @@ pub fn samples(
             value: Value::Int(tls.libraries),
         });
         out.push(summary_counter("tls_library_errors", tls.library_errors));
+        out.push(Sample {
+            name: "capture_tls_processes".into(),
+            kind: Kind::Gauge,
+            help: "Processes the TLS probes are attached to now (--tls-scope listeners; 0 with all: the probes are per file)".into(),
+            labels: Vec::new(),
+            value: Value::Int(tls.processes),
+        });
+        out.push(summary_counter("tls_process_errors", tls.process_errors));
     }
     out.extend(links.fields().into_iter().map(|(k, v)| summary_counter(k, v)));
     for s in interfaces.iter().filter(|s| s.attached) {
@@ -575,6 +589,8 @@ mod tests {
             kernel: TlsCounter::ALL.iter().enumerate().map(|(i, &c)| (c, 8000 + i as u64)).collect(),
             libraries: 8100,
             library_errors: 8101,
+            processes: 8102,
+            process_errors: 8103,
         }
     }
 
@@ -690,7 +706,12 @@ mod tests {
             .iter()
             .map(|(c, v)| (c.name().to_string(), *v))
             .chain(tls.kernel.iter().map(|(c, v)| (c.name().to_string(), *v)))
-            .chain([("tls_libraries".to_string(), tls.libraries), ("tls_library_errors".to_string(), tls.library_errors)])
+            .chain([
+                ("tls_libraries".to_string(), tls.libraries),
+                ("tls_library_errors".to_string(), tls.library_errors),
+                ("tls_processes".to_string(), tls.processes),
+                ("tls_process_errors".to_string(), tls.process_errors),
+            ])
             .chain(links.fields().into_iter().map(|(k, v)| (k.to_string(), v)))
             .chain(stats.fields())
             .chain(interfaces[0].fields().into_iter().filter(|(k, _)| !k.ends_with(".attached")))
@@ -721,6 +742,8 @@ mod tests {
             ("capture_kernel_tls_unmatched_calls_total", "8018"),
             ("capture_tls_libraries", "8100"),
             ("capture_tls_library_errors_total", "8101"),
+            ("capture_tls_processes", "8102"),
+            ("capture_tls_process_errors_total", "8103"),
             ("capture_tls_ciphertext_connections_total", "8200"),
             ("capture_tls_ciphertext_dropped_segments_total", "8202"),
             ("capture_tls_segments_total", "8300"),
