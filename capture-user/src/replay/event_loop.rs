@@ -459,32 +459,17 @@ mod tests {
     use super::*;
     use crate::compare::{CompareSettings, ErrorKind as Kind, Outcome};
     use crate::replay::input::{CapturedResponse, Exchange as Captured};
-    use crate::replay::request::{RewriteOptions, TargetUrl};
+    use crate::replay::request::RewriteOptions;
     use crate::replay::safety::{LocalAddresses, ProductionCheck};
     use crate::replay::target::Target;
     use crate::replay::{lane_of, Event, Pacing, SAFE_METHODS};
     use std::io::{Read, Write};
-    use std::net::{TcpListener, TcpStream as StdStream};
+    use std::net::TcpStream as StdStream;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::mpsc::sync_channel;
     use std::sync::Mutex;
 
-    /// A server on 127.0.0.1 that counts the connections it accepts and runs `handle`
-    /// on each (in its own thread).
-    fn server(handle: impl Fn(StdStream) + Send + Sync + 'static) -> (Target, Arc<AtomicUsize>) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url: TargetUrl = format!("http://{}", listener.local_addr().unwrap()).parse().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let (count, handle) = (accepted.clone(), Arc::new(handle));
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                count.fetch_add(1, Ordering::SeqCst);
-                let handle = handle.clone();
-                std::thread::spawn(move || handle(stream));
-            }
-        });
-        (Target::resolve(url).unwrap(), accepted)
-    }
+    use crate::replay::target::tests::server;
 
     /// Reads one request head (requests here have no body): its path.
     fn read_path(stream: &mut StdStream) -> Option<String> {

@@ -624,15 +624,15 @@ pub(super) fn asks_to_close(response: &[u8]) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::net::TcpListener;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A server on 127.0.0.1 that counts the connections it accepts and runs `handle`
-    /// on each (in its own thread).
-    fn server(handle: impl Fn(TcpStream) + Send + Sync + 'static) -> (Target, Arc<AtomicUsize>) {
+    /// on each (in its own thread). Also used by the event loop's tests.
+    pub(in crate::replay) fn server(handle: impl Fn(TcpStream) + Send + Sync + 'static) -> (Target, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url: TargetUrl = format!("http://{}", listener.local_addr().unwrap()).parse().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));

@@ -847,19 +847,7 @@ mod tests {
     /// accounted as one record: pending while its parts are, failed once if they fail.
     #[test]
     fn split_records_count_as_one_record() {
-        let mut sink = KafkaSink::create(KafkaConfig {
-            // Nothing listens there: parts wait, then time out.
-            brokers: "127.0.0.1:1".into(),
-            topic: "t".into(),
-            options: vec![("message.timeout.ms".into(), "1500".into())],
-            buffer_bytes: 64 << 20,
-            flush_timeout: Duration::from_millis(100),
-            client_id: "test".into(),
-            part_size: 1000,
-            format: KafkaFormat::Records,
-            batch_bytes: 1000,
-        })
-        .unwrap();
+        let mut sink = unreachable_sink(KafkaFormat::Records, 1000);
         let mut big = record(MessageKind::Request, None, None);
         big.payload = bytes::Bytes::from(vec![b'x'; 2500]);
         sink.write(&big).unwrap();
@@ -875,12 +863,16 @@ mod tests {
         assert_eq!(s.reasons, [("message_timed_out".to_string(), 2)]);
     }
 
+    /// A sink whose broker never answers: messages wait, then time out.
     fn unreachable_sink(format: KafkaFormat, batch_bytes: usize) -> KafkaSink {
+        unreachable_sink_with(format, batch_bytes, ("message.timeout.ms", "1500"))
+    }
+
+    fn unreachable_sink_with(format: KafkaFormat, batch_bytes: usize, option: (&str, &str)) -> KafkaSink {
         KafkaSink::create(KafkaConfig {
-            // Nothing listens there: messages wait, then time out.
             brokers: "127.0.0.1:1".into(),
             topic: "t".into(),
-            options: vec![("message.timeout.ms".into(), "1500".into())],
+            options: vec![(option.0.into(), option.1.into())],
             buffer_bytes: 64 << 20,
             flush_timeout: Duration::from_millis(100),
             client_id: "test".into(),
@@ -962,18 +954,7 @@ mod tests {
     /// A pack that cannot be queued drops each of its records, counted by reason.
     #[test]
     fn a_pack_refused_by_a_full_buffer_drops_its_records() {
-        let mut sink = KafkaSink::create(KafkaConfig {
-            brokers: "127.0.0.1:1".into(),
-            topic: "t".into(),
-            options: vec![("queue.buffering.max.messages".into(), "1".into())],
-            buffer_bytes: 64 << 20,
-            flush_timeout: Duration::from_millis(100),
-            client_id: "test".into(),
-            part_size: 1000,
-            format: KafkaFormat::Batch,
-            batch_bytes: 1000,
-        })
-        .unwrap();
+        let mut sink = unreachable_sink_with(KafkaFormat::Batch, 1000, ("queue.buffering.max.messages", "1"));
         let mut other = record(MessageKind::Request, None, None);
         other.id = "fedcba98765432100000000100000001".into();
         for _ in 0..3 {
