@@ -87,38 +87,20 @@ pub fn push_decimal(out: &mut Vec<u8>, v: u64) {
     out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
 
-/// Appends a text value of a header-line token: bytes that would end the token or
-/// the line (space, control bytes, DEL) and `%` itself as `%XX`.
+/// Bytes of a header-line token's text value written as `%XX`: those that would end
+/// the token or the line (space, control bytes, DEL), `%` itself, and non-ASCII.
+const TOKEN_TEXT: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b' ').add(b'%');
+
+/// Appends a text value of a header-line token (see [`TOKEN_TEXT`]).
 fn push_token_text(out: &mut Vec<u8>, text: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &b in text {
-        if b <= b' ' || b == b'%' || b == 0x7f {
-            out.extend_from_slice(&[b'%', HEX[(b >> 4) as usize], HEX[(b & 0xf) as usize]]);
-        } else {
-            out.push(b);
-        }
+    for piece in percent_encoding::percent_encode(text, TOKEN_TEXT) {
+        out.extend_from_slice(piece.as_bytes());
     }
 }
 
 /// Reverses [`push_token_text`] (a `%` not followed by two hex digits stays as is).
 fn token_text(value: &str) -> String {
-    let b = value.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        match (b[i], b.get(i + 1).and_then(|&c| hex(c)), b.get(i + 2).and_then(|&c| hex(c))) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (c, _, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(value).decode_utf8_lossy().into_owned()
 }
 
 /// Metadata of a record: in Kafka headers, and (the part replay needs) in the

@@ -76,19 +76,21 @@ pub fn check_library(path: &Path) -> Result<Vec<&'static str>, TlsLibError> {
     Ok(REQUIRED_SYMBOLS.iter().chain(&OPTIONAL_SYMBOLS).copied().filter(|s| exported.contains(s)).collect())
 }
 
-/// The file a `/proc/PID/maps` line maps, if its name is `libssl.so*`.
-pub fn libssl_in_maps_line(line: &str) -> Option<&str> {
+/// The file a `/proc/PID/maps` line maps (absolute path, not deleted), if any.
+pub fn path_in_maps_line(line: &str) -> Option<&str> {
     // address perms offset dev inode path; the path may contain spaces.
     let mut rest = line;
     for _ in 0..5 {
         rest = rest.trim_start().split_once(' ').map(|(_, r)| r)?;
     }
     let path = rest.trim_start();
-    if !path.starts_with('/') || path.ends_with(" (deleted)") {
-        return None;
-    }
-    let name = path.rsplit('/').next()?;
-    name.starts_with("libssl.so").then_some(path)
+    (path.starts_with('/') && !path.ends_with(" (deleted)")).then_some(path)
+}
+
+/// The file a `/proc/PID/maps` line maps, if its name is `libssl.so*`.
+pub fn libssl_in_maps_line(line: &str) -> Option<&str> {
+    let path = path_in_maps_line(line)?;
+    path.rsplit('/').next()?.starts_with("libssl.so").then_some(path)
 }
 
 /// Identity of a file: uprobes attach per inode, so a file reached by several paths

@@ -13,7 +13,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 
-use crate::tls_libs::{file_id, FileId};
+use crate::tls_libs::{file_id, path_in_maps_line, FileId};
 
 /// A `--tls-scope` value.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -65,17 +65,7 @@ pub fn socket_inode(link: &str) -> Option<u64> {
 
 /// The file paths a `/proc/PID/maps` text maps, each once.
 pub fn mapped_paths(maps: &str) -> BTreeSet<&str> {
-    maps.lines()
-        .filter_map(|line| {
-            // address perms offset dev inode path; the path may contain spaces.
-            let mut rest = line;
-            for _ in 0..5 {
-                rest = rest.trim_start().split_once(' ').map(|(_, r)| r)?;
-            }
-            let path = rest.trim_start();
-            (path.starts_with('/') && !path.ends_with(" (deleted)")).then_some(path)
-        })
-        .collect()
+    maps.lines().filter_map(path_in_maps_line).collect()
 }
 
 /// A process to probe: it listens on watched ports and maps probed libraries.
@@ -175,6 +165,8 @@ fn mapped_libraries(proc_dir: &std::path::Path, pid: u32, libraries: &HashSet<Fi
         .filter_map(|p| file_id(&base.join("root").join(p.trim_start_matches('/'))).ok())
         .filter(|id| libraries.contains(id))
         .collect();
+    // Several paths (links, mount namespaces) may name one file.
+    found.sort_unstable();
     found.dedup();
     found
 }
