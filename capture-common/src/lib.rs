@@ -266,6 +266,9 @@ pub const MAP_IFACE_COUNTERS: &str = "IFACE_COUNTERS";
 pub const MAP_SKIPS: &str = "FLOW_SKIPS";
 /// One `u32`: non-zero once userspace wrote a skip range (the kernel looks skips up only then).
 pub const MAP_SKIPS_ACTIVE: &str = "SKIPS_ACTIVE";
+/// One `u32`: non-zero once a second interface is attached (the kernel consults
+/// `OWNERS` only then: on one interface no flow direction passes two hooks).
+pub const MAP_OWNERS_ACTIVE: &str = "OWNERS_ACTIVE";
 /// The TC programs' scratch slots; userspace sizes it to the possible CPUs at load time.
 pub const MAP_SCRATCH: &str = "SCRATCH";
 /// Globals of the kernel program holding the [`SampleConfig`] (u64 each).

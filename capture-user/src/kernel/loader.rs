@@ -11,7 +11,7 @@ use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfLoader};
 use capture_common::{
     IfaceCounters, SampleConfig, GLOBAL_SAMPLE_K0, GLOBAL_SAMPLE_K1, GLOBAL_SAMPLE_THRESHOLD, GLOBAL_TLS_ENABLED, MAP_COUNTERS, MAP_EVENTS, MAP_IFACE_COUNTERS, MAP_OWNERS, MAP_PORTS, MAP_SCRATCH,
-    MAP_SKIPS, MAP_SKIPS_ACTIVE, MAX_PORTS, PROG_EGRESS, PROG_INGRESS,
+    MAP_OWNERS_ACTIVE, MAP_SKIPS, MAP_SKIPS_ACTIVE, MAX_PORTS, PROG_EGRESS, PROG_INGRESS,
 };
 use log::{debug, info, warn};
 
@@ -152,6 +152,9 @@ pub struct KernelCapture {
     owner: OwnerLock,
     tc: TcNetlink,
     attached: BTreeMap<u32, Attachment>,
+    /// `OWNERS_ACTIVE`, set once a second interface is attached.
+    owners_active: Array<MapData, u32>,
+    owners_activated: bool,
     /// Interfaces on which another live agent's netlink filters were reported.
     shared_reported: BTreeSet<u32>,
 }
@@ -238,6 +241,8 @@ impl KernelCapture {
         for port in ports {
             port_map.set(u32::from(*port), 1, 0).map_err(|e| KernelError::map(MAP_PORTS, e))?;
         }
+        let map = ebpf.take_map(MAP_OWNERS_ACTIVE).ok_or(KernelError::MissingMap(MAP_OWNERS_ACTIVE))?;
+        let owners_active = Array::try_from(map).map_err(|e| KernelError::map(MAP_OWNERS_ACTIVE, e))?;
         let map = ebpf.take_map(MAP_IFACE_COUNTERS).ok_or(KernelError::MissingMap(MAP_IFACE_COUNTERS))?;
         let iface_counters = PerCpuHashMap::try_from(map)
             .map_err(|e| KernelError::map(MAP_IFACE_COUNTERS, e))?;
@@ -264,6 +269,8 @@ impl KernelCapture {
             owner,
             tc,
             attached: BTreeMap::new(),
+            owners_active,
+            owners_activated: false,
             shared_reported: BTreeSet::new(),
         })
     }
@@ -286,6 +293,12 @@ impl KernelCapture {
             return Ok(());
         }
         self.remove_orphans(ifindex, name);
+        if !self.attached.is_empty() && !self.owners_activated {
+            // Before the second interface's hooks run: from its first segment on, a flow
+            // crossing both interfaces is emitted by one hook only.
+            self.owners_active.set(0, 1, 0).map_err(|e| KernelError::map(MAP_OWNERS_ACTIVE, e))?;
+            self.owners_activated = true;
+        }
         let attachment = match self.mode {
             AttachMode::Netlink => self.attach_netlink(ifindex, name)?,
             _ => self.attach_tcx(ifindex, name)?,
