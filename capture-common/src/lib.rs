@@ -277,6 +277,11 @@ pub const GLOBAL_SAMPLE_K1: &str = "SAMPLE_K1";
 pub const GLOBAL_SAMPLE_THRESHOLD: &str = "SAMPLE_THRESHOLD";
 /// Global of the kernel program (u8): non-zero when TLS libraries are probed.
 pub const GLOBAL_TLS_ENABLED: &str = "TLS_ENABLED";
+/// Global of the kernel program (u8): non-zero when the ring holds several whole
+/// scratch slots, so large chunks may take a record of a whole slot.
+pub const GLOBAL_DIRECT_ENABLED: &str = "DIRECT_ENABLED";
+/// Ring size from which large chunks are loaded straight into the ring.
+pub const DIRECT_MIN_RING_BYTES: u32 = 1 << 20;
 
 /// Default entries of the flow-owner map (one per flow direction); userspace sizes it
 /// from `--max-connections` at load time. An LRU: a live flow evicted under pressure is

@@ -70,6 +70,11 @@ pub(crate) static PORTS: Array<u8> = Array::with_max_entries(PORT_SLOTS, 0);
 #[unsafe(no_mangle)]
 static TLS_ENABLED: Global<u8> = Global::new(0);
 
+/// Set by the loader when the ring is at least `DIRECT_MIN_RING_BYTES`: a record of a
+/// whole scratch slot would not fit (or would crowd out everything else) in a tiny ring.
+#[unsafe(no_mangle)]
+static DIRECT_ENABLED: Global<u8> = Global::new(0);
+
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
 
@@ -396,6 +401,34 @@ fn capture(ctx: &TcContext, hook: u8) {
             (*event).chunk_len = want;
             core::ptr::read_volatile(&(*event).chunk_len)
         };
+        if want >= DIRECT_MIN && DIRECT_ENABLED.load() != 0 {
+            // Large chunk: straight from the packet into a ring record of a whole slot
+            // (one copy instead of two: skb -> scratch -> ring).
+            let n = ((want - 1) & (CHUNK_SIZE as u32 - 1)) + 1;
+            let Some(mut entry) = EVENTS.reserve::<Scratch>(0) else {
+                count(Counter::RingFull, 1);
+                count(Counter::RingFullBytes, want as u64);
+                i += 1;
+                continue;
+            };
+            let dst = entry.as_mut_ptr() as *mut u8;
+            let ret = unsafe {
+                core::ptr::write(dst as *mut EventHeader, core::ptr::read(event));
+                bpf_skb_load_bytes(ctx.skb.skb as *const _, payload_off + offset, dst.add(EVENT_HEADER_SIZE) as *mut _, n)
+            };
+            if ret < 0 {
+                entry.discard(BPF_RB_NO_WAKEUP);
+                count(Counter::CopyErrors, 1);
+            } else {
+                entry.submit(wakeup_flag());
+                count(Counter::EventsEmitted, 1);
+                count(Counter::BytesEmitted, want as u64);
+                emitted_events += 1;
+                emitted_bytes += want as u64;
+            }
+            i += 1;
+            continue;
+        }
         let mut size = EVENT_HEADER_SIZE as u64;
         if want > 0 {
             // Keeps the length provably in [1, CHUNK_SIZE] for the verifier.
@@ -454,6 +487,9 @@ fn wakeup_flag() -> u64 {
 /// run at 100 B responses). The reader also polls every few ms, so a later wakeup
 /// costs nothing but a few KiB of fill.
 const WAKEUP_CHECK_EVERY: u64 = 16;
+/// Chunks at least this large are loaded straight into a ring record of a whole
+/// scratch slot: saves a copy of the chunk, wastes less than half of the record.
+const DIRECT_MIN: u32 = (CHUNK_SIZE / 2) as u32;
 /// Events at least this large always check (a 64 KiB chunk fills the ring fast).
 const WAKEUP_CHECK_BYTES: u64 = 4096;
 

@@ -10,7 +10,7 @@ use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfLoader};
 use capture_common::{
-    IfaceCounters, SampleConfig, GLOBAL_SAMPLE_K0, GLOBAL_SAMPLE_K1, GLOBAL_SAMPLE_THRESHOLD, GLOBAL_TLS_ENABLED, MAP_COUNTERS, MAP_EVENTS, MAP_IFACE_COUNTERS, MAP_OWNERS, MAP_PORTS, MAP_SCRATCH,
+    IfaceCounters, SampleConfig, GLOBAL_SAMPLE_K0, GLOBAL_SAMPLE_K1, GLOBAL_SAMPLE_THRESHOLD, GLOBAL_TLS_ENABLED, GLOBAL_DIRECT_ENABLED, DIRECT_MIN_RING_BYTES, MAP_COUNTERS, MAP_EVENTS, MAP_IFACE_COUNTERS, MAP_OWNERS, MAP_PORTS, MAP_SCRATCH,
     MAP_OWNERS_ACTIVE, MAP_SKIPS, MAP_SKIPS_ACTIVE, MAX_PORTS, PROG_EGRESS, PROG_INGRESS,
 };
 use log::{debug, info, warn};
@@ -233,6 +233,7 @@ impl KernelCapture {
             .override_global(GLOBAL_SAMPLE_K1, &sampling.k1, true)
             .override_global(GLOBAL_SAMPLE_THRESHOLD, &sampling.threshold, true)
             .override_global(GLOBAL_TLS_ENABLED, &u8::from(tls), true)
+            .override_global(GLOBAL_DIRECT_ENABLED, &u8::from(ring_bytes >= DIRECT_MIN_RING_BYTES), true)
             .load(OBJECT)
             .map_err(|e| KernelError::Load(Cause::of(&e)))?;
 
