@@ -22,9 +22,15 @@ fn records_reach_kafka_keyed_ordered_with_headers_and_exact_bytes() {
     let _server = RecordServer::start(&net.server_ns, &net.server_v4, HTTP_PORT, &dir);
     let kafka = format!("kafka://{}/{TOPIC}", broker.bootstrap());
     // Two outputs at once: Kafka and a file, each with its own accounting. The records
-    // format: one record per message, metadata in headers.
-    let mut agent =
-        Agent::start(&net.server_ns, &net.server_if, &[HTTP_PORT], &dir, &["--no-stream-log", "--output", &kafka, "--kafka-format", "records"]);
+    // format: one record per message, metadata in headers. zstd instead of the default
+    // lz4 (the other tests): the codec README offers with --kafka-opt reads back too.
+    let mut agent = Agent::start(
+        &net.server_ns,
+        &net.server_if,
+        &[HTTP_PORT],
+        &dir,
+        &["--no-stream-log", "--output", &kafka, "--kafka-format", "records", "--kafka-opt", "compression.type=zstd", "--kafka-opt", "compression.level=1"],
+    );
     let url = format!("http://{}:{HTTP_PORT}", net.server_v4);
     let mut traces = Vec::new();
     for i in 0..6 {
