@@ -588,6 +588,7 @@ mod tests {
             method: Some("GET".into()),
             target: Some("/".into()),
             status: None,
+            head: None,
         }
     }
 

@@ -279,6 +279,7 @@ mod tests {
             method: None,
             target: None,
             status: None,
+            head: None,
         };
         Record::from_message(msg, &conn, &ctx)
     }
