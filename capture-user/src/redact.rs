@@ -330,7 +330,7 @@ impl Redactor {
         }
         if let Some(target) = record.meta.target.as_mut() {
             let mut edits = Vec::new();
-            if let Some(q) = target.find('?') {
+            if let Some(q) = memchr::memchr(b'?', target.as_bytes()) {
                 self.param_edits(target.as_bytes(), q + 1..target.len(), &self.config.query_params, false, &mut edits);
             }
             if !edits.is_empty() {
