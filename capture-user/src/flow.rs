@@ -61,3 +61,31 @@ impl fmt::Display for FlowKey {
         write!(f, "{} -> {}", self.client, self.server)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn flow_keys_differing_in_any_part_are_different_map_keys() {
+        let keys: Vec<FlowKey> = [
+            ("10.0.0.1:40000", "10.0.0.2:80"),
+            ("10.0.0.2:80", "10.0.0.1:40000"),
+            ("10.0.0.1:40001", "10.0.0.2:80"),
+            ("10.0.0.1:40000", "10.0.0.2:81"),
+            ("10.0.0.1:40000", "10.0.0.3:80"),
+            ("[::ffff:10.0.0.1]:40000", "10.0.0.2:80"),
+            ("[2001:db8::1]:40000", "[2001:db8::2]:80"),
+            ("[2001:db8::1%2]:40000", "[2001:db8::2]:80"),
+        ]
+        .iter()
+        .map(|(c, s)| FlowKey { client: c.parse().unwrap(), server: s.parse().unwrap() })
+        .collect();
+        let map: HashMap<FlowKey, usize> = keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
+        assert_eq!(map.len(), keys.len());
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(map[&FlowKey { client: k.client, server: k.server }], i);
+        }
+    }
+}
