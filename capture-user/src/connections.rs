@@ -281,25 +281,38 @@ impl ConnectionTable {
     }
 
     pub fn on_segment(&mut self, seg: Segment, sink: &mut dyn StreamSink) {
+        /// What the 4-tuple of a segment holds.
+        #[derive(PartialEq, Eq)]
+        enum Known {
+            No,
+            Same,
+            /// A connection the segment's new client SYN replaces.
+            ReusedWithSyn,
+            /// A connection the segment cannot belong to.
+            Foreign,
+        }
+
         self.stats.segments += 1;
         let client_syn = seg.syn() && seg.direction == Direction::ClientToServer;
 
-        // A client SYN with a new ISN on a known 4-tuple is a new connection.
-        if client_syn {
-            if let Some(conn) = self.conns.get(&seg.flow) {
-                if conn.client_isn != Some(seg.segment_seq) {
-                    self.close(seg.flow, CloseReason::Reused, seg.ts_ns, sink);
-                }
-            }
-        }
-        // A segment that cannot belong to the connection on this 4-tuple starts a new
-        // one whose client SYN was not seen: fed to the old one, its bytes would become
-        // a phantom gap (a reused 4-tuple's ISN is only ~16 MB/s ahead on Linux).
-        if self.conns.get(&seg.flow).is_some_and(|c| c.is_foreign(&seg)) {
+        // One lookup decides (this runs for every segment).
+        let known = match self.conns.get(&seg.flow) {
+            None => Known::No,
+            // A client SYN with a new ISN on a known 4-tuple is a new connection.
+            Some(conn) if client_syn && conn.client_isn != Some(seg.segment_seq) => Known::ReusedWithSyn,
+            // A segment that cannot belong to the connection on this 4-tuple starts a new
+            // one whose client SYN was not seen: fed to the old one, its bytes would become
+            // a phantom gap (a reused 4-tuple's ISN is only ~16 MB/s ahead on Linux).
+            Some(conn) if conn.is_foreign(&seg) => Known::Foreign,
+            Some(_) => Known::Same,
+        };
+        if known == Known::Foreign {
             self.stats.reused_without_syn += 1;
+        }
+        if matches!(known, Known::ReusedWithSyn | Known::Foreign) {
             self.close(seg.flow, CloseReason::Reused, seg.ts_ns, sink);
         }
-        if !self.conns.contains_key(&seg.flow) {
+        if known != Known::Same {
             if !client_syn && seg.data.is_empty() && !seg.syn() {
                 self.stats.orphan_segments += 1;
                 return;

@@ -395,12 +395,13 @@ impl Pipeline {
     }
 
     fn emit(&mut self) {
-        for (conn, msg) in self.http.messages.drain(..) {
+        for (conn, mut msg) in self.http.messages.drain(..) {
             let (kind, wire_size, end_ns) = (msg.kind, msg.original_len, msg.end_ns);
+            let head = msg.head.take();
             let mut record = Record::from_message(msg, &conn, &self.ctx);
             // Before any output sees it.
             if let Some(r) = self.redactor.as_mut() {
-                r.redact(&mut record);
+                r.redact_framed(&mut record, head.as_ref());
             }
             if self.http.policy.counts_bytes() {
                 let mut line = Vec::with_capacity(128);

@@ -82,6 +82,43 @@ pub fn push_socket_addr(out: &mut Vec<u8>, addr: &SocketAddr) {
     }
 }
 
+/// Slots of [`AddrTexts`].
+const ADDR_SLOTS: usize = 256;
+
+/// The ` client=A server=B` text of header lines, kept per connection (by its two
+/// addresses) so each record does not format both socket addresses again (hot path).
+#[derive(Debug, Default)]
+pub struct AddrTexts {
+    /// Direct-mapped on the client port; a slot is overwritten by the next connection
+    /// that maps to it.
+    slots: Vec<(SocketAddr, SocketAddr, Vec<u8>)>,
+}
+
+impl AddrTexts {
+    /// Appends ` client=<client> server=<server>` to `out`.
+    fn push(&mut self, out: &mut Vec<u8>, client: &SocketAddr, server: &SocketAddr) {
+        if self.slots.is_empty() {
+            let unset = SocketAddr::from(([0, 0, 0, 0], 0));
+            self.slots.resize_with(ADDR_SLOTS, || (unset, unset, Vec::new()));
+        }
+        let (c, s, text) = &mut self.slots[client.port() as usize % ADDR_SLOTS];
+        if text.is_empty() || c != client || s != server {
+            (*c, *s) = (*client, *server);
+            text.clear();
+            push_addrs(text, client, server);
+        }
+        out.extend_from_slice(text);
+    }
+}
+
+/// Appends ` client=<client> server=<server>`.
+fn push_addrs(out: &mut Vec<u8>, client: &SocketAddr, server: &SocketAddr) {
+    out.extend_from_slice(b" client=");
+    push_socket_addr(out, client);
+    out.extend_from_slice(b" server=");
+    push_socket_addr(out, server);
+}
+
 /// Appends `v` in decimal (itoa: two digits per step, no formatter; hot path).
 pub fn push_decimal(out: &mut Vec<u8>, v: u64) {
     out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
@@ -239,7 +276,12 @@ impl Record {
     /// Appends the header line `"<type> <id> <ts_ns> <latency_ns> len=N ...\n"` to `out`
     /// (tokens in the order [`HeaderMeta`] documents; flags only when set).
     pub fn write_header_line(&self, out: &mut Vec<u8>) {
-        self.write_line(out, None);
+        self.write_line(out, None, None);
+    }
+
+    /// [`Record::write_header_line`], with the address text kept in `addrs`.
+    pub fn write_header_line_cached(&self, out: &mut Vec<u8>, addrs: &mut AddrTexts) {
+        self.write_line(out, None, Some(addrs));
     }
 
     /// The header line with every piece of metadata (Kafka batch values, where no Kafka
@@ -248,10 +290,10 @@ impl Record {
     /// `end_ns=`, and when known `req_start_ns= req_end_ns= method= target= status=`.
     /// Text values are percent-encoded where they hold a space, a control byte or `%`.
     pub fn write_full_header_line(&self, out: &mut Vec<u8>, iface: &str) {
-        self.write_line(out, Some(iface));
+        self.write_line(out, Some(iface), None);
     }
 
-    fn write_line(&self, out: &mut Vec<u8>, full: Option<&str>) {
+    fn write_line(&self, out: &mut Vec<u8>, full: Option<&str>, addrs: Option<&mut AddrTexts>) {
         let m = &self.meta;
         out.push(self.type_byte());
         out.push(b' ');
@@ -263,10 +305,10 @@ impl Record {
         push_decimal(out, self.latency_ns.min(i64::MAX as u64));
         out.extend_from_slice(b" len=");
         push_decimal(out, self.payload.len() as u64);
-        out.extend_from_slice(b" client=");
-        push_socket_addr(out, &m.client);
-        out.extend_from_slice(b" server=");
-        push_socket_addr(out, &m.server);
+        match addrs {
+            Some(addrs) => addrs.push(out, &m.client, &m.server),
+            None => push_addrs(out, &m.client, &m.server),
+        }
         if m.truncated {
             out.extend_from_slice(b" truncated=1 orig_len=");
             push_decimal(out, m.original_len);
@@ -588,6 +630,7 @@ mod tests {
             method: Some("GET".into()),
             target: Some("/".into()),
             status: None,
+            head: None,
         }
     }
 
@@ -777,5 +820,30 @@ mod tests {
         assert_eq!(p.latency_ns, -1);
         assert_eq!(parse_value(b"junk"), Err(ParseError::NoHeader));
         assert!(matches!(parse_value(b"1 x notanumber 0\n"), Err(ParseError::BadHeader(_))));
+    }
+
+    #[test]
+    fn cached_address_text_gives_the_same_header_lines() {
+        let ctx = RecordContext { run: RunId(1), node: "node".into(), wall_offset_ns: 0 };
+        // Connections whose client ports share a slot, IPv6, and a connection coming back.
+        let flows = [
+            ("10.0.0.1:40000", "10.0.0.2:80"),
+            ("10.0.0.3:40000", "10.0.0.2:80"),
+            ("10.0.0.1:40256", "10.0.0.2:80"),
+            ("[2001:db8::1]:40000", "[2001:db8::2]:8080"),
+            ("10.0.0.1:40000", "10.0.0.2:8080"),
+            ("10.0.0.1:40000", "10.0.0.2:80"),
+            ("0.0.0.0:0", "0.0.0.0:0"),
+        ];
+        let mut addrs = AddrTexts::default();
+        for (i, (client, server)) in flows.iter().chain(flows.iter()).enumerate() {
+            let flow = crate::flow::FlowKey { client: client.parse().unwrap(), server: server.parse().unwrap() };
+            let conn = ConnectionInfo { id: i as u64, flow, ifindex: 1, opened_ns: 0, saw_syn: true, tls: false };
+            let rec = Record::from_message(message(MessageKind::Request, b"GET / HTTP/1.1\r\n\r\n"), &conn, &ctx);
+            let (mut cached, mut plain) = (Vec::new(), Vec::new());
+            rec.write_header_line_cached(&mut cached, &mut addrs);
+            rec.write_header_line(&mut plain);
+            assert_eq!(String::from_utf8(cached).unwrap(), String::from_utf8(plain).unwrap());
+        }
     }
 }

@@ -315,8 +315,14 @@ impl Redactor {
 
     /// Redacts a record in place and flags it; its metadata's target too.
     pub fn redact(&mut self, record: &mut Record) {
+        self.redact_framed(record, None);
+    }
+
+    /// Like [`Redactor::redact`], with the spans of the payload's head as the framer
+    /// parsed them ([`crate::http::HttpMessage::head`]), so the head is not parsed again.
+    pub fn redact_framed(&mut self, record: &mut Record, head: Option<&HeadSpans>) {
         let mut changed = false;
-        if let Some(new) = self.redact_payload(&record.payload) {
+        if let Some(new) = self.redact_payload_framed(&record.payload, head) {
             changed = true;
             let delta = new.len() as i128 - record.payload.len() as i128;
             record.meta.original_len = (record.meta.original_len as i128 + delta).max(new.len() as i128) as u64;
@@ -324,7 +330,7 @@ impl Redactor {
         }
         if let Some(target) = record.meta.target.as_mut() {
             let mut edits = Vec::new();
-            if let Some(q) = target.find('?') {
+            if let Some(q) = memchr::memchr(b'?', target.as_bytes()) {
                 self.param_edits(target.as_bytes(), q + 1..target.len(), &self.config.query_params, false, &mut edits);
             }
             if !edits.is_empty() {
@@ -341,20 +347,33 @@ impl Redactor {
 
     /// The payload with its secrets replaced, or `None` if nothing was replaced.
     pub fn redact_payload(&mut self, payload: &[u8]) -> Option<Vec<u8>> {
+        self.redact_payload_framed(payload, None)
+    }
+
+    /// Like [`Redactor::redact_payload`]; `head`: the spans of the head at the start of
+    /// `payload` when it is the message's only head (see [`crate::http::HttpMessage::head`]).
+    pub fn redact_payload_framed(&mut self, payload: &[u8], head: Option<&HeadSpans>) -> Option<Vec<u8>> {
         let mut spans = std::mem::take(&mut self.spans);
-        let out = self.redact_with(payload, &mut spans);
+        let out = self.redact_with(payload, &mut spans, head);
         self.spans = spans;
         out
     }
 
-    fn redact_with(&mut self, payload: &[u8], spans: &mut HeadSpans) -> Option<Vec<u8>> {
+    fn redact_with(&mut self, payload: &[u8], parsed: &mut HeadSpans, framed: Option<&HeadSpans>) -> Option<Vec<u8>> {
         let mut edits = Vec::new();
         let mut pos = 0;
+        // A head cut by the size cap is not whole in the payload: parse what is there.
+        let mut framed = framed.filter(|f| f.len <= payload.len());
         loop {
-            if !head_spans_into(&payload[pos..], spans) {
-                return self.redact_cut_head(payload, pos, edits);
-            }
-            let spans = &*spans;
+            let spans: &HeadSpans = match framed.take() {
+                Some(f) => f,
+                None => {
+                    if !head_spans_into(&payload[pos..], parsed) {
+                        return self.redact_cut_head(payload, pos, edits);
+                    }
+                    parsed
+                }
+            };
             let head = &payload[pos..pos + spans.len];
             let response = head.starts_with(b"HTTP/");
             if !response {
@@ -1039,6 +1058,7 @@ mod tests {
             method: Some("GET".into()),
             target: Some("/x?access_token=T".into()),
             status: None,
+            head: None,
         };
         let ip = std::net::IpAddr::from([10, 0, 0, 1]);
         let conn = ConnectionInfo { id: 1, flow: FlowKey::new(ip, 1, ip, 80), ifindex: 1, opened_ns: 0, saw_syn: true, tls: false };
@@ -1051,5 +1071,60 @@ mod tests {
         assert_eq!(record.meta.original_len, record.payload.len() as u64);
         assert!(record.header_line().contains(" redacted=1"));
         assert_eq!((r.stats.records, r.stats.values), (1, 2));
+    }
+
+    /// Frames `requests` then `responses` on one connection (cut at `max_message_bytes`).
+    fn framed(requests: &[u8], responses: &[u8], max_message_bytes: usize) -> Vec<crate::http::HttpMessage> {
+        use crate::flow::Direction;
+        use crate::http::{HttpConfig, HttpConnection, HttpStats};
+        let mut conn = HttpConnection::new(HttpConfig { max_message_bytes, ..HttpConfig::default() });
+        let (mut stats, mut out) = (HttpStats::default(), Vec::new());
+        conn.on_data(Direction::ClientToServer, requests, 1, &mut stats, &mut out);
+        conn.on_data(Direction::ServerToClient, responses, 2, &mut stats, &mut out);
+        conn.on_close(3, &mut stats, &mut out);
+        out
+    }
+
+    #[test]
+    fn framer_spans_redact_like_parsing_again() {
+        let requests = concat!(
+            "GET /a?password=p1&x=1&access_token=t%201 HTTP/1.1\r\nHost: h\r\nCookie: a=1; b=2\r\nCookie: c=3\r\n",
+            "Authorization: Bearer  abc\r\nReferer: http://r/?api_key=k#frag\r\nX-Api-Key:\r\nx-api-key: v2\r\n\r\n",
+            "POST /f HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 27\r\n\r\n",
+            "password=p+2&user=u&apikey=",
+            "POST /j HTTP/1.1\r\nContent-Type: application/vnd.x+json; charset=utf-8\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "1a;ext=1\r\n{\"a\":{\"password\":\"s\"},\"b\"\r\n3\r\n:[]\r\n1\r\n}\r\n0\r\nTrailer: 1\r\n\r\n",
+            "\r\nGET /lead?passwd=z HTTP/1.1\r\nCookie: z=9\r\n\r\n",
+            "PUT /bare HTTP/1.1\nCookie: q=1\nContent-Length: 0\n\n",
+        );
+        let responses = concat!(
+            "HTTP/1.1 200 OK\r\nSet-Cookie: s=v; Path=/\r\nSet-Cookie: t=w\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 302 Found\r\nLocation: /next?refresh_token=r&ok=1\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 20\r\n\r\n{\"id_token\":\"abcde\"}",
+            "HTTP/1.1 200 OK\r\nSet-Cookie: u=1\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 204 No Content\r\nSet-Cookie: last=1\r\n\r\n",
+        );
+        for max in [1_000_000, 60, 25, 8] {
+            let msgs = framed(requests.as_bytes(), responses.as_bytes(), max);
+            assert_eq!(msgs.len(), 10, "cap {max}");
+            let (mut with, mut without) = (redactor(), redactor());
+            for m in &msgs {
+                if let Some(head) = &m.head {
+                    // The framer's spans are the ones parsing the message again gives.
+                    if head.len <= m.bytes.len() {
+                        assert_eq!(Some(head), crate::http::view::head_spans(&m.bytes).as_ref(), "cap {max}");
+                    }
+                }
+                assert_eq!(with.redact_payload_framed(&m.bytes, m.head.as_ref()), without.redact_payload(&m.bytes), "cap {max}");
+            }
+            assert_eq!(with.stats, without.stats);
+            if max == 1_000_000 {
+                assert!(with.stats.values >= 14, "{:?}", with.stats);
+            }
+        }
+        // Spans are handed on only for a message that is exactly one head and its body.
+        let msgs = framed(requests.as_bytes(), responses.as_bytes(), 1_000_000);
+        let single: Vec<bool> = msgs.iter().map(|m| m.head.is_some()).collect();
+        assert_eq!(single, [true, true, true, false, true, true, true, false, true, true]);
     }
 }

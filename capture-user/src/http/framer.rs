@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use super::head::{self, Ambiguity, Framing, ParseError, Prefix};
 use super::pairing::{Pairing, Pending};
-use super::view::RequestHead;
+use super::view::{HeadSpans, RequestHead};
 use super::{ExchangeJudge, HttpConfig, HttpMessage, HttpStats, MessageKind};
 
 /// Connection-wide state both directions need.
@@ -71,6 +71,9 @@ struct Msg {
     head_len: usize,
     /// Its exchange was dropped by the judge: framed, but neither kept nor emitted.
     discard: bool,
+    /// Spans of its head when the message is exactly one head (no empty lines before
+    /// it, no interim 1xx heads) and a body: handed on so redaction does not parse again.
+    head: Option<HeadSpans>,
 }
 
 impl Msg {
@@ -81,6 +84,13 @@ impl Msg {
             let room = self.keep.saturating_sub(self.bytes.len());
             self.bytes.extend_from_slice(&data[..data.len().min(room)]);
         }
+    }
+
+    /// A head parsed from `s` (the bytes from where this message or its next head
+    /// starts) is about to be pushed: keep its spans if it is the message's only head.
+    fn set_head(&mut self, s: &[u8], spans: HeadSpans) {
+        let first = self.original_len == 0 && !matches!(s.first(), Some(b'\r' | b'\n'));
+        self.head = first.then_some(spans);
     }
 
     fn damage(&mut self, stats: &mut HttpStats) {
@@ -286,6 +296,7 @@ impl Framer {
                             keep: max_msg,
                             head_len: 0,
                             discard: false,
+                            head: None,
                         });
                     }
                     // Empty lines before a message are allowed; they ride along with it.
@@ -524,6 +535,7 @@ impl Framer {
         sh.next_exchange += 1;
         sh.saw_request = true;
         let msg = self.msg_mut();
+        msg.set_head(s, h.spans);
         msg.push(&s[..len], ts);
         msg.exchange = exchange;
         msg.method = Some(h.method.clone());
@@ -561,8 +573,9 @@ impl Framer {
         sh: &mut Shared,
         stats: &mut HttpStats,
     ) -> Result<(usize, Framing), ParseError> {
-        let (len, h) = head::parse_response(s)?;
+        let (len, mut h) = head::parse_response(s)?;
         let msg = self.msg.as_mut().expect("message in progress");
+        msg.set_head(s, std::mem::take(&mut h.spans));
         msg.push(&s[..len], ts);
         if (100..200).contains(&h.status) && h.status != 101 {
             stats.interim_responses += 1;
@@ -697,6 +710,7 @@ impl Framer {
             method: msg.method,
             target: msg.target,
             status: msg.status,
+            head: msg.head,
         });
         if msg.upgrade {
             stats.upgraded_connections += 1;

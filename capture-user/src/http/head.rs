@@ -1,6 +1,8 @@
 //! Start-line / header parsing helpers. Heads are parsed with httparse; only the
 //! body-framing decision (RFC 9112 section 6) is ours.
 
+use super::view::{FieldSpan, HeadSpans};
+
 /// Why a head (or body framing) was rejected; each maps to one stats counter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ParseError {
@@ -71,10 +73,14 @@ pub(crate) struct RequestHead {
     pub target: String,
     /// The body's framing, or why it cannot be known.
     pub framing: Result<Framing, Ambiguity>,
+    /// Where the start line and header fields are (handed on, so nothing parses again).
+    pub spans: HeadSpans,
 }
 
 pub(crate) struct ResponseHead {
     pub status: u16,
+    /// Where the start line and header fields are (handed on, so nothing parses again).
+    pub spans: HeadSpans,
     pub te_chunked: bool,
     pub te_present: bool,
     pub content_length: Option<u64>,
@@ -234,6 +240,23 @@ fn parse_decimal(s: &[u8]) -> Option<u64> {
     })
 }
 
+/// Spans of a head parsed from `s` (`len` bytes long): as [`super::view::head_spans`]
+/// gives them for the same bytes when `s` starts with the start line.
+fn spans_of(s: &[u8], len: usize, headers: &[httparse::Header<'_>]) -> HeadSpans {
+    let base = s.as_ptr() as usize;
+    let span = |part: &[u8]| {
+        let start = part.as_ptr() as usize - base;
+        start..start + part.len()
+    };
+    let line_end = memchr::memchr(b'\n', s).unwrap_or(len);
+    let start_line = 0..if line_end > 0 && s[line_end - 1] == b'\r' { line_end - 1 } else { line_end };
+    HeadSpans {
+        start_line,
+        headers: headers.iter().map(|h| FieldSpan { name: span(h.name.as_bytes()), value: span(h.value) }).collect(),
+        len,
+    }
+}
+
 /// Parses a complete request head (`s` ends with the empty line).
 pub(crate) fn parse_request(s: &[u8]) -> Result<(usize, RequestHead), ParseError> {
     with_headers(|headers| {
@@ -245,6 +268,7 @@ pub(crate) fn parse_request(s: &[u8]) -> Result<(usize, RequestHead), ParseError
                     method: req.method.unwrap_or("").to_string(),
                     target: req.path.unwrap_or("").to_string(),
                     framing: request_framing(req.headers),
+                    spans: spans_of(s, n, req.headers),
                 },
             ))),
             httparse::Status::Partial => Ok(None),
@@ -314,12 +338,12 @@ pub(crate) fn request_line_ok(line: &[u8]) -> bool {
 
 /// Parses a complete response head (`s` ends with the empty line).
 pub(crate) fn parse_response(s: &[u8]) -> Result<(usize, ResponseHead), ParseError> {
-    let (len, status, lh) = with_headers(|headers| {
+    let (len, status, lh, spans) = with_headers(|headers| {
         let mut resp = httparse::Response::new(headers);
         match resp.parse(s)? {
             httparse::Status::Complete(n) => {
                 let lh = length_headers(resp.headers);
-                Ok(Some((n, resp.code.unwrap_or(0), lh)))
+                Ok(Some((n, resp.code.unwrap_or(0), lh, spans_of(s, n, resp.headers))))
             }
             httparse::Status::Partial => Ok(None),
         }
@@ -329,6 +353,7 @@ pub(crate) fn parse_response(s: &[u8]) -> Result<(usize, ResponseHead), ParseErr
         len,
         ResponseHead {
             status,
+            spans,
             te_chunked: lh.te_chunked,
             te_present: lh.te_present,
             content_length: lh.content_length,

@@ -132,6 +132,11 @@ pub struct HttpMessage {
     pub target: Option<String>,
     /// Response: final status code.
     pub status: Option<u16>,
+    /// Where the start line and header fields of its head are in `bytes`, as the framer
+    /// parsed them; `None` when the message has more than one head (interim 1xx
+    /// responses) or empty lines before it (later stages then parse it themselves).
+    /// May reach past `bytes` when the message was cut inside its head.
+    pub head: Option<view::HeadSpans>,
 }
 
 macro_rules! stats_struct {

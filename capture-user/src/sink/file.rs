@@ -16,11 +16,11 @@ use std::fs::File;
 use std::io::{IoSlice, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use super::{write_gor, RecordSink, SinkError, SinkStats};
+use super::{RecordSink, SinkError, SinkStats};
 use crate::files::{self, FileOptions};
 use bytes::Bytes;
 
-use crate::record::{Record, FILE_SEPARATOR};
+use crate::record::{AddrTexts, Record, FILE_SEPARATOR};
 
 /// Bytes of records collected before they are written.
 const BUFFER_BYTES: usize = 1 << 16;
@@ -48,6 +48,7 @@ pub struct FileSink {
     large: Vec<(usize, Bytes)>,
     large_bytes: usize,
     stats: SinkStats,
+    addrs: AddrTexts,
 }
 
 impl FileSink {
@@ -68,6 +69,7 @@ impl FileSink {
             large: Vec::new(),
             large_bytes: 0,
             stats: SinkStats::default(),
+            addrs: AddrTexts::default(),
         })
     }
 
@@ -216,13 +218,15 @@ impl RecordSink for FileSink {
             }
         }
         if record.payload.len() >= LARGE_PAYLOAD_BYTES {
-            record.write_header_line(&mut self.buf);
+            record.write_header_line_cached(&mut self.buf, &mut self.addrs);
             self.large.push((self.buf.len(), record.payload.clone()));
             self.large_bytes += record.payload.len();
             self.buf.extend_from_slice(FILE_SEPARATOR);
         } else {
-            // Writing into a Vec cannot fail.
-            let _ = write_gor(&mut self.buf, record);
+            // As `write_gor` writes it, straight into the buffer (no line buffer per record).
+            record.write_header_line_cached(&mut self.buf, &mut self.addrs);
+            self.buf.extend_from_slice(&record.payload);
+            self.buf.extend_from_slice(FILE_SEPARATOR);
         }
         self.ends.push(self.pending_bytes());
         if self.pending_bytes() >= BUFFER_BYTES || self.large.len() >= MAX_LARGE {
@@ -252,6 +256,7 @@ impl Drop for FileSink {
 mod tests {
     use super::*;
     use crate::record::RunId;
+    use crate::sink::write_gor;
 
     fn record(n: usize) -> Record {
         record_of(n, 100)
@@ -279,6 +284,7 @@ mod tests {
             method: None,
             target: None,
             status: None,
+            head: None,
         };
         Record::from_message(msg, &conn, &ctx)
     }

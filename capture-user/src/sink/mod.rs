@@ -11,7 +11,8 @@ use crate::record::{Record, FILE_SEPARATOR};
 
 /// Writes a record as in `.gor` files (header line, payload, separator); returns its size.
 pub fn write_gor(out: &mut impl Write, record: &Record) -> std::io::Result<u64> {
-    let mut header = Vec::with_capacity(64);
+    // Header lines are ~120 bytes: room for one without regrowing.
+    let mut header = Vec::with_capacity(192);
     record.write_header_line(&mut header);
     out.write_all(&header)?;
     out.write_all(&record.payload)?;
