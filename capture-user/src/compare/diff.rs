@@ -1,7 +1,7 @@
 //! Comparing two responses, typed differences graded by risk, and Diffy-style noise
 //! filtering.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
 
@@ -196,33 +196,54 @@ pub fn compare(production: &Response, candidate: &Response, settings: &CompareSe
 }
 
 fn compare_headers(production: &Response, candidate: &Response, settings: &CompareSettings, out: &mut Vec<Difference>) {
-    // Names as keys, values in wire order: repeated headers compare as a list.
-    let collect = |r: &Response| {
-        let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (name, value) in &r.headers {
-            let name = name.to_ascii_lowercase();
-            if !settings.ignores_header(&name) {
-                map.entry(name).or_default().push(value.clone());
-            }
+    let (p, c) = (header_fields(production, settings), header_fields(candidate, settings));
+    let (mut p, mut c) = (&p[..], &c[..]);
+    loop {
+        let name = match (p.first(), c.first()) {
+            (Some((a, _)), Some((b, _))) => a.min(b).to_string(),
+            (Some((a, _)), None) | (None, Some((a, _))) => a.to_string(),
+            (None, None) => return,
+        };
+        let ((pv, p_rest), (cv, c_rest)) = (values_of(p, &name), values_of(c, &name));
+        (p, c) = (p_rest, c_rest);
+        if pv.len() == cv.len() && pv.iter().zip(cv).all(|(a, b)| a.1 == b.1) {
+            continue;
         }
-        map
-    };
-    let p = collect(production);
-    let c = collect(candidate);
-    let mut names: Vec<&String> = p.keys().chain(c.keys()).collect();
-    names.sort();
-    names.dedup();
-    for name in names {
-        let pv = p.get(name).map(|v| v.join(", "));
-        let cv = c.get(name).map(|v| v.join(", "));
+        let joined = |values: &[HeaderField<'_>]| (!values.is_empty()).then(|| values.iter().map(|(_, v)| *v).collect::<Vec<_>>().join(", "));
+        let (pv, cv) = (joined(pv), joined(cv));
         let change = match (&pv, &cv) {
             (Some(a), Some(b)) if a == b => continue,
             (Some(_), Some(_)) => Change::Changed,
             (None, _) => Change::Added,
             (_, None) => Change::Removed,
         };
-        out.push(Difference::new(Location::Header { name: name.clone() }, change, pv.as_deref().map(show), cv.as_deref().map(show)));
+        out.push(Difference::new(Location::Header { name }, change, pv.as_deref().map(show), cv.as_deref().map(show)));
     }
+}
+
+/// A header field compared: lowercase name, value.
+type HeaderField<'r> = (std::borrow::Cow<'r, str>, &'r str);
+
+/// `r`'s header fields not ignored, sorted by name and in wire order within a name (a
+/// stable sort): a repeated header compares as its list of values. Borrowed: most
+/// exchanges differ in no header, and then nothing is copied.
+fn header_fields<'r>(r: &'r Response, settings: &CompareSettings) -> Vec<HeaderField<'r>> {
+    let mut fields: Vec<HeaderField<'r>> = r
+        .headers
+        .iter()
+        .map(|(name, value)| {
+            let name = if name.bytes().any(|b| b.is_ascii_uppercase()) { name.to_ascii_lowercase().into() } else { std::borrow::Cow::Borrowed(name.as_str()) };
+            (name, value.as_str())
+        })
+        .filter(|(name, _)| !settings.ignores_header(name))
+        .collect();
+    fields.sort_by(|a, b| a.0.cmp(&b.0));
+    fields
+}
+
+/// The fields named `name` at the start of sorted `fields`, and the fields after them.
+fn values_of<'f, 'r>(fields: &'f [HeaderField<'r>], name: &str) -> (&'f [HeaderField<'r>], &'f [HeaderField<'r>]) {
+    fields.split_at(fields.iter().take_while(|(f, _)| f == name).count())
 }
 
 /// How a body is compared.

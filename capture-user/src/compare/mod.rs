@@ -30,7 +30,7 @@ pub use latency::LatencySummary;
 pub use outcome::{ErrorKind, Failure, Outcome, OutcomeClass};
 pub use path::{JsonPath, PathError, PathPattern, Segment};
 pub use report::{endpoint_name, route, KafkaCoverage, Report, Role};
-pub use response::{parse_response, ParseError, Response};
+pub use response::{from_head, parse_response, ParseError, Response};
 pub use risk::{Risk, RiskCounts};
 pub use settings::{CompareSettings, DEFAULT_IGNORED_HEADERS};
 pub use view::{EndpointRow, ErrorRow, FieldRow, ReportView, TargetRow, Totals, FORMAT};

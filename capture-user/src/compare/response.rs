@@ -52,12 +52,18 @@ pub enum ParseError {
 /// caller can compare what is there and say so.
 pub fn parse_response(raw: &[u8], request_method: Option<&str>) -> Result<Response, ParseError> {
     let parsed = message::parse_response(raw, request_method)?;
-    let body = parsed.body()?;
-    let headers = parsed
-        .headers()
+    from_head(raw, parsed.status, &parsed.head)
+}
+
+/// Like [`parse_response`], from a final `head` already parsed out of `raw` (with its
+/// `status`): the replayer parses each answer once, when it is framed.
+pub fn from_head(raw: &[u8], status: u16, head: &message::Head) -> Result<Response, ParseError> {
+    let body = head.body(raw)?;
+    let headers = head
+        .headers(raw)
         .map(|(name, value)| (name.to_ascii_lowercase(), String::from_utf8_lossy(value).trim().to_string()))
         .collect();
-    Ok(Response { status: parsed.status, headers, body: body.bytes, body_complete: body.complete })
+    Ok(Response { status, headers, body: body.bytes, body_complete: body.complete })
 }
 
 #[cfg(test)]

@@ -619,17 +619,17 @@ impl Plan {
         if index == 0 {
             let (Some(b), Ok(prod)) = (&config.baseline, &self.production) else { unreachable!("sent only to compare with production") };
             let latency = answer.as_ref().ok().map(|a| a.latency);
-            let response = answer.and_then(|a| candidate_response(&a, method));
+            let response = answer.and_then(|a| candidate_response(&a));
             let error = response.as_ref().err().cloned();
             let latency = latency.filter(|_| error.is_none());
-            out.send(Event::Baseline { target: b.url.to_string(), error, latency });
+            out.send(Event::Baseline { target: b.name.clone(), error, latency });
             let cfg = config.compare.as_ref().expect("production compared only with --compare");
             self.noise = Some(response.map(|b| compare::compare(prod, &b, cfg)));
             return;
         }
         let target = config.target(index);
         let production = &self.production;
-        let mut o = Outcome::new(&ex.id, method, &self.path, &target.url.to_string());
+        let mut o = Outcome::new(&ex.id, method, &self.path, &target.name);
         o.production_status = production.as_ref().ok().map(|p| p.status);
         o.production_latency_ms = ex.response.as_ref().and_then(|r| r.latency_ns).map(|n| n as f64 / 1e6);
         match answer {
@@ -638,14 +638,14 @@ impl Plan {
                 match production {
                     // Nothing to compare with: the status (and that the response parses)
                     // is all that is needed, without building its header list.
-                    Err(reason) => match candidate_status(&answer, method) {
+                    Err(reason) => match candidate_status(&answer) {
                         Err(e) => o.error = Some(e),
                         Ok(status) => {
                             o.candidate_status = Some(status);
                             o.not_compared = Some(reason.clone());
                         }
                     },
-                    Ok(prod) => match candidate_response(&answer, method) {
+                    Ok(prod) => match candidate_response(&answer) {
                         Err(e) => o.error = Some(e),
                         Ok(cand) => {
                             o.candidate_status = Some(cand.status);
@@ -707,17 +707,22 @@ fn failure(e: &SendError) -> Failure {
 }
 
 /// The status of a target's answer, which must parse like one to compare
-/// ([`candidate_response`]) but is not kept.
-fn candidate_status(answer: &target::Answer, method: &str) -> Result<u16, Failure> {
+/// ([`candidate_response`]) but is not kept. The framer framed its body already; only
+/// a chunked one is decoded again here (a malformed chunk is a bad response).
+fn candidate_status(answer: &target::Answer) -> Result<u16, Failure> {
     let bad = |e: &dyn std::fmt::Display| Failure::new(ErrorKind::BadResponse, format!("response unparseable: {e}"));
-    let parsed = message::parse_response(&answer.bytes, Some(method)).map_err(|e| bad(&e))?;
-    parsed.body().map_err(|e| bad(&e))?;
-    Ok(parsed.status)
+    let (status, head) = answer.head.as_ref().map_err(|e| bad(e))?;
+    if head.framing == message::BodyFraming::Chunked {
+        head.body(&answer.bytes).map_err(|e| bad(&e))?;
+    }
+    Ok(*status)
 }
 
 /// A target's answer as a response to compare.
-fn candidate_response(answer: &target::Answer, method: &str) -> Result<Response, Failure> {
-    let mut response = compare::parse_response(&answer.bytes, Some(method)).map_err(|e| Failure::new(ErrorKind::BadResponse, format!("response unparseable: {e}")))?;
+fn candidate_response(answer: &target::Answer) -> Result<Response, Failure> {
+    let bad = |e: &dyn std::fmt::Display| Failure::new(ErrorKind::BadResponse, format!("response unparseable: {e}"));
+    let (status, head) = answer.head.as_ref().map_err(|e| bad(e))?;
+    let mut response = compare::from_head(&answer.bytes, *status, head).map_err(|e| bad(&e))?;
     response.body_complete &= !answer.truncated;
     Ok(response)
 }

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::flow::Direction;
+use crate::http::message::{self, Head, MessageError};
 use crate::http::{HttpConfig, HttpConnection, HttpMessage, HttpStats, MessageKind};
 
 use super::request::TargetUrl;
@@ -40,6 +41,8 @@ pub(super) const READ_CHUNK: usize = 64 * 1024;
 #[derive(Clone, Debug)]
 pub struct Target {
     pub url: TargetUrl,
+    /// `url` as text, formatted once (every outcome names its target).
+    pub name: String,
     pub addrs: Vec<SocketAddr>,
     /// `https://` targets: the TLS client configuration (see `replay::tls`).
     pub tls: Option<Arc<rustls::ClientConfig>>,
@@ -51,7 +54,7 @@ impl Target {
         if addrs.is_empty() {
             return Err(std::io::Error::new(ErrorKind::NotFound, format!("{url}: the host resolves to no address")));
         }
-        Ok(Target { url, addrs, tls: None })
+        Ok(Target { name: url.to_string(), url, addrs, tls: None })
     }
 
     /// Uses `config` for this target if it is an `https://` one.
@@ -67,11 +70,14 @@ impl Target {
 #[derive(Clone, Debug)]
 pub struct Answer {
     /// The response's exact bytes (interim 1xx responses included), as framed.
-    pub bytes: Vec<u8>,
+    pub bytes: bytes::Bytes,
     /// Longer than [`MAX_RESPONSE_BYTES`]: `bytes` is its beginning.
     pub truncated: bool,
     /// See the module documentation.
     pub latency: Duration,
+    /// The final head, parsed once when the answer was framed (status, header spans
+    /// into `bytes`, body framing by the request's method), or why it does not parse.
+    pub head: Result<(u16, Head), MessageError>,
 }
 
 /// Why a target did not answer a request.
@@ -609,18 +615,20 @@ pub(super) fn waited_since(started: (Instant, SystemTime), stamp: Option<SystemT
 }
 
 /// The answer of a framed `response` whose first byte came `waited` after the request
-/// (see the module documentation), and whether its connection may be used again.
+/// (see the module documentation), and whether its connection may be used again. The
+/// response's head is parsed here, once, for everything after: whether it asks to
+/// close, its status, and the comparison.
 pub(super) fn answer_of(stream: &impl AsRawFd, framer: &HttpConnection, response: HttpMessage, waited: Duration, closed: bool) -> (Answer, bool) {
     let latency = waited.saturating_sub(min_rtt(stream).unwrap_or_default());
-    let keep = !closed && !framer.is_ignored() && !asks_to_close(&response.bytes);
-    (Answer { bytes: response.bytes.to_vec(), truncated: response.truncated, latency }, keep)
+    let head = message::parse_response(&response.bytes, response.method.as_deref()).map(|r| (r.status, r.head));
+    let asks_to_close = head.as_ref().is_ok_and(|(_, head)| asks_to_close(&response.bytes, head));
+    let keep = !closed && !framer.is_ignored() && !asks_to_close;
+    (Answer { bytes: response.bytes, truncated: response.truncated, latency, head }, keep)
 }
 
-/// A `Connection: close` in the response's head.
-pub(super) fn asks_to_close(response: &[u8]) -> bool {
-    crate::http::message::parse_response(response, None).is_ok_and(|r| {
-        r.headers().any(|(n, v)| n.eq_ignore_ascii_case("connection") && String::from_utf8_lossy(v).split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
-    })
+/// A `Connection: close` in a response's `head` (parsed from `raw`).
+fn asks_to_close(raw: &[u8], head: &Head) -> bool {
+    head.headers(raw).any(|(n, v)| n.eq_ignore_ascii_case("connection") && v.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close")))
 }
 
 #[cfg(test)]
@@ -745,7 +753,7 @@ pub(super) mod tests {
             }
         });
         let a = Connections::default().send(0, &target, "c", b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n", Duration::from_secs(5)).unwrap();
-        assert_eq!(a.bytes, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n");
+        assert_eq!(&a.bytes[..], b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n");
     }
 
     /// A long replay kept one connection per captured connection until the end (see
@@ -783,6 +791,24 @@ pub(super) mod tests {
         let s = *conns.stats();
         assert_eq!((s.opened, s.reopened, s.closed_at_end), (5, 2, 1), "{s:?}");
         assert_eq!(s.opened, s.closed_idle + s.closed_evicted + s.closed_by_target + s.closed_after_exchange + s.closed_at_end);
+    }
+
+    /// The answer's head is parsed once, when framed: its `Connection: close` (here in
+    /// a list) closes the connection after the exchange even though the target keeps
+    /// it open, and its status is there for the outcome.
+    #[test]
+    fn an_answer_that_asks_to_close_is_not_reused() {
+        let (target, accepted) = server(|mut s| {
+            while read_head(&mut s) {
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive, Close\r\n\r\nok");
+            }
+        });
+        let mut conns = Connections::default();
+        for _ in 0..2 {
+            let a = conns.send(0, &target, "c", GET, Duration::from_secs(5)).unwrap();
+            assert_eq!(a.head.as_ref().map(|(status, _)| *status), Ok(200));
+        }
+        assert_eq!((accepted.load(Ordering::SeqCst), conns.stats().closed_after_exchange, conns.open()), (2, 2, 0));
     }
 
     #[test]
