@@ -22,8 +22,10 @@
 //! The client side of a watched port is counted and skipped, so a client and a server
 //! on one host (both using the probed library) do not record every byte twice.
 //!
-//! Once a connection is mapped, its two packet 4-tuples go into `TLS_FLOWS`; the
-//! classifiers then drop its ciphertext early (counted) instead of emitting it.
+//! Only connections the classifiers kept a segment of are captured (`TLS_SEEN`): the
+//! same interfaces and the same `--sample` verdict as cleartext. Once a connection is
+//! mapped, its two packet 4-tuples go into `TLS_FLOWS`; the classifiers then drop its
+//! ciphertext early (counted) instead of emitting it.
 
 use core::ffi::c_void;
 
@@ -373,8 +375,9 @@ fn map_socket(key: &SslKey, sk: u64, now: u64) -> Option<*mut TlsConn> {
         let t = &new.c2s;
         if !crate::sampled(&t.saddr, &t.daddr, t.sport, t.dport, t.family) {
             new.role = ROLE_SAMPLED_OUT;
-        } else if unsafe { TLS_SEEN.get(t) }.is_none() {
-            // No watched interface carries it (see `TLS_SEEN`).
+        } else if unsafe { TLS_SEEN.get(t) }.is_none() && unsafe { TLS_FLOWS.get(t) }.is_none() {
+            // No watched interface carries it (see `TLS_SEEN`; a captured connection's
+            // classifiers stop noting it, but refresh its `TLS_FLOWS` entry instead).
             new.role = ROLE_UNWATCHED;
         }
     }
