@@ -406,21 +406,18 @@ fn redaction_leaves_no_secret_in_the_file_or_kafka_and_replay_still_sets_headers
     assert_eq!(login["headers"]["cookie"], format!("sid={}", t("SID-SECRET-2")));
 }
 
-/// With `--tls-lib`, the uprobes follow the classifiers' sampling verdict: a connection's
-/// plaintext is captured whole or not at all.
-#[test]
-fn tls_plaintext_follows_the_sampling_verdict() {
-    let test = "tls_plaintext_follows_the_sampling_verdict";
-    if !kernel_tests_enabled(test) {
-        return;
+/// Stops an nginx (master and worker) also when a test fails.
+struct StoppedNginx(std::process::Child);
+
+impl Drop for StoppedNginx {
+    fn drop(&mut self) {
+        stop_gracefully(&mut self.0);
     }
-    const LIBSSL: &str = "/usr/lib/x86_64-linux-gnu/libssl.so.3";
-    for tool in ["nginx", "openssl"] {
-        assert!(have(tool), "{test}: {tool} missing (cargo xtask test installs it)");
-    }
-    assert!(std::path::Path::new(LIBSSL).exists(), "{test}: {LIBSSL} missing (Debian's libssl3)");
-    let net = NetPair::new();
-    let dir = TempDir::new("tls-sample");
+}
+
+/// Starts nginx serving `hello.txt` over TLS on PORT in namespace `ns`, its files in
+/// `dir`; returns it and its access log.
+fn start_tls_nginx(ns: &str, dir: &TempDir) -> (StoppedNginx, std::path::PathBuf) {
     let (cert, key, www) = (dir.path("cert.pem"), dir.path("key.pem"), dir.path("www"));
     sh(&format!(
         "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=capture-test -keyout {} -out {} 2>/dev/null",
@@ -445,43 +442,74 @@ fn tls_plaintext_follows_the_sampling_verdict() {
         ),
     )
     .unwrap();
-    /// Stops nginx (master and worker) also when the test fails.
-    struct Stopped(std::process::Child);
-    impl Drop for Stopped {
-        fn drop(&mut self) {
-            stop_gracefully(&mut self.0);
-        }
+    let nginx = StoppedNginx(Command::new("ip").args(["netns", "exec", ns, "nginx", "-c"]).arg(&conf).stdout(Stdio::null()).spawn().unwrap());
+    wait_tcp(ns, "127.0.0.1", PORT);
+    (nginx, access_log)
+}
+
+/// With `--tls-lib`, the uprobes follow the classifiers' sampling verdict: a connection's
+/// plaintext is captured whole or not at all. Regression: the uprobes also kept (by the
+/// hash alone) connections of a server on the same port in another network namespace,
+/// whose traffic no watched interface carries (e.g. a concurrent test's nginx), so more
+/// plaintext connections were kept than the classifiers kept.
+#[test]
+fn tls_plaintext_follows_the_sampling_verdict() {
+    let test = "tls_plaintext_follows_the_sampling_verdict";
+    if !kernel_tests_enabled(test) {
+        return;
     }
-    let nginx = Stopped(Command::new("ip").args(["netns", "exec", &net.server_ns, "nginx", "-c"]).arg(&conf).stdout(Stdio::null()).spawn().unwrap());
-    wait_tcp(&net.server_ns, "127.0.0.1", PORT);
+    const LIBSSL: &str = "/usr/lib/x86_64-linux-gnu/libssl.so.3";
+    for tool in ["nginx", "openssl"] {
+        assert!(have(tool), "{test}: {tool} missing (cargo xtask test installs it)");
+    }
+    assert!(std::path::Path::new(LIBSSL).exists(), "{test}: {LIBSSL} missing (Debian's libssl3)");
+    let net = NetPair::new();
+    let dir = TempDir::new("tls-sample");
+    let (nginx, access_log) = start_tls_nginx(&net.server_ns, &dir);
+    // The same server on the same port elsewhere: probed (it listens on a watched port),
+    // but no watched interface carries its traffic.
+    let elsewhere = NetPair::new();
+    let elsewhere_dir = TempDir::new("tls-sample-elsewhere");
+    let (elsewhere_nginx, elsewhere_log) = start_tls_nginx(&elsewhere.server_ns, &elsewhere_dir);
     let mut agent = Agent::start(&net.server_ns, &net.server_if, &[PORT], &dir, &["--no-stream-log", "--sample", "50", "--tls-lib", LIBSSL]);
-    let n = 200;
-    sh(&format!(
-        "ip netns exec {} sh -c 'for i in $(seq {n}); do curl -sk -o /dev/null https://{}:{PORT}/hello.txt; done'",
-        net.client_ns, net.server_v4
-    ));
+    let (n, m) = (200, 20);
+    let curls = |net: &NetPair, count: u64| {
+        format!(
+            "ip netns exec {} sh -c 'for i in $(seq {count}); do curl -sk -o /dev/null https://{}:{PORT}/hello.txt; done'",
+            net.client_ns, net.server_v4
+        )
+    };
+    sh(&format!("{} & {}; wait", curls(&elsewhere, m), curls(&net, n)));
     let s = summary(&agent.stop());
     drop(nginx);
-    let served = std::fs::read_to_string(&access_log).unwrap().lines().count() as u64;
-    assert_eq!(served, n);
+    drop(elsewhere_nginx);
+    let served = |log: &std::path::Path| std::fs::read_to_string(log).unwrap().lines().count() as u64;
+    assert_eq!(served(&access_log), n);
+    assert_eq!(served(&elsewhere_log), m);
     let records = parse_gor(&agent.records());
     let conns = by_connection(&records);
+    let client = |r: &GorRecord| r.meta.get("client").cloned().unwrap_or_default();
+    let elsewhere_kept = conns.values().filter(|recs| client(&recs[0]).starts_with(&format!("{}:", elsewhere.client_v4))).count();
+    let k = conns.len() as u64;
+    let (lo, hi) = binomial_interval(n, 0.5, 0.001);
+    eprintln!(
+        "TLS sampling: kept {k} of {n} connections ({elsewhere_kept} of them from the unwatched namespace); interval [{lo}, {hi}]; \
+         kernel_tls_connections={} kernel_tls_sampled_out_calls={} kernel_tls_unwatched_calls={} kernel_sampled_out_connections={} tls_processes={}",
+        s["kernel_tls_connections"], s["kernel_tls_sampled_out_calls"], s["kernel_tls_unwatched_calls"], s["kernel_sampled_out_connections"], s["tls_processes"]
+    );
+    assert_eq!(elsewhere_kept, 0, "no plaintext of a server whose traffic no watched interface carries");
     for (id, recs) in &conns {
         let kinds: Vec<u8> = recs.iter().map(|r| r.ty).collect();
         assert_eq!(kinds, [b'1', b'2'], "connection {id}: one whole exchange");
         assert!(recs.iter().all(|r| r.meta.get("tls").map(String::as_str) == Some("1")), "connection {id}: plaintext");
         assert!(recs[1].payload.ends_with(b"hello over TLS\n"));
     }
-    let k = conns.len() as u64;
-    let (lo, hi) = binomial_interval(n, 0.5, 0.001);
-    eprintln!(
-        "TLS sampling: kept {k} of {n} connections; interval [{lo}, {hi}]; kernel_tls_sampled_out_calls={} kernel_sampled_out_connections={}",
-        s["kernel_tls_sampled_out_calls"], s["kernel_sampled_out_connections"]
-    );
     assert!((lo..=hi).contains(&k), "kept {k} of {n}");
     // The left-out connections' SSL calls were seen by the probes and not emitted, and
     // their TCP segments stopped at the classifiers.
     assert!(s["kernel_tls_sampled_out_calls"] >= 2 * (n - k), "a read and a write per left-out connection");
+    // The other server's calls were seen and not emitted (unwatched or sampled out).
+    assert!(s["kernel_tls_sampled_out_calls"] + s["kernel_tls_unwatched_calls"] >= 2 * (n - k + m));
     assert_eq!(s["kernel_sampled_out_connections"], n - k);
     assert_eq!(s["http_requests"], k, "only the kept connections' plaintext was framed");
     assert!(s["tls_ciphertext_connections"] <= k, "a left-out connection's ciphertext never reached userspace");

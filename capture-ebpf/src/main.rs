@@ -337,12 +337,16 @@ fn capture(ctx: &TcContext, hook: u8) {
 
     // A connection whose plaintext the TLS uprobes capture: its ciphertext is not
     // emitted (a SYN starts a new connection on the tuple, not known to be TLS yet).
-    if TLS_ENABLED.load() != 0 && unsafe { tls::TLS_FLOWS.get(&tuple) }.is_some() {
-        if !syn {
+    if TLS_ENABLED.load() != 0 {
+        if syn {
+            let _ = tls::TLS_FLOWS.remove(&tuple);
+        } else if unsafe { tls::TLS_FLOWS.get(&tuple) }.is_some() {
             tls::count_ciphertext(payload_len as u64);
             return;
         }
-        let _ = tls::TLS_FLOWS.remove(&tuple);
+        if hdr.direction == DIR_CLIENT_TO_SERVER {
+            tls::note_seen(&tuple);
+        }
     }
 
     // Payload userspace will not keep: copy only the window outside its skip range.

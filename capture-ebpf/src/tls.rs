@@ -22,8 +22,10 @@
 //! The client side of a watched port is counted and skipped, so a client and a server
 //! on one host (both using the probed library) do not record every byte twice.
 //!
-//! Once a connection is mapped, its two packet 4-tuples go into `TLS_FLOWS`; the
-//! classifiers then drop its ciphertext early (counted) instead of emitting it.
+//! Only connections the classifiers kept a segment of are captured (`TLS_SEEN`): the
+//! same interfaces and the same `--sample` verdict as cleartext. Once a connection is
+//! mapped, its two packet 4-tuples go into `TLS_FLOWS`; the classifiers then drop its
+//! ciphertext early (counted) instead of emitting it.
 
 use core::ffi::c_void;
 
@@ -55,6 +57,13 @@ static TLS_CONFIG: Array<TlsOffsets> = Array::with_max_entries(1, 0);
 /// connection on a reused 4-tuple is not known to be TLS yet).
 #[map(name = "TLS_FLOWS")]
 pub static TLS_FLOWS: LruHashMap<FlowTuple, u8> = LruHashMap::with_max_entries(2 * TLS_MAX_CONNS, 0);
+
+/// Client -> server packet 4-tuples of the connections a classifier kept a segment of
+/// (sampled in, on a watched interface). The uprobes capture only these: a server on a
+/// watched port whose traffic crosses no watched interface (in another network
+/// namespace) is not the agent's, and `--sample` decided nothing about it.
+#[map(name = "TLS_SEEN")]
+static TLS_SEEN: LruHashMap<FlowTuple, u8> = LruHashMap::with_max_entries(TLS_MAX_CONNS, 0);
 
 /// Per-CPU work space of `map_socket` (two slots).
 #[map(name = "TLS_WORK")]
@@ -125,6 +134,16 @@ fn count(counter: TlsCounter, n: u64) {
     if let Some(slot) = TLS_COUNTERS.get_ptr_mut(counter as u32) {
         // Per-CPU slot: no other writer while this program runs on this CPU.
         unsafe { *slot += n };
+    }
+}
+
+/// Notes a client -> server segment a classifier kept (see `TLS_SEEN`). Not inlined:
+/// the classifiers' stack has no room for more.
+#[inline(never)]
+pub fn note_seen(c2s: &FlowTuple) {
+    if unsafe { TLS_SEEN.get(c2s) }.is_none() {
+        // A full LRU evicts its least recently used entry.
+        let _ = TLS_SEEN.insert(c2s, &1, 0);
     }
 }
 
@@ -356,6 +375,10 @@ fn map_socket(key: &SslKey, sk: u64, now: u64) -> Option<*mut TlsConn> {
         let t = &new.c2s;
         if !crate::sampled(&t.saddr, &t.daddr, t.sport, t.dport, t.family) {
             new.role = ROLE_SAMPLED_OUT;
+        } else if unsafe { TLS_SEEN.get(t) }.is_none() && unsafe { TLS_FLOWS.get(t) }.is_none() {
+            // No watched interface carries it (see `TLS_SEEN`; a captured connection's
+            // classifiers stop noting it, but refresh its `TLS_FLOWS` entry instead).
+            new.role = ROLE_UNWATCHED;
         }
     }
     if let Some(conn) = TLS_CONNS.get_ptr_mut(key) {
