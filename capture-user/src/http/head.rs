@@ -1,7 +1,7 @@
 //! Start-line / header parsing helpers. Heads are parsed with httparse; only the
 //! body-framing decision (RFC 9112 section 6) is ours.
 
-use super::view::{FieldSpan, HeadSpans};
+use super::view::{self, HeadSpans};
 
 /// Why a head (or body framing) was rejected; each maps to one stats counter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -243,16 +243,10 @@ fn parse_decimal(s: &[u8]) -> Option<u64> {
 /// Spans of a head parsed from `s` (`len` bytes long): as [`super::view::head_spans`]
 /// gives them for the same bytes when `s` starts with the start line.
 fn spans_of(s: &[u8], len: usize, headers: &[httparse::Header<'_>]) -> HeadSpans {
-    let base = s.as_ptr() as usize;
-    let span = |part: &[u8]| {
-        let start = part.as_ptr() as usize - base;
-        start..start + part.len()
-    };
     let line_end = memchr::memchr(b'\n', s).unwrap_or(len);
-    let start_line = 0..if line_end > 0 && s[line_end - 1] == b'\r' { line_end - 1 } else { line_end };
     HeadSpans {
-        start_line,
-        headers: headers.iter().map(|h| FieldSpan { name: span(h.name.as_bytes()), value: span(h.value) }).collect(),
+        start_line: view::start_line_span(s, line_end),
+        headers: view::field_spans(headers, s.as_ptr() as usize).collect(),
         len,
     }
 }

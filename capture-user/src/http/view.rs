@@ -70,7 +70,7 @@ pub fn head_spans(bytes: &[u8]) -> Option<HeadSpans> {
 pub fn head_spans_into(bytes: &[u8], out: &mut HeadSpans) -> bool {
     out.headers.clear();
     let Some(line_end) = memchr::memchr(b'\n', bytes) else { return false };
-    out.start_line = 0..if line_end > 0 && bytes[line_end - 1] == b'\r' { line_end - 1 } else { line_end };
+    out.start_line = start_line_span(bytes, line_end);
     let fields = &bytes[line_end + 1..];
     let base = bytes.as_ptr() as usize;
     // Most heads fit the array on the stack; a few need a bigger one.
@@ -102,15 +102,25 @@ fn parse_fields<'b>(
 ) -> Result<Option<usize>, httparse::Error> {
     match httparse::parse_headers(fields, headers)? {
         httparse::Status::Complete((used, parsed)) => {
-            let span = |s: &[u8]| {
-                let start = s.as_ptr() as usize - base;
-                start..start + s.len()
-            };
-            out.extend(parsed.iter().map(|h| FieldSpan { name: span(h.name.as_bytes()), value: span(h.value) }));
+            out.extend(field_spans(parsed, base));
             Ok(Some(used))
         }
         httparse::Status::Partial => Ok(None),
     }
+}
+
+/// The start line of a head whose first `\n` is at `line_end`, without its `\r`.
+pub(super) fn start_line_span(bytes: &[u8], line_end: usize) -> Range<usize> {
+    0..if line_end > 0 && bytes[line_end - 1] == b'\r' { line_end - 1 } else { line_end }
+}
+
+/// Spans of parsed header fields, relative to `base` (the address their buffer starts at).
+pub(super) fn field_spans<'a>(headers: &'a [httparse::Header<'_>], base: usize) -> impl Iterator<Item = FieldSpan> + 'a {
+    let span = move |s: &[u8]| {
+        let start = s.as_ptr() as usize - base;
+        start..start + s.len()
+    };
+    headers.iter().map(move |h| FieldSpan { name: span(h.name.as_bytes()), value: span(h.value) })
 }
 
 #[cfg(test)]
