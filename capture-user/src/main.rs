@@ -891,8 +891,9 @@ struct AgentArgs {
     /// processes on this host, without terminating TLS: the path of a libssl.so file, or
     /// `auto` to find the libssl of every running process (also in containers, through
     /// /proc/PID/root) and of processes that start later. Repeatable. Needs uprobes and
-    /// kernel BTF. Records of such connections carry `tls=1`; their ciphertext is not
-    /// recorded. Go's crypto/tls and statically linked TLS libraries are not supported.
+    /// kernel BTF. Only connections whose packets cross a watched interface (and that
+    /// `--sample` keeps) are captured. Records of such connections carry `tls=1`; their
+    /// ciphertext is not recorded. Go's crypto/tls and statically linked TLS libraries are not supported.
     #[arg(long = "tls-lib", env = "CAPTURE_TLS_LIB", value_delimiter = ',')]
     tls_libs: Vec<capture::tls_libs::TlsLibSpec>,
 
