@@ -53,8 +53,8 @@ pub enum FileError {
          use a directory only root (or you) can write to, or pass --allow-unsafe-dir"
     )]
     UnsafeDir { dir: PathBuf, mode: u32 },
-    /// A system call failed.
-    #[error("{path}: {source}")]
+    /// A system call failed (the cause is the source, so `{:#}` says it once).
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]

@@ -14,6 +14,7 @@ use log::warn;
 use prometheus_client::metrics::histogram::Histogram;
 use sha2::{Digest, Sha256};
 
+use crate::error_chain;
 use crate::connections::{CloseReason, ConnectionId, ConnectionInfo, ConnectionTable, StreamSink, TableLimits, TableStats};
 use crate::flow::{Direction, FlowKey};
 use crate::http::{HttpConfig, HttpConnection, HttpMessage, HttpStats, MessageKind};
@@ -389,7 +390,7 @@ impl Pipeline {
         self.emit();
         for out in &mut self.outputs {
             if let Err(e) = out.sink.close() {
-                warn!("{e}");
+                warn!("{}", error_chain::render(&e));
             }
         }
     }
@@ -411,7 +412,7 @@ impl Pipeline {
             for out in &mut self.outputs {
                 if let Err(e) = out.sink.write(&record) {
                     if !out.error_logged {
-                        warn!("{e} (further errors of this output are only counted)");
+                        warn!("{} (further errors of this output are only counted)", error_chain::render(&e));
                         out.error_logged = true;
                     }
                 }
@@ -436,7 +437,7 @@ impl Pipeline {
         for out in &mut self.outputs {
             if let Err(e) = out.sink.flush() {
                 if !out.error_logged {
-                    warn!("{e}");
+                    warn!("{}", error_chain::render(&e));
                     out.error_logged = true;
                 }
             }

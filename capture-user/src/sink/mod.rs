@@ -43,7 +43,8 @@ pub struct SinkStats {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    #[error("{sink}: {source}")]
+    /// Writing to the output failed; the cause is the source.
+    #[error("{sink}")]
     Io {
         sink: String,
         #[source]
@@ -51,8 +52,8 @@ pub enum SinkError {
     },
     #[error("{sink}: {message}")]
     Kafka { sink: String, message: String },
-    /// An output file could not be created safely.
-    #[error("{sink}: {source}")]
+    /// An output file could not be created safely; why is the source.
+    #[error("{sink}")]
     File {
         sink: String,
         #[source]
