@@ -166,7 +166,7 @@ impl ConnectionStats {
 }
 
 /// (captured connection, target index).
-pub type Key = (String, usize);
+pub type Key = (Arc<str>, usize);
 
 /// What [`Pool::check_out`] found for a key.
 pub enum Checkout<C> {
@@ -325,7 +325,7 @@ impl Connections {
     /// `timeout` for the exchange.
     pub fn send(&mut self, index: usize, target: &Target, captured: &str, request: &[u8], timeout: Duration) -> Result<Answer, SendError> {
         let now = Instant::now();
-        let key = (captured.to_string(), index);
+        let key = (Arc::from(captured), index);
         let mut conn = match self.pool.check_out(&key, now, |c| c.stream.still_open()) {
             Checkout::Open(conn) => conn,
             Checkout::New { reopening } => {
@@ -617,10 +617,17 @@ pub(super) fn waited_since(started: (Instant, SystemTime), stamp: Option<SystemT
 /// The answer of a framed `response` whose first byte came `waited` after the request
 /// (see the module documentation), and whether its connection may be used again. The
 /// response's head is parsed here, once, for everything after: whether it asks to
-/// close, its status, and the comparison.
+/// close, its status, and the comparison (from the framer's parse of it when it has
+/// one head: no second parse).
 pub(super) fn answer_of(stream: &impl AsRawFd, framer: &HttpConnection, response: HttpMessage, waited: Duration, closed: bool) -> (Answer, bool) {
     let latency = waited.saturating_sub(min_rtt(stream).unwrap_or_default());
-    let head = message::parse_response(&response.bytes, response.method.as_deref()).map(|r| (r.status, r.head));
+    let method = response.method.as_deref();
+    // The framer's parse when it parsed a single head (no interim 1xx before it).
+    let head = match (&response.head, response.status) {
+        (Some(spans), Some(status)) => message::framed_response(&response.bytes, status, spans, method),
+        _ => message::parse_response(&response.bytes, method),
+    }
+    .map(|r| (r.status, r.head));
     let asks_to_close = head.as_ref().is_ok_and(|(_, head)| asks_to_close(&response.bytes, head));
     let keep = !closed && !framer.is_ignored() && !asks_to_close;
     (Answer { bytes: response.bytes, truncated: response.truncated, latency, head }, keep)
