@@ -182,7 +182,6 @@ struct Pooled<C> {
     conn: C,
     /// Its place in the least-recently-used order ([`Pool::lru`]).
     stamp: u64,
-    last_used: Instant,
 }
 
 /// Keep-alive connections of one worker (or lane of the event-driven sender): one per
@@ -194,8 +193,9 @@ struct Pooled<C> {
 pub struct Pool<C> {
     keep_alive: KeepAlive,
     conns: std::collections::HashMap<Key, Pooled<C>>,
-    /// Least recently used first: stamp -> key.
-    lru: std::collections::BTreeMap<u64, Key>,
+    /// Least recently used first: stamp -> key and its last use (so the idle check
+    /// before each exchange needs no lookup by key).
+    lru: std::collections::BTreeMap<u64, (Key, Instant)>,
     next_stamp: u64,
     closed: RecentlyClosed,
     pub stats: ConnectionStats,
@@ -235,7 +235,7 @@ impl<C> Pool<C> {
             None => self.closed.forget(key),
         };
         while self.conns.len() >= self.keep_alive.max_open {
-            let Some((_, oldest)) = self.lru.pop_first() else { break };
+            let Some((_, (oldest, _))) = self.lru.pop_first() else { break };
             self.conns.remove(&oldest);
             self.closed.add(&oldest);
             self.stats.closed_evicted += 1;
@@ -258,18 +258,17 @@ impl<C> Pool<C> {
         }
         let stamp = self.next_stamp;
         self.next_stamp += 1;
-        self.lru.insert(stamp, key.clone());
-        self.conns.insert(key, Pooled { conn, stamp, last_used });
+        self.lru.insert(stamp, (key.clone(), last_used));
+        self.conns.insert(key, Pooled { conn, stamp });
     }
 
     /// Closes the connections unused for [`KeepAlive::idle`] (also called by an idle worker).
     pub fn close_idle(&mut self, now: Instant) {
-        while let Some((_, key)) = self.lru.first_key_value() {
-            let idle = self.conns.get(key).is_some_and(|c| now.duration_since(c.last_used) >= self.keep_alive.idle);
-            if !idle {
+        while let Some((_, (_, last_used))) = self.lru.first_key_value() {
+            if now.duration_since(*last_used) < self.keep_alive.idle {
                 break;
             }
-            let (_, key) = self.lru.pop_first().expect("looked at");
+            let (_, (key, _)) = self.lru.pop_first().expect("looked at");
             self.conns.remove(&key);
             self.closed.add(&key);
             self.stats.closed_idle += 1;
