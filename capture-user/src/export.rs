@@ -221,7 +221,7 @@ fn entry(ex: &Exchange) -> Option<Entry> {
         server_ip_address: ex.server.as_deref().and_then(|s| s.parse::<std::net::SocketAddr>().ok()).map(|a| a.ip().to_string()),
         connection: (ex.connection.len() == 24).then(|| u32::from_str_radix(&ex.connection[16..], 16).ok()).flatten().map(|n| n.to_string()),
         capture_id: ex.id.clone(),
-        capture_connection: ex.connection.clone(),
+        capture_connection: ex.connection.to_string(),
         comment: None,
     })
 }

@@ -187,22 +187,23 @@ struct LengthHeaders {
     content_length: Option<u64>,
 }
 
-fn length_headers(headers: &[httparse::Header<'_>]) -> Result<LengthHeaders, ParseError> {
+/// `headers`: (name, value) of each field.
+fn length_headers<'h>(headers: impl Iterator<Item = (&'h [u8], &'h [u8])>) -> Result<LengthHeaders, ParseError> {
     let mut te_present = false;
     let mut te_chunked = false;
     let mut cl: Option<u64> = None;
     let mut cl_bad = false;
-    for h in headers {
-        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+    for (name, value) in headers {
+        if name.eq_ignore_ascii_case(b"transfer-encoding") {
             te_present = true;
             // The last coding of the last Transfer-Encoding header decides (RFC 9112 6.3).
-            let v = String::from_utf8_lossy(h.value);
+            let v = String::from_utf8_lossy(value);
             if let Some(last) = v.split(',').map(str::trim).rfind(|c| !c.is_empty()) {
                 te_chunked = last.eq_ignore_ascii_case("chunked");
             }
-        } else if h.name.eq_ignore_ascii_case("content-length") {
+        } else if name.eq_ignore_ascii_case(b"content-length") {
             // A list of identical values ("5, 5") is tolerated; anything else is invalid.
-            for part in h.value.split(|&b| b == b',') {
+            for part in value.split(|&b| b == b',') {
                 match parse_decimal(trim_ows(part)) {
                     Some(n) if cl.is_none() || cl == Some(n) => cl = Some(n),
                     _ => cl_bad = true,
@@ -336,7 +337,7 @@ pub(crate) fn parse_response(s: &[u8]) -> Result<(usize, ResponseHead), ParseErr
         let mut resp = httparse::Response::new(headers);
         match resp.parse(s)? {
             httparse::Status::Complete(n) => {
-                let lh = length_headers(resp.headers);
+                let lh = length_headers(resp.headers.iter().map(|h| (h.name.as_bytes(), h.value)));
                 Ok(Some((n, resp.code.unwrap_or(0), lh, spans_of(s, n, resp.headers))))
             }
             httparse::Status::Partial => Ok(None),
@@ -353,6 +354,14 @@ pub(crate) fn parse_response(s: &[u8]) -> Result<(usize, ResponseHead), ParseErr
             content_length: lh.content_length,
         },
     ))
+}
+
+/// The length headers of a response head the framer parsed (`spans` into `raw`,
+/// with its `status`), read again from its spans without parsing it again; the
+/// returned head's own `spans` are left empty (the caller has them).
+pub(crate) fn framed_response_head(raw: &[u8], status: u16, spans: &HeadSpans) -> Result<ResponseHead, ParseError> {
+    let lh = length_headers(spans.headers.iter().map(|f| (&raw[f.name.clone()], &raw[f.value.clone()])))?;
+    Ok(ResponseHead { status, spans: HeadSpans::default(), te_chunked: lh.te_chunked, te_present: lh.te_present, content_length: lh.content_length })
 }
 
 impl ResponseHead {

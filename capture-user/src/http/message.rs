@@ -11,6 +11,7 @@
 use std::ops::Range;
 
 use super::head::{self, Framing as HeadFraming};
+use super::view::{FieldSpan, HeadSpans};
 
 /// Where a header's name and value sit in the raw message bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,20 +96,27 @@ pub enum MessageError {
     BadChunk,
 }
 
-/// Offset of `part` (a subslice of `raw`) in `raw`.
-fn offset(raw: &[u8], part: &[u8]) -> usize {
-    part.as_ptr() as usize - raw.as_ptr() as usize
+/// Header spans of a head parsed at `at` in the raw bytes (the framer's spans are
+/// relative to the head's first byte).
+fn spans(fields: &[FieldSpan], at: usize) -> Vec<HeaderSpan> {
+    fields.iter().map(|f| HeaderSpan { name: f.name.start + at..f.name.end + at, value: f.value.start + at..f.value.end + at }).collect()
 }
 
-fn spans(raw: &[u8], headers: &[httparse::Header<'_>]) -> Vec<HeaderSpan> {
-    headers
-        .iter()
-        .map(|h| {
-            let name = offset(raw, h.name.as_bytes());
-            let value = offset(raw, h.value);
-            HeaderSpan { name: name..name + h.name.len(), value: value..value + h.value.len() }
-        })
-        .collect()
+/// The `x` of a start line's `HTTP/1.x` (the framer checked the version is 1.x).
+fn version_of(version: &[u8]) -> u8 {
+    match version.last() {
+        Some(b'0') => 0,
+        _ => 1,
+    }
+}
+
+fn text(b: &[u8]) -> Result<&str, MessageError> {
+    std::str::from_utf8(b).map_err(|_| MessageError::InvalidHead)
+}
+
+/// Leading empty lines (CR or LF) at `start`: skipped, as the framer does.
+fn empty_lines(raw: &[u8], start: usize) -> usize {
+    raw[start..].iter().take_while(|&&b| b == b'\r' || b == b'\n').count()
 }
 
 fn framing(f: HeadFraming) -> BodyFraming {
@@ -128,33 +136,34 @@ fn head_error(e: head::ParseError) -> MessageError {
     }
 }
 
-/// Checks that a whole head is there (the framer's own test) before parsing it.
+/// Checks that a whole head is there (the framer's own test) before parsing it: where
+/// it ends. `start` is where its start line begins (after any empty lines).
 fn complete_head(raw: &[u8], start: usize) -> Result<usize, MessageError> {
-    let s = &raw[start..];
-    let ws = s.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
-    head::find_head_end(s, ws, 0).map(|end| start + end).ok_or(MessageError::IncompleteHead)
+    head::find_head_end(&raw[start..], 0, 0).map(|end| start + end).ok_or(MessageError::IncompleteHead)
 }
 
-/// Parses a request: head, header spans and body framing, by the framer's rules.
+/// Parses a request: head, header spans and body framing, by the framer's rules (one
+/// parse, the framer's: its spans are the header spans).
 pub fn parse_request(raw: &[u8]) -> Result<Request<'_>, MessageError> {
-    let end = complete_head(raw, 0)?;
-    let (len, parsed) = head::parse_request(&raw[..end]).map_err(head_error)?;
-    let (method, target, version, headers, start) = head::with_headers(|storage| {
-        let mut req = httparse::Request::new(storage);
-        match req.parse(&raw[..end])? {
-            httparse::Status::Complete(_) => {
-                let method = req.method.unwrap_or("");
-                Ok(Some((method, req.path.unwrap_or(""), req.version.unwrap_or(1), spans(raw, req.headers), offset(raw, method.as_bytes()))))
-            }
-            httparse::Status::Partial => Ok(None),
-        }
-    })
-    .map_err(head_error)?;
+    let start = empty_lines(raw, 0);
+    let end = complete_head(raw, start)?;
+    let (len, parsed) = head::parse_request(&raw[start..end]).map_err(head_error)?;
+    let line = &raw[start..start + parsed.spans.start_line.end];
+    // httparse checked `METHOD SP TARGET SP HTTP/1.x` (a target has no spaces).
+    let mut parts = line.splitn(3, |&b| b == b' ');
+    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(MessageError::InvalidHead);
+    };
     let framing = match parsed.framing {
         Ok(f) => framing(f),
         Err(ambiguity) => BodyFraming::Ambiguous(ambiguity.token()),
     };
-    Ok(Request { raw, method, target, head: Head { version, headers, start, end: len, framing } })
+    Ok(Request {
+        raw,
+        method: text(method)?,
+        target: text(target)?,
+        head: Head { version: version_of(version), headers: spans(&parsed.spans.headers, start), start, end: start + len, framing },
+    })
 }
 
 /// Parses a response whose request had `request_method` (None if unknown): interim
@@ -163,34 +172,37 @@ pub fn parse_response<'a>(raw: &'a [u8], request_method: Option<&str>) -> Result
     let mut start = 0;
     let mut interim = 0;
     loop {
+        start += empty_lines(raw, start);
         let end = complete_head(raw, start)?;
         let (len, parsed) = head::parse_response(&raw[start..end]).map_err(head_error)?;
-        let body_framing = parsed.framing(request_method);
         if (100..200).contains(&parsed.status) && parsed.status != 101 {
             interim += 1;
             start += len;
             continue;
         }
-        let (version, headers, head_start) = head::with_headers(|storage| {
-            let mut resp = httparse::Response::new(storage);
-            match resp.parse(&raw[start..end])? {
-                httparse::Status::Complete(_) => {
-                    // The start line begins after any empty lines httparse skipped.
-                    let skipped = raw[start..end].iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
-                    Ok(Some((resp.version.unwrap_or(1), spans(raw, resp.headers), start + skipped)))
-                }
-                httparse::Status::Partial => Ok(None),
-            }
-        })
-        .map_err(head_error)?;
-        let framing = if parsed.status == 101 { BodyFraming::None } else { framing(body_framing) };
-        return Ok(Response {
-            raw,
-            status: parsed.status,
-            interim,
-            head: Head { version, headers, start: head_start, end: start + len, framing },
-        });
+        let head = final_head(raw, start, &parsed, &parsed.spans, request_method);
+        return Ok(Response { raw, status: parsed.status, interim, head });
     }
+}
+
+/// The [`Head`] of a final response head at `start` of `raw`: `parsed` says its
+/// framing, `at` where its fields are (relative to `start`).
+fn final_head(raw: &[u8], start: usize, parsed: &head::ResponseHead, at: &HeadSpans, request_method: Option<&str>) -> Head {
+    let framing = if parsed.status == 101 { BodyFraming::None } else { framing(parsed.framing(request_method)) };
+    // The status line starts `HTTP/1.x` (the framer's parse checked it).
+    let version = version_of(&raw[start..(start + 8).min(raw.len())]);
+    Head { version, headers: spans(&at.headers, start), start, end: start + at.len, framing }
+}
+
+/// The response the framer framed from `raw` (its `spans`, of a single head at the
+/// start of `raw`, and its `status`), to a `request_method` request: built from the
+/// framer's parse, not parsed again.
+pub fn framed_response<'a>(raw: &'a [u8], status: u16, spans: &HeadSpans, request_method: Option<&str>) -> Result<Response<'a>, MessageError> {
+    if spans.len > raw.len() {
+        return Err(MessageError::IncompleteHead);
+    }
+    let parsed = head::framed_response_head(raw, status, spans).map_err(head_error)?;
+    Ok(Response { raw, status, interim: 0, head: final_head(raw, 0, &parsed, spans, request_method) })
 }
 
 impl Head {
@@ -223,6 +235,15 @@ impl Request<'_> {
     }
     pub fn body(&self) -> Result<Body, MessageError> {
         self.head.body(self.raw)
+    }
+    /// Whether the whole body is there and well framed (as `body()` says), without
+    /// copying it unless it is chunked.
+    pub fn body_complete(&self) -> bool {
+        match self.head.framing {
+            BodyFraming::Length(n) => (self.raw.len() - self.head.end) as u64 >= n,
+            BodyFraming::Chunked => self.body().is_ok_and(|b| b.complete),
+            BodyFraming::None | BodyFraming::UntilClose | BodyFraming::Ambiguous(_) => true,
+        }
     }
 }
 
@@ -355,5 +376,63 @@ mod tests {
         let upgrade = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x00";
         let r = parse_response(upgrade, Some("GET")).unwrap();
         assert_eq!((r.status, r.head.framing), (101, BodyFraming::None));
+    }
+}
+
+#[cfg(test)]
+mod framed_tests {
+    use super::*;
+    use crate::flow::Direction;
+    use crate::http::{HttpConfig, HttpConnection, HttpMessage, HttpStats, MessageKind};
+
+    /// The framer's message for `response` to a `method` request.
+    fn framed(method: &str, response: &[u8]) -> HttpMessage {
+        let mut conn = HttpConnection::new(HttpConfig::default());
+        let (mut stats, mut msgs) = (HttpStats::default(), Vec::new());
+        conn.on_data(Direction::ClientToServer, format!("{method} / HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(), 0, &mut stats, &mut msgs);
+        conn.on_data(Direction::ServerToClient, response, 0, &mut stats, &mut msgs);
+        conn.on_close(0, &mut stats, &mut msgs);
+        msgs.into_iter().find(|m| m.kind == MessageKind::Response).expect("a response")
+    }
+
+    /// The replayer builds an answer's head from the framer's parse instead of parsing
+    /// it again: the same head, status and body as a parse of the bytes.
+    #[test]
+    fn a_framed_response_is_the_parse_of_its_bytes() {
+        let cases: [(&str, &[u8]); 5] = [
+            ("GET", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"),
+            ("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n"),
+            ("GET", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nWiki\r\n0\r\n\r\n"),
+            ("GET", b"HTTP/1.0 200 OK\r\nServer: x\r\n\r\nuntil close"),
+            ("GET", b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n"),
+        ];
+        for (method, bytes) in cases {
+            let msg = framed(method, bytes);
+            let (Some(spans), Some(status)) = (&msg.head, msg.status) else { panic!("one head: spans and status") };
+            let once = framed_response(&msg.bytes, status, spans, Some(method)).unwrap();
+            let again = parse_response(&msg.bytes, Some(method)).unwrap();
+            assert_eq!((once.status, &once.head), (again.status, &again.head), "{}", String::from_utf8_lossy(bytes));
+            assert_eq!(once.body(), again.body());
+        }
+        // A head cut short (spans past the bytes) is not taken for a whole one.
+        let spans = head_spans_of(b"HTTP/1.1 200 OK\r\nA: b\r\n\r\n");
+        assert_eq!(framed_response(b"HTTP/1.1 200 OK\r\nA:", 200, &spans, None).unwrap_err(), MessageError::IncompleteHead);
+    }
+
+    fn head_spans_of(bytes: &[u8]) -> HeadSpans {
+        crate::http::view::head_spans(bytes).unwrap()
+    }
+
+    /// Empty lines before a head are skipped (as the framer does) and the spans still
+    /// point at the right bytes.
+    #[test]
+    fn empty_lines_before_a_head() {
+        let raw = b"\r\n\r\nGET /x HTTP/1.0\r\nA: b\r\n\r\n";
+        let r = parse_request(raw).unwrap();
+        assert_eq!((r.method, r.target, r.head.version, r.head.start), ("GET", "/x", 0, 4));
+        assert_eq!(r.headers().collect::<Vec<_>>(), [("A", &b"b"[..])]);
+        let raw = b"\r\nHTTP/1.1 200 OK\r\nA: b\r\nContent-Length: 1\r\n\r\nz";
+        let r = parse_response(raw, Some("GET")).unwrap();
+        assert_eq!((r.status, r.head.start, r.body().unwrap().bytes), (200, 2, b"z".to_vec()));
     }
 }

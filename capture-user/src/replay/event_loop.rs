@@ -26,7 +26,7 @@ use crate::flow::Direction;
 use crate::http::{HttpConnection, HttpMessage, HttpStats, MessageKind};
 
 use super::target::{self, Answer, Checkout, ConnectionStats, KeepAlive, Key, Pool, SendError, LAST_WRITE, READ_CHUNK};
-use super::{failure, report_connections, skipped, Job, Outbox, Plan, ReplayConfig, IDLE_SWEEP, JOBS_QUEUED};
+use super::{admitted, failure, report_connections, Job, Outbox, Plan, ReplayConfig, IDLE_SWEEP, JOBS_QUEUED};
 
 /// The token of the waker the reader uses when it hands over jobs.
 const WAKER: Token = Token(usize::MAX);
@@ -168,7 +168,7 @@ impl EventLoop {
                 }
                 self.paced.pop();
                 if let State::Paced(job) = std::mem::replace(&mut self.lanes[lane].state, State::Idle) {
-                    self.begin(lane, job);
+                    self.begin_paced(lane, job);
                     self.start_next(lane);
                 }
             }
@@ -198,21 +198,27 @@ impl EventLoop {
         while matches!(self.lanes[l].state, State::Idle) {
             let Some(job) = self.lanes[l].queue.pop_front() else { return };
             self.queued -= 1;
-            if skipped(&job.exchange, &self.config, &mut self.out) {
-                continue;
-            }
+            let Some(req) = admitted(&job.exchange, &self.config, &mut self.out) else { continue };
             if job.at > Instant::now() {
                 self.paced.push(Reverse((job.at, l)));
                 self.lanes[l].state = State::Paced(job);
                 return;
             }
-            self.begin(l, job);
+            let plan = Plan::new(&job.exchange, &req, &self.config, &mut self.out);
+            self.begin(l, job, plan);
         }
     }
 
-    fn begin(&mut self, l: usize, job: Job) {
-        let plan = Plan::new(&job.exchange, &self.config, &mut self.out);
-        self.lanes[l].state = State::Sending(Box::new(Sending { job, plan, key: (String::new(), 0), io: None }));
+    /// A paced job whose time has come (its request was checked when it was queued).
+    fn begin_paced(&mut self, l: usize, job: Job) {
+        let req = crate::http::message::parse_request(&job.exchange.request).expect("checked by admitted");
+        let plan = Plan::new(&job.exchange, &req, &self.config, &mut self.out);
+        self.begin(l, job, plan);
+    }
+
+    fn begin(&mut self, l: usize, job: Job, plan: Plan) {
+        let key = (job.exchange.connection.clone(), 0);
+        self.lanes[l].state = State::Sending(Box::new(Sending { job, plan, key, io: None }));
         self.next_send(l);
     }
 
@@ -511,7 +517,7 @@ mod tests {
         let response = CapturedResponse { bytes: OK.as_bytes().to_vec(), latency_ns: Some(1), cut: None, ambiguous: None, unpaired: false };
         let exchange = Captured {
             id: format!("{connection}-{n}"),
-            connection,
+            connection: connection.into(),
             ts_ns: 1,
             request: format!("GET /{n} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes(),
             request_cut: None,

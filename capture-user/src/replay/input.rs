@@ -11,8 +11,9 @@ use crate::record::{parse_value, split_next, ParseError, ParsedRecord, Split, TY
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Exchange {
     pub id: String,
-    /// Requests with the same key were on one captured connection and replay in order.
-    pub connection: String,
+    /// Requests with the same key were on one captured connection and replay in order
+    /// (shared: each request's keep-alive key holds it).
+    pub connection: std::sync::Arc<str>,
     /// Wall-clock ns of the request's first byte.
     pub ts_ns: u64,
     pub request: Vec<u8>,
@@ -94,11 +95,11 @@ impl InputStats {
 
 /// Connection key of a record id: ours are run (16) + connection (8) + exchange (8)
 /// hex digits; any other id (GoReplay's random 24-digit ids) stands alone.
-pub fn connection_of(id: &str) -> String {
+pub fn connection_of(id: &str) -> std::sync::Arc<str> {
     if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        id[..24].to_string()
+        id[..24].into()
     } else {
-        id.to_string()
+        id.into()
     }
 }
 
@@ -553,7 +554,7 @@ mod tests {
         let resp = ex[0].response.as_ref().unwrap();
         assert_eq!((resp.bytes.as_slice(), resp.latency_ns), (&b"HTTP/1.1 200 OK\r\n\r\n"[..], Some(40)));
         assert_eq!(ex[0].connection, ex[1].connection);
-        assert_eq!(ex[2].connection, "8e9f0000000000000000beef");
+        assert_eq!(&*ex[2].connection, "8e9f0000000000000000beef");
         assert_eq!(
             stats,
             InputStats { records: 7, bad_records: 1, responses_without_request: 1, ignored_records: 1, ..InputStats::default() }

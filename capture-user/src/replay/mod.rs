@@ -455,16 +455,23 @@ fn lane_of(connection: &str, workers: usize) -> usize {
 }
 
 /// Why a captured request is not sent, if it is not.
+#[cfg(test)]
 fn skip_reason(ex: &Exchange, config: &ReplayConfig) -> Option<SkipReason> {
+    checked(ex, config).err().map(|(reason, _)| reason)
+}
+
+/// The captured request parsed, if it is to be sent; else why not (with the request
+/// when it parses). The one parse of the request: the plan is built from it.
+fn checked<'a>(ex: &'a Exchange, config: &ReplayConfig) -> Result<message::Request<'a>, (SkipReason, Option<message::Request<'a>>)> {
     if ex.request_cut.is_some() {
-        return Some(SkipReason::RequestCut);
+        return Err((SkipReason::RequestCut, None));
     }
     let req = match message::parse_request(&ex.request) {
         Ok(r) => r,
-        Err(e) => return Some(SkipReason::Unreplayable(e.to_string())),
+        Err(e) => return Err((SkipReason::Unreplayable(e.to_string()), None)),
     };
-    if !req.body().is_ok_and(|b| b.complete) {
-        return Some(SkipReason::BodyIncomplete);
+    if !req.body_complete() {
+        return Err((SkipReason::BodyIncomplete, Some(req)));
     }
     // The capture's flag, or the same rule applied here (files from other tools).
     let found = match req.head.framing {
@@ -472,12 +479,12 @@ fn skip_reason(ex: &Exchange, config: &ReplayConfig) -> Option<SkipReason> {
         _ => None,
     };
     if let Some(reason) = ex.request_ambiguous.as_deref().or(found).filter(|_| !config.replay_ambiguous) {
-        return Some(SkipReason::Ambiguous(reason.to_string()));
+        return Err((SkipReason::Ambiguous(reason.to_string()), Some(req)));
     }
     if !config.allow_methods.iter().any(|m| m == req.method) {
-        return Some(SkipReason::MethodNotAllowed(req.method.to_string()));
+        return Err((SkipReason::MethodNotAllowed(req.method.to_string()), Some(req)));
     }
-    None
+    Ok(req)
 }
 
 /// Production's response to compare with, or why there is none.
@@ -569,20 +576,28 @@ impl ReplayConfig {
     }
 }
 
-/// Reports `ex` as skipped if it is not to be sent; whether it was.
-fn skipped(ex: &Exchange, config: &ReplayConfig, out: &mut Outbox) -> bool {
-    let Some(reason) = skip_reason(ex, config) else { return false };
-    let request_line = message::parse_request(&ex.request).ok().map(|r| (r.method.to_string(), r.target.split('?').next().unwrap_or("").to_string()));
+/// The request of `ex` parsed, if it is to be sent; else reports it as skipped.
+fn admitted<'a>(ex: &'a Exchange, config: &ReplayConfig, out: &mut Outbox) -> Option<message::Request<'a>> {
+    let (reason, req) = match checked(ex, config) {
+        Ok(req) => return Some(req),
+        Err(skip) => skip,
+    };
+    let req = req.or_else(|| message::parse_request(&ex.request).ok());
+    let request_line = req.map(|r| (r.method.to_string(), path_of(r.target).to_string()));
     out.send(Event::Skipped { id: ex.id.clone(), request_line, reason });
-    true
+    None
+}
+
+/// A request-target's path (without its query).
+fn path_of(target: &str) -> &str {
+    target.split_once('?').map_or(target, |(path, _)| path)
 }
 
 impl Plan {
-    /// What to send for `ex` (not skipped: see [`skipped`]), once its time has come;
-    /// counts it as sent.
-    fn new(ex: &Exchange, config: &ReplayConfig, out: &mut Outbox) -> Plan {
-        let req = message::parse_request(&ex.request).expect("checked by skip_reason");
-        let path = req.target.split('?').next().unwrap_or("").to_string();
+    /// What to send for `ex` (its request `req` as [`admitted`] parsed it), once its
+    /// time has come; counts it as sent.
+    fn new(ex: &Exchange, req: &message::Request<'_>, config: &ReplayConfig, out: &mut Outbox) -> Plan {
+        let path = path_of(req.target).to_string();
         let production = production_response(ex, req.method, config);
         let production_latency_ns = ex.response.as_ref().and_then(|r| r.latency_ns);
         out.send(Event::Sent { production_latency_ns });
@@ -594,7 +609,7 @@ impl Plan {
                 }
                 out.send(Event::Counter("replay_sent_to_production", 1));
             }
-            Ok(request::rewrite(&req, &target.url, &config.rewrite))
+            Ok(request::rewrite(req, &target.url, &config.rewrite))
         };
         let mut sends = Vec::with_capacity(config.targets.len() + 1);
         if let (Some(b), Ok(_)) = (&config.baseline, &production) {
@@ -674,14 +689,14 @@ impl Plan {
 /// collector is gone.
 fn replay_one(job: &Job, config: &ReplayConfig, conns: &mut Connections, out: &mut Outbox) -> bool {
     let ex = &job.exchange;
-    if skipped(ex, config, out) {
+    let Some(req) = admitted(ex, config, out) else {
         return !out.closed;
-    }
+    };
     let now = Instant::now();
     if job.at > now {
         std::thread::sleep(job.at - now);
     }
-    let mut plan = Plan::new(ex, config, out);
+    let mut plan = Plan::new(ex, &req, config, out);
     while let Some(send) = plan.next() {
         let answer = match &send.request {
             Ok(bytes) => conns.send(send.index, config.target(send.index), &ex.connection, bytes, config.timeout).map_err(|e| failure(&e)),

@@ -73,11 +73,14 @@ pub struct RewriteOptions {
 }
 
 /// Builds the request for `target` from a captured request: same method, target,
-/// version and body; headers rewritten by `opts`. Returns the bytes to send.
+/// version and body; headers rewritten by `opts`. Returns the bytes to send (written
+/// into one buffer: this runs once per request and target).
 pub fn rewrite(req: &Request<'_>, target: &TargetUrl, opts: &RewriteOptions) -> Vec<u8> {
     let body = &req.raw[req.head.end..];
     let mut out = Vec::with_capacity(req.raw.len() + 64);
-    out.extend_from_slice(format!("{} {} HTTP/1.{}\r\n", req.method, req.target, req.head.version).as_bytes());
+    for part in [req.method.as_bytes(), b" ", req.target.as_bytes(), b" HTTP/1.", if req.head.version == 0 { b"0" } else { b"1" }, b"\r\n"] {
+        out.extend_from_slice(part);
+    }
     let replaced = |name: &str| {
         name.eq_ignore_ascii_case(&opts.mark.0)
             || opts.drop.iter().any(|d| d.eq_ignore_ascii_case(name))
@@ -88,27 +91,32 @@ pub fn rewrite(req: &Request<'_>, target: &TargetUrl, opts: &RewriteOptions) -> 
         if name.eq_ignore_ascii_case("host") {
             saw_host = true;
             if !opts.keep_host && !replaced(name) {
-                out.extend_from_slice(format!("Host: {}\r\n", target.authority).as_bytes());
+                field(&mut out, b"Host", target.authority.as_bytes());
                 continue;
             }
         }
         if replaced(name) {
             continue;
         }
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
+        field(&mut out, name.as_bytes(), value);
     }
     if !saw_host && req.head.version == 1 && !opts.set.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
-        out.extend_from_slice(format!("Host: {}\r\n", target.authority).as_bytes());
+        field(&mut out, b"Host", target.authority.as_bytes());
     }
     for (name, value) in opts.set.iter().chain(std::iter::once(&opts.mark)) {
-        out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+        field(&mut out, name.as_bytes(), value.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
     out
+}
+
+/// Appends the header line `name: value`.
+fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]

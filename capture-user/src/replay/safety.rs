@@ -80,6 +80,11 @@ pub struct ProductionCheck {
 impl ProductionCheck {
     /// The captured server `target_addrs` reach, if any (`server` as in the record).
     pub fn production_match(&self, target_addrs: &[SocketAddr], server: &str) -> Option<SocketAddr> {
+        // Another port is another server: the address is parsed only when a port matches.
+        let port: u16 = server.rsplit_once(':')?.1.parse().ok()?;
+        if !target_addrs.iter().any(|t| t.port() == port) {
+            return None;
+        }
         let server: SocketAddr = server.parse().ok()?;
         target_addrs.iter().any(|&t| self.local.same_server(t, server)).then_some(server)
     }

@@ -166,7 +166,7 @@ impl ConnectionStats {
 }
 
 /// (captured connection, target index).
-pub type Key = (String, usize);
+pub type Key = (Arc<str>, usize);
 
 /// What [`Pool::check_out`] found for a key.
 pub enum Checkout<C> {
@@ -182,7 +182,6 @@ struct Pooled<C> {
     conn: C,
     /// Its place in the least-recently-used order ([`Pool::lru`]).
     stamp: u64,
-    last_used: Instant,
 }
 
 /// Keep-alive connections of one worker (or lane of the event-driven sender): one per
@@ -194,8 +193,9 @@ struct Pooled<C> {
 pub struct Pool<C> {
     keep_alive: KeepAlive,
     conns: std::collections::HashMap<Key, Pooled<C>>,
-    /// Least recently used first: stamp -> key.
-    lru: std::collections::BTreeMap<u64, Key>,
+    /// Least recently used first: stamp -> key and its last use (so the idle check
+    /// before each exchange needs no lookup by key).
+    lru: std::collections::BTreeMap<u64, (Key, Instant)>,
     next_stamp: u64,
     closed: RecentlyClosed,
     pub stats: ConnectionStats,
@@ -235,7 +235,7 @@ impl<C> Pool<C> {
             None => self.closed.forget(key),
         };
         while self.conns.len() >= self.keep_alive.max_open {
-            let Some((_, oldest)) = self.lru.pop_first() else { break };
+            let Some((_, (oldest, _))) = self.lru.pop_first() else { break };
             self.conns.remove(&oldest);
             self.closed.add(&oldest);
             self.stats.closed_evicted += 1;
@@ -258,18 +258,17 @@ impl<C> Pool<C> {
         }
         let stamp = self.next_stamp;
         self.next_stamp += 1;
-        self.lru.insert(stamp, key.clone());
-        self.conns.insert(key, Pooled { conn, stamp, last_used });
+        self.lru.insert(stamp, (key.clone(), last_used));
+        self.conns.insert(key, Pooled { conn, stamp });
     }
 
     /// Closes the connections unused for [`KeepAlive::idle`] (also called by an idle worker).
     pub fn close_idle(&mut self, now: Instant) {
-        while let Some((_, key)) = self.lru.first_key_value() {
-            let idle = self.conns.get(key).is_some_and(|c| now.duration_since(c.last_used) >= self.keep_alive.idle);
-            if !idle {
+        while let Some((_, (_, last_used))) = self.lru.first_key_value() {
+            if now.duration_since(*last_used) < self.keep_alive.idle {
                 break;
             }
-            let (_, key) = self.lru.pop_first().expect("looked at");
+            let (_, (key, _)) = self.lru.pop_first().expect("looked at");
             self.conns.remove(&key);
             self.closed.add(&key);
             self.stats.closed_idle += 1;
@@ -325,7 +324,7 @@ impl Connections {
     /// `timeout` for the exchange.
     pub fn send(&mut self, index: usize, target: &Target, captured: &str, request: &[u8], timeout: Duration) -> Result<Answer, SendError> {
         let now = Instant::now();
-        let key = (captured.to_string(), index);
+        let key = (Arc::from(captured), index);
         let mut conn = match self.pool.check_out(&key, now, |c| c.stream.still_open()) {
             Checkout::Open(conn) => conn,
             Checkout::New { reopening } => {
@@ -617,10 +616,17 @@ pub(super) fn waited_since(started: (Instant, SystemTime), stamp: Option<SystemT
 /// The answer of a framed `response` whose first byte came `waited` after the request
 /// (see the module documentation), and whether its connection may be used again. The
 /// response's head is parsed here, once, for everything after: whether it asks to
-/// close, its status, and the comparison.
+/// close, its status, and the comparison (from the framer's parse of it when it has
+/// one head: no second parse).
 pub(super) fn answer_of(stream: &impl AsRawFd, framer: &HttpConnection, response: HttpMessage, waited: Duration, closed: bool) -> (Answer, bool) {
     let latency = waited.saturating_sub(min_rtt(stream).unwrap_or_default());
-    let head = message::parse_response(&response.bytes, response.method.as_deref()).map(|r| (r.status, r.head));
+    let method = response.method.as_deref();
+    // The framer's parse when it parsed a single head (no interim 1xx before it).
+    let head = match (&response.head, response.status) {
+        (Some(spans), Some(status)) => message::framed_response(&response.bytes, status, spans, method),
+        _ => message::parse_response(&response.bytes, method),
+    }
+    .map(|r| (r.status, r.head));
     let asks_to_close = head.as_ref().is_ok_and(|(_, head)| asks_to_close(&response.bytes, head));
     let keep = !closed && !framer.is_ignored() && !asks_to_close;
     (Answer { bytes: response.bytes, truncated: response.truncated, latency, head }, keep)
