@@ -16,8 +16,9 @@
 //!
 //! Packing (`batch`): each connection's records are appended to its pack; a pack
 //! leaves when the next record would make it larger than `batch_bytes`, at the end of
-//! each batch of ring events the pipeline processed ([`RecordSink::end_batch`]), at
-//! each flush and at shutdown, so no record waits longer than one batch. Accounting
+//! the first batch of ring events the pipeline processed ([`RecordSink::end_batch`])
+//! [`PACK_WAIT`] after the packs' oldest record, at each flush (the agent's 250 ms
+//! tick) and at shutdown. Accounting
 //! stays per record: a message of k records acknowledges, fails or drops k records.
 //!
 //! Sending never blocks the pipeline: librdkafka queues records in memory up to
@@ -362,7 +363,7 @@ impl Packs {
         Some((conn, pack))
     }
 
-    /// Every pack (the end of a batch, a flush, shutdown).
+    /// Every pack (the end of a batch past the wait, a flush, shutdown).
     pub fn take_all(&mut self) -> Vec<(String, Pack)> {
         self.buffered = 0;
         self.by_conn.drain().collect()
