@@ -858,7 +858,8 @@ struct AgentArgs {
     kafka_format: kafka::KafkaFormat,
 
     /// `batch` format: a message leaves before its records would exceed this size (it
-    /// also leaves at the end of each batch of captured events). Capped at --kafka-part-size.
+    /// also leaves at the end of the first batch of captured events 20 ms after its
+    /// oldest record, or at the next 250 ms tick). Capped at --kafka-part-size.
     #[arg(long, default_value = "256KiB", env = "CAPTURE_KAFKA_BATCH_BYTES", value_parser = parse_part_size)]
     kafka_batch_bytes: u64,
 
@@ -1116,6 +1117,7 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
                     part_size: args.kafka_part_size as usize,
                     format: args.kafka_format,
                     batch_bytes: args.kafka_batch_bytes.min(args.kafka_part_size) as usize,
+                    pack_wait: capture::sink::kafka::PACK_WAIT,
                 })?)));
             }
         }

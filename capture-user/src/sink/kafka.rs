@@ -16,8 +16,9 @@
 //!
 //! Packing (`batch`): each connection's records are appended to its pack; a pack
 //! leaves when the next record would make it larger than `batch_bytes`, at the end of
-//! each batch of ring events the pipeline processed ([`RecordSink::end_batch`]), at
-//! each flush and at shutdown, so no record waits longer than one batch. Accounting
+//! the first batch of ring events the pipeline processed ([`RecordSink::end_batch`])
+//! [`PACK_WAIT`] after the packs' oldest record, at each flush (the agent's 250 ms
+//! tick) and at shutdown. Accounting
 //! stays per record: a message of k records acknowledges, fails or drops k records.
 //!
 //! Sending never blocks the pipeline: librdkafka queues records in memory up to
@@ -37,7 +38,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::{info, warn};
 use rdkafka::config::ClientConfig;
@@ -103,7 +104,17 @@ pub struct KafkaConfig {
     pub format: KafkaFormat,
     /// `batch` format: a pack leaves before it would grow past this many bytes.
     pub batch_bytes: usize,
+    /// `batch` format: packs leave at the end of the first batch of captured events
+    /// this long after their oldest record ([`PACK_WAIT`]), or at the next flush.
+    pub pack_wait: Duration,
 }
+
+/// How long the `batch` format's packs gather records across batches of captured
+/// events (a batch holds a few ms of traffic). Chosen by measurement (README,
+/// Benchmark): at 100 B a pack per connection per batch held ~5 records and
+/// librdkafka's per-message work (queueing, delivery reports) dominated; 20 ms gives
+/// ~40 per message, as long as librdkafka's own `linger.ms`.
+pub const PACK_WAIT: Duration = Duration::from_millis(20);
 
 /// The codec of [`defaults`], chosen by measurement (README, Kafka output): on varied
 /// HTTP lz4 sends 46 % of the bytes of none for the least CPU of the codecs; zstd
@@ -352,7 +363,7 @@ impl Packs {
         Some((conn, pack))
     }
 
-    /// Every pack (the end of a batch, a flush, shutdown).
+    /// Every pack (the end of a batch past the wait, a flush, shutdown).
     pub fn take_all(&mut self) -> Vec<(String, Pack)> {
         self.buffered = 0;
         self.by_conn.drain().collect()
@@ -403,6 +414,8 @@ pub struct KafkaSink {
     packs: Packs,
     /// Reused per record: its full header line (`batch` format).
     line_buf: Vec<u8>,
+    /// `batch` format: when the packs' oldest record was added (`None`: packs empty).
+    packs_since: Option<Instant>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -474,6 +487,7 @@ impl KafkaSink {
             records_split: 0,
             packs: Packs::new(config.batch_bytes.max(1)),
             line_buf: Vec::new(),
+            packs_since: None,
             config,
         })
     }
@@ -647,8 +661,9 @@ impl KafkaSink {
         self.packs.recycle(pack.value);
     }
 
-    fn send_packs(&mut self, leaving: Vec<(String, Pack)>) {
-        for (conn, pack) in leaving {
+    fn send_all_packs(&mut self) {
+        self.packs_since = None;
+        for (conn, pack) in self.packs.take_all() {
             self.send_pack(&conn, pack);
         }
     }
@@ -659,6 +674,9 @@ impl KafkaSink {
         self.line_buf.clear();
         record.write_full_header_line(&mut self.line_buf, iface);
         let leaving = self.packs.add(record.connection_id(), record.ts_ns, &self.line_buf, &record.payload);
+        if self.packs_since.is_none() {
+            self.packs_since = Some(Instant::now());
+        }
         for (conn, pack) in leaving.into_iter().flatten() {
             self.send_pack(&conn, pack);
         }
@@ -722,18 +740,19 @@ impl RecordSink for KafkaSink {
     }
 
     fn end_batch(&mut self) {
-        let leaving = self.packs.take_all();
-        self.send_packs(leaving);
+        if self.packs_since.is_some_and(|t| t.elapsed() >= self.config.pack_wait) {
+            self.send_all_packs();
+        }
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {
         // The producer's own thread sends and polls; only the packs are pushed here.
-        self.end_batch();
+        self.send_all_packs();
         Ok(())
     }
 
     fn close(&mut self) -> Result<(), SinkError> {
-        self.end_batch();
+        self.send_all_packs();
         let pending = self.producer.in_flight_count();
         if pending > 0 {
             info!("{}: waiting up to {:?} for {pending} message(s) to be acknowledged", self.describe(), self.config.flush_timeout);
@@ -874,6 +893,10 @@ mod tests {
     }
 
     fn unreachable_sink_with(format: KafkaFormat, batch_bytes: usize, option: (&str, &str)) -> KafkaSink {
+        unreachable_sink_waiting(format, batch_bytes, option, Duration::ZERO)
+    }
+
+    fn unreachable_sink_waiting(format: KafkaFormat, batch_bytes: usize, option: (&str, &str), pack_wait: Duration) -> KafkaSink {
         KafkaSink::create(KafkaConfig {
             brokers: "127.0.0.1:1".into(),
             topic: "t".into(),
@@ -884,6 +907,7 @@ mod tests {
             part_size: 1000,
             format,
             batch_bytes,
+            pack_wait,
         })
         .unwrap()
     }
@@ -954,6 +978,31 @@ mod tests {
         let s = sink.stats();
         assert_eq!((s.records_failed, s.records_written, s.records_pending, s.messages_written), (21, 0, 0, 0));
         assert_eq!(s.reasons, [("message_timed_out".to_string(), 21)]);
+    }
+
+    /// Packs gather records across batches until their oldest waited `pack_wait`; a
+    /// flush (the agent's tick, shutdown) sends them whatever their age.
+    #[test]
+    fn packs_outlive_batches_until_their_wait_or_a_flush() {
+        let mut held = unreachable_sink_waiting(KafkaFormat::Batch, 100_000, ("message.timeout.ms", "1500"), Duration::from_secs(3600));
+        for _ in 0..3 {
+            held.write(&record(MessageKind::Request, None, None)).unwrap();
+            held.end_batch();
+        }
+        assert_eq!(held.packs.buffered(), 3, "batch ends within the wait keep the pack");
+        held.flush().unwrap();
+        assert_eq!(held.packs.buffered(), 0, "a flush sends every pack");
+        assert_eq!(held.stats().records_pending, 3);
+
+        let wait = Duration::from_millis(30);
+        let mut timed = unreachable_sink_waiting(KafkaFormat::Batch, 100_000, ("message.timeout.ms", "1500"), wait);
+        timed.write(&record(MessageKind::Request, None, None)).unwrap();
+        std::thread::sleep(wait);
+        timed.write(&record(MessageKind::Request, None, None)).unwrap();
+        timed.end_batch();
+        assert_eq!(timed.packs.buffered(), 0, "the first batch end after the wait sends the packs");
+        timed.write(&record(MessageKind::Request, None, None)).unwrap();
+        assert!(timed.packs_since.is_some(), "a new pack starts its own wait");
     }
 
     /// A pack that cannot be queued drops each of its records, counted by reason.

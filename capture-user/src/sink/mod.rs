@@ -67,7 +67,7 @@ pub trait RecordSink: Send {
     /// Writes or queues one record. Must not block for long: it runs on the pipeline thread.
     fn write(&mut self, record: &Record) -> Result<(), SinkError>;
     /// The pipeline finished a batch of ring events: records held to be sent together
-    /// (Kafka packs) leave now, so none waits longer than one batch.
+    /// (Kafka packs) may leave now (each sink bounds how long they wait; a flush sends them).
     fn end_batch(&mut self) {}
     /// Pushes buffered data out without waiting for acknowledgements (periodic).
     fn flush(&mut self) -> Result<(), SinkError>;
