@@ -694,7 +694,13 @@ pub(super) mod tests {
             let e = conns.send(0, &target, &format!("c{i}"), GET, Duration::from_millis(300)).unwrap_err();
             assert!(matches!(e, SendError::ReadTimeout(_)), "{e}");
         }
-        std::thread::sleep(Duration::from_millis(200));
+        // The server thread may read the last head late on a loaded host: wait for it,
+        // then long enough for a repeat to show.
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while received.load(Ordering::SeqCst) < 3 && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(300));
         assert_eq!(received.load(Ordering::SeqCst), 3, "each request reached the target exactly once");
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
     }
