@@ -61,6 +61,12 @@ pub struct InputStats {
     /// Kafka records read but not yet replayed when a rebalance gave their partition to
     /// another replayer of the group, which replays them.
     pub handed_over: u64,
+    /// Kafka time window: exchanges that arrived after a later one was replayed (longer
+    /// than `--reorder-window`, or their partition lagged): replayed at once, out of order.
+    pub late: u64,
+    /// Kafka time window: exchanges replayed before `--reorder-window` passed because
+    /// the order buffer was full.
+    pub reorder_full: u64,
 }
 
 impl InputStats {
@@ -76,6 +82,8 @@ impl InputStats {
             ("responses_without_request", self.responses_without_request),
             ("ignored_records", self.ignored_records),
             ("handed_over", self.handed_over),
+            ("late", self.late),
+            ("reorder_full", self.reorder_full),
         ]
     }
 
@@ -89,6 +97,8 @@ impl InputStats {
         self.responses_without_request += other.responses_without_request;
         self.ignored_records += other.ignored_records;
         self.handed_over += other.handed_over;
+        self.late += other.late;
+        self.reorder_full += other.reorder_full;
     }
 }
 
@@ -226,6 +236,11 @@ pub struct Pairer {
 impl Pairer {
     pub fn new(window: PairingWindow) -> Pairer {
         Pairer { window, ..Pairer::default() }
+    }
+
+    /// Continuation records still waiting for their other parts.
+    pub fn waiting_parts(&self) -> u64 {
+        self.parts.waiting_records()
     }
 
     /// Counts a Kafka message that has no value.
