@@ -22,7 +22,7 @@ use capture::output::{parse_size, OutputSpec};
 use capture::policy::ExchangePolicy;
 use capture::redact::{JsonField, RedactConfig, RedactKey};
 use capture::replay::input::{GorInput, InputStats, PairingWindow};
-use capture::replay::kafka_input::{consume_group, parse_time, read_window, GroupEvent, KafkaInput};
+use capture::replay::kafka_input::{consume_group, parse_time, GroupEvent, KafkaInput, WindowInput};
 use capture::replay::request::{RewriteOptions, TargetUrl};
 use capture::replay::safety::{LocalAddresses, ProductionCheck};
 use capture::replay::target::{KeepAlive, Target, IDLE_CLOSE};
@@ -204,6 +204,15 @@ struct ExportArgs {
     #[arg(long, env = "CAPTURE_TO", allow_hyphen_values = true)]
     to: Option<String>,
 
+    /// Kafka time window: seconds an exchange waits for earlier ones still to be read
+    /// from other partitions before it is replayed (records are written when the
+    /// response completes, and partitions are read side by side). The window streams in
+    /// request time order with memory bounded by this (and at most 64 MiB held); an
+    /// exchange later than this is replayed at once, out of order, and counted
+    /// (`input_late`).
+    #[arg(long, default_value = "2", env = "CAPTURE_REORDER_WINDOW", value_parser = seconds)]
+    reorder_window: Duration,
+
     /// librdkafka setting for the Kafka input (`key=value`, repeatable), e.g. TLS/SASL.
     #[arg(long = "kafka-opt", env = "CAPTURE_KAFKA_OPT", value_delimiter = ';', value_parser = parse_kafka_opt)]
     kafka_opts: Vec<(String, String)>,
@@ -243,6 +252,15 @@ struct ReplayArgs {
     /// Kafka input, group mode: stop after this many seconds without a new record.
     #[arg(long, default_value = "10", env = "CAPTURE_IDLE_EXIT", value_parser = positive_seconds)]
     idle_exit: Duration,
+
+    /// Kafka time window: seconds an exchange waits for earlier ones still to be read
+    /// from other partitions before it is replayed (records are written when the
+    /// response completes, and partitions are read side by side). The window streams in
+    /// request time order with memory bounded by this (and at most 64 MiB held); an
+    /// exchange later than this is replayed at once, out of order, and counted
+    /// (`input_late`).
+    #[arg(long, default_value = "2", env = "CAPTURE_REORDER_WINDOW", value_parser = seconds)]
+    reorder_window: Duration,
 
     /// librdkafka setting for the Kafka input (`key=value`, repeatable), e.g. TLS/SASL.
     #[arg(long = "kafka-opt", env = "CAPTURE_KAFKA_OPT", value_delimiter = ';', value_parser = parse_kafka_opt)]
@@ -449,7 +467,18 @@ enum Input {
 }
 
 /// Checks the input flags (usage errors exit 2) and says where records come from.
-fn input_of(inputs: &[String], group: Option<&String>, from: Option<&String>, to: Option<&String>, kafka_opts: &[(String, String)], idle: Duration) -> Input {
+/// What the Kafka input flags say (besides `--input`).
+struct KafkaFlags<'a> {
+    group: Option<&'a String>,
+    from: Option<&'a String>,
+    to: Option<&'a String>,
+    options: &'a [(String, String)],
+    idle: Duration,
+    reorder_window: Duration,
+}
+
+fn input_of(inputs: &[String], flags: KafkaFlags<'_>) -> Input {
+    let KafkaFlags { group, from, to, options: kafka_opts, idle, reorder_window } = flags;
     let kafka: Vec<&String> = inputs.iter().filter(|i| i.starts_with("kafka://")).collect();
     if !kafka.is_empty() && (kafka.len() > 1 || inputs.len() > 1) {
         usage_error("--input: give one kafka:// input, or any number of .gor files".into());
@@ -477,6 +506,7 @@ fn input_of(inputs: &[String], group: Option<&String>, from: Option<&String>, to
         to_ms: parse("to", to).or(Some(now_ms)),
         options: kafka_opts.to_vec(),
         idle,
+        reorder_window,
     };
     match group {
         Some(group) => Input::KafkaGroup(input, group.clone()),
@@ -556,7 +586,17 @@ fn timed_replay(exchanges: impl IntoIterator<Item = capture::replay::input::Exch
 }
 
 fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
-    let input = input_of(&args.inputs, args.group.as_ref(), args.from.as_ref(), args.to.as_ref(), &args.kafka_opts, args.idle_exit);
+    let input = input_of(
+        &args.inputs,
+        KafkaFlags {
+            group: args.group.as_ref(),
+            from: args.from.as_ref(),
+            to: args.to.as_ref(),
+            options: &args.kafka_opts,
+            idle: args.idle_exit,
+            reorder_window: args.reorder_window,
+        },
+    );
     let mut allow: Vec<String> = SAFE_METHODS.iter().map(|m| m.to_string()).collect();
     allow.extend(args.allow_methods.iter().map(|m| m.trim().to_ascii_uppercase()));
     let settings = CompareSettings::with_patterns(&args.ignore_headers, args.ignore_fields.clone(), args.unordered.clone());
@@ -654,10 +694,23 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             with_input(results, &input.stats())
         }
         Input::KafkaWindow(kafka) => {
-            let (exchanges, stats) = read_window(&kafka, publish_input)?;
-            describe(&stats, exchanges.len() as u64, &targets);
-            publish_input(&stats);
-            with_input(timed_replay(exchanges, &config, results), &stats)
+            let mut input = WindowInput::open(&kafka)?;
+            let mut requests = 0u64;
+            let mut published = std::time::Instant::now();
+            let exchanges = std::iter::from_fn(|| {
+                let next = input.next();
+                requests += u64::from(next.is_some());
+                if next.is_none() || published.elapsed() >= INPUT_PROGRESS_EVERY {
+                    publish_input(&input.stats());
+                    published = std::time::Instant::now();
+                }
+                next
+            });
+            let results = timed_replay(exchanges, &config, results);
+            describe(&input.stats(), requests, &targets);
+            input_error = input.error().map(|e| anyhow::anyhow!("{e}"));
+            publish_input(&input.stats());
+            with_input(results, &input.stats())
         }
         Input::KafkaGroup(kafka, group) => {
             let mut results = Some(results);
@@ -726,7 +779,17 @@ fn linger(duration: Duration, metrics: &ReplayMetrics) -> anyhow::Result<()> {
 
 fn run_export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     let ExportFormat::Har = args.format;
-    let input = input_of(&args.inputs, None, args.from.as_ref(), args.to.as_ref(), &args.kafka_opts, Duration::from_secs(10));
+    let input = input_of(
+        &args.inputs,
+        KafkaFlags {
+            group: None,
+            from: args.from.as_ref(),
+            to: args.to.as_ref(),
+            options: &args.kafka_opts,
+            idle: Duration::from_secs(10),
+            reorder_window: args.reorder_window,
+        },
+    );
     let mut out: Box<dyn std::io::Write> = match &args.output {
         Some(path) => Box::new(std::io::BufWriter::new(create_file(path)?)),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
@@ -742,8 +805,12 @@ fn run_export(args: ExportArgs) -> anyhow::Result<ExitCode> {
             (written, input.stats())
         }
         Input::KafkaWindow(kafka) => {
-            let (exchanges, stats) = read_window(&kafka, |_| {})?;
-            (write_har(exchanges, &mut out), stats)
+            let mut input = WindowInput::open(&kafka)?;
+            let written = write_har(input.by_ref(), &mut out);
+            if let Some(e) = input.error() {
+                anyhow::bail!("{e}");
+            }
+            (written, input.stats())
         }
         Input::KafkaGroup(..) => unreachable!("export has no --group"),
     };

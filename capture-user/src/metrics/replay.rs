@@ -75,6 +75,13 @@ const COUNTERS: &[(&str, &str, Option<(&str, &str)>, &str)] = &[
     ("input_responses_without_request", "capture_replay_input_responses_without_request", None, "Response records without their request"),
     ("input_ignored_records", "capture_replay_input_ignored_records", None, "Records of other types (GoReplay's replayed responses), ignored"),
     ("input_handed_over", "capture_replay_input_handed_over", None, "Kafka records read but left to another replayer of the group after a rebalance"),
+    ("input_late", "capture_replay_input_late", None, "Kafka time window: exchanges that arrived after a later one was replayed (past --reorder-window), replayed out of order"),
+    (
+        "input_reorder_full",
+        "capture_replay_input_reorder_full",
+        None,
+        "Kafka time window: exchanges replayed before --reorder-window passed because the order buffer was full",
+    ),
 ];
 
 const TARGET_CLOSED_HELP: &str = "Connections to the targets closed, by reason: idle (unused for 30 s), evicted (--max-target-connections), \

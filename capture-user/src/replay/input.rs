@@ -62,6 +62,12 @@ pub struct InputStats {
     /// Kafka records read but not yet replayed when a rebalance gave their partition to
     /// another replayer of the group, which replays them.
     pub handed_over: u64,
+    /// Kafka time window: exchanges that arrived after a later one was replayed (longer
+    /// than `--reorder-window`, or their partition lagged): replayed at once, out of order.
+    pub late: u64,
+    /// Kafka time window: exchanges replayed before `--reorder-window` passed because
+    /// the order buffer was full.
+    pub reorder_full: u64,
 }
 
 impl InputStats {
@@ -77,6 +83,8 @@ impl InputStats {
             ("responses_without_request", self.responses_without_request),
             ("ignored_records", self.ignored_records),
             ("handed_over", self.handed_over),
+            ("late", self.late),
+            ("reorder_full", self.reorder_full),
         ]
     }
 
@@ -90,6 +98,8 @@ impl InputStats {
         self.responses_without_request += other.responses_without_request;
         self.ignored_records += other.ignored_records;
         self.handed_over += other.handed_over;
+        self.late += other.late;
+        self.reorder_full += other.reorder_full;
     }
 }
 
@@ -180,7 +190,8 @@ impl PendingParts {
 }
 
 /// How long a request waits for its response before it is replayed without one (a
-/// streaming input): counted in records read after it, and in bytes held.
+/// streaming input): counted in records read after it (from its own Kafka partition,
+/// where its response is), and in bytes held.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PairingWindow {
     pub records: u64,
@@ -197,7 +208,7 @@ impl Default for PairingWindow {
 /// A request waiting for its response.
 struct Slot {
     exchange: Exchange,
-    /// Records read when it was added.
+    /// Records read when it was added (of its Kafka partition, if read from one).
     read_at: u64,
     /// Batch (live input) in which it was read.
     batch: u64,
@@ -219,6 +230,9 @@ pub struct Pairer {
     parts: PendingParts,
     pub stats: InputStats,
     records_read: u64,
+    /// Records read per Kafka partition: a response comes from its request's partition,
+    /// so records of other partitions, read side by side, do not count as waiting.
+    partition_records_read: HashMap<i32, u64>,
     held_bytes: usize,
     window: PairingWindow,
     batch: u64,
@@ -227,6 +241,11 @@ pub struct Pairer {
 impl Pairer {
     pub fn new(window: PairingWindow) -> Pairer {
         Pairer { window, ..Pairer::default() }
+    }
+
+    /// Continuation records still waiting for their other parts.
+    pub fn waiting_parts(&self) -> u64 {
+        self.parts.waiting_records()
     }
 
     /// Counts a Kafka message that has no value.
@@ -249,6 +268,9 @@ impl Pairer {
     pub fn add_value_from(&mut self, value: &[u8], server: Option<String>, origin: Option<(i32, i64)>) {
         self.stats.records += 1;
         self.records_read += 1;
+        if let Some((partition, _)) = origin {
+            *self.partition_records_read.entry(partition).or_default() += 1;
+        }
         let Ok(rec) = parse_value(value) else {
             self.stats.bad_records += 1;
             return;
@@ -280,7 +302,8 @@ impl Pairer {
                     response: None,
                     server,
                 };
-                self.slots.insert(seq, Slot { exchange, read_at: self.records_read, batch: self.batch, origin });
+                let read_at = self.read_so_far(origin);
+                self.slots.insert(seq, Slot { exchange, read_at, batch: self.batch, origin });
             }
             TYPE_RESPONSE => match self.by_id.remove(&rec.id).and_then(|seq| self.slots.get_mut(&seq).map(|s| (seq, s))) {
                 Some((seq, slot)) => {
@@ -310,10 +333,18 @@ impl Pairer {
         Some(slot.exchange)
     }
 
+    /// Records read so far: of partition `origin`'s, if from Kafka.
+    fn read_so_far(&self, origin: Option<(i32, i64)>) -> u64 {
+        match origin {
+            Some((partition, _)) => self.partition_records_read.get(&partition).copied().unwrap_or(0),
+            None => self.records_read,
+        }
+    }
+
     /// The oldest request, once its response came or it has waited past the window.
     pub fn pop_ready(&mut self) -> Option<Exchange> {
         let (&seq, slot) = self.slots.first_key_value()?;
-        let waited = self.records_read - slot.read_at > self.window.records || self.held_bytes > self.window.bytes;
+        let waited = self.read_so_far(slot.origin) - slot.read_at > self.window.records || self.held_bytes > self.window.bytes;
         if self.paired.contains(&seq) || waited {
             return self.take(seq);
         }
@@ -623,6 +654,24 @@ mod tests {
         assert!(p.earliest_offsets().is_empty());
         let stats = p.finish_live();
         assert_eq!((stats.parts_joined, stats.parts_incomplete), (2, 0));
+    }
+
+    /// A Kafka window's partitions are read side by side: records of other partitions
+    /// between a request and its response (in its own partition) are no wait.
+    #[test]
+    fn a_request_waits_for_its_response_in_its_own_partition_only() {
+        let mut p = Pairer::new(PairingWindow { records: 3, bytes: usize::MAX });
+        let id = |n: u32| format!("000000000000000100000007{n:08x}");
+        p.add_value_from(format!("1 {} 1 0\nGET /a HTTP/1.1\r\n\r\n", id(0)).as_bytes(), None, Some((1, 0)));
+        for n in 1..=5 {
+            p.add_value_from(format!("1 {} 2 0\nGET /b HTTP/1.1\r\n\r\n", id(n)).as_bytes(), None, Some((2, n as i64)));
+        }
+        assert_eq!(p.pop_ready(), None, "5 records of partition 2 are no wait for a request of partition 1");
+        p.add_value_from(format!("2 {} 3 7\nHTTP/1.1 200 OK\r\n\r\n", id(0)).as_bytes(), None, Some((1, 1)));
+        assert!(p.pop_ready().is_some_and(|e| e.response.is_some()));
+        let first_of_2 = p.pop_ready().expect("waited");
+        assert_eq!((first_of_2.id, first_of_2.response), (id(1), None), "4 records of its own partition after it: replayed without one");
+        assert_eq!(p.pop_ready(), None);
     }
 
     #[test]

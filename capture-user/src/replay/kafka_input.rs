@@ -5,6 +5,8 @@
 //!   first offset at or after `from` (by message timestamp; from the start if the
 //!   broker cannot look offsets up by time) up to the end of the window or the
 //!   partition's end as of the start, without a consumer group and without committing.
+//!   Exchanges stream to the replay as they are read, put in request time order by a
+//!   bounded buffer ([`WindowInput`], [`super::reorder`]).
 //! - **Consumer group** (`--group`): consumes in batches; a batch's offsets are
 //!   committed only after all its requests were replayed (at-least-once). Several
 //!   replayers with the same group share the partitions. Stops after `idle` without
@@ -20,6 +22,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::input::{Exchange, InputStats, Pairer, PairingWindow};
+use super::reorder::Reorder;
 use crate::record::{parse_value, split_file};
 use crate::sink::kafka::{FORMAT_BATCH, FORMAT_HEADER};
 
@@ -34,6 +37,9 @@ pub struct KafkaInput {
     pub options: Vec<(String, String)>,
     /// Group mode: stop after this long without a new record.
     pub idle: Duration,
+    /// Time window: how long past its request time an exchange waits for earlier ones
+    /// read from other partitions (see [`super::reorder`]).
+    pub reorder_window: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -148,87 +154,173 @@ fn add_records(pairer: &mut Pairer, m: &MessageView<'_>, keep: impl Fn(i64) -> b
     }
 }
 
-/// How often the input's counters are handed to the caller while reading.
+/// How often the input's counters are handed to the caller while reading (group mode).
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
-/// Reads the time window; returns exchanges in capture order. `progress` gets the
-/// counters so far every [`PROGRESS_EVERY`] while reading.
-pub fn read_window(input: &KafkaInput, mut progress: impl FnMut(&InputStats)) -> Result<(Vec<Exchange>, InputStats), KafkaInputError> {
-    let consumer = input.consumer(&format!("capture-replay-window-{}", std::process::id()))?;
-    let md = consumer.fetch_metadata(Some(&input.topic), Duration::from_secs(10)).map_err(input.err("reading metadata"))?;
-    let topic = md
-        .topics()
-        .iter()
-        .find(|t| t.name() == input.topic && t.error().is_none())
-        .ok_or_else(|| KafkaInputError::NoTopic(input.brokers.clone(), input.topic.clone()))?;
-    let mut ends: HashMap<i32, i64> = HashMap::new();
-    let mut tpl = TopicPartitionList::new();
-    for p in topic.partitions() {
-        let (low, high) = consumer
-            .fetch_watermarks(&input.topic, p.id(), Duration::from_secs(10))
-            .map_err(input.err("reading watermarks"))?;
-        if high > low {
-            ends.insert(p.id(), high);
-            tpl.add_partition_offset(&input.topic, p.id(), Offset::Offset(low)).map_err(input.err("assigning"))?;
+/// A time window's exchanges held for ordering, at most (see [`super::reorder`]).
+pub const REORDER_MAX_BYTES: usize = 64 << 20;
+
+/// Past every partition's reported end, reading goes on until this long without a
+/// message: some brokers under-report the high watermark (tansu 0.6 counts batches).
+const QUIET_AT_END: Duration = Duration::from_secs(1);
+
+/// Reading stops after this long without any message even if a partition has not
+/// reached its reported end (its last offsets are transaction markers, or deleted).
+const QUIET_LIMIT: Duration = Duration::from_secs(10);
+
+/// A time window as a stream of exchanges in request time order (within the reorder
+/// window: see [`super::reorder`]), read as they are replayed, so memory stays bounded
+/// whatever the window's size. After the iteration, [`WindowInput::stats`] counts what
+/// was read and [`WindowInput::error`] says if the broker failed mid-way.
+pub struct WindowInput {
+    input: KafkaInput,
+    consumer: BaseConsumer,
+    pairer: Pairer,
+    order: Reorder,
+    /// Per partition, its end offset as of the start, and whether it was reached.
+    ends: HashMap<i32, (i64, bool)>,
+    quiet_since: Option<Instant>,
+    /// Reading is over (the window read, or an error): what is held is drained.
+    read_all: bool,
+    error: Option<KafkaInputError>,
+}
+
+impl WindowInput {
+    /// Looks the window up and assigns its partitions; an error here comes before
+    /// anything is replayed.
+    pub fn open(input: &KafkaInput) -> Result<WindowInput, KafkaInputError> {
+        let consumer = input.consumer(&format!("capture-replay-window-{}", std::process::id()))?;
+        let md = consumer.fetch_metadata(Some(&input.topic), Duration::from_secs(10)).map_err(input.err("reading metadata"))?;
+        let topic = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == input.topic && t.error().is_none())
+            .ok_or_else(|| KafkaInputError::NoTopic(input.brokers.clone(), input.topic.clone()))?;
+        let mut ends: HashMap<i32, (i64, bool)> = HashMap::new();
+        let mut tpl = TopicPartitionList::new();
+        for p in topic.partitions() {
+            let (low, high) = consumer
+                .fetch_watermarks(&input.topic, p.id(), Duration::from_secs(10))
+                .map_err(input.err("reading watermarks"))?;
+            if high > low {
+                ends.insert(p.id(), (high, false));
+                tpl.add_partition_offset(&input.topic, p.id(), Offset::Offset(low)).map_err(input.err("assigning"))?;
+            }
         }
-    }
-    // Start at the window's first offset when the broker can look it up by time.
-    if let Some(from) = input.from_ms {
-        let mut query = TopicPartitionList::new();
-        for &p in ends.keys() {
-            let _ = query.add_partition_offset(&input.topic, p, Offset::Offset(from));
-        }
-        match consumer.offsets_for_times(query, Duration::from_secs(10)) {
-            Ok(found) => {
-                for e in found.elements() {
-                    log::debug!("partition {} starts at {:?} for time {from}", e.partition(), e.offset());
-                    if let Offset::Offset(o) = e.offset() {
-                        let _ = tpl.set_partition_offset(&input.topic, e.partition(), Offset::Offset(o));
+        // Start at the window's first offset when the broker can look it up by time.
+        if let Some(from) = input.from_ms {
+            let mut query = TopicPartitionList::new();
+            for &p in ends.keys() {
+                let _ = query.add_partition_offset(&input.topic, p, Offset::Offset(from));
+            }
+            match consumer.offsets_for_times(query, Duration::from_secs(10)) {
+                Ok(found) => {
+                    for e in found.elements() {
+                        log::debug!("partition {} starts at {:?} for time {from}", e.partition(), e.offset());
+                        if let Offset::Offset(o) = e.offset() {
+                            let _ = tpl.set_partition_offset(&input.topic, e.partition(), Offset::Offset(o));
+                        }
                     }
                 }
+                Err(e) => warn!("kafka://{}/{}: offsets by time not available ({e}); scanning from the start", input.brokers, input.topic),
             }
-            Err(e) => warn!("kafka://{}/{}: offsets by time not available ({e}); scanning from the start", input.brokers, input.topic),
         }
+        consumer.assign(&tpl).map_err(input.err("assigning partitions"))?;
+        let order = Reorder::new(ends.keys().copied(), input.reorder_window, REORDER_MAX_BYTES);
+        Ok(WindowInput {
+            input: input.clone(),
+            consumer,
+            pairer: Pairer::new(PairingWindow::default()),
+            order,
+            read_all: ends.is_empty(),
+            ends,
+            quiet_since: None,
+            error: None,
+        })
     }
-    consumer.assign(&tpl).map_err(input.err("assigning partitions"))?;
-    let mut pairer = Pairer::new(PairingWindow::default());
-    let mut done: HashMap<i32, bool> = ends.keys().map(|&p| (p, false)).collect();
-    let deadline = Instant::now() + Duration::from_secs(600);
-    // Past every partition's reported end, keep reading until a quiet second: some
-    // brokers under-report the high watermark (tansu 0.6 counts batches).
-    let mut quiet_since: Option<Instant> = None;
-    let mut reported = Instant::now();
-    while Instant::now() < deadline {
-        if reported.elapsed() >= PROGRESS_EVERY {
-            progress(&pairer.stats);
-            reported = Instant::now();
+
+    /// The input's counters so far (at the end: of the whole window).
+    pub fn stats(&self) -> InputStats {
+        let mut stats = self.pairer.stats.clone();
+        if self.read_all {
+            stats.parts_incomplete += self.pairer.waiting_parts();
         }
-        if done.values().all(|d| *d) && quiet_since.is_some_and(|t| t.elapsed() >= Duration::from_secs(1)) {
-            break;
-        }
-        let Some(result) = consumer.poll(Duration::from_millis(200)) else {
-            quiet_since.get_or_insert_with(Instant::now);
-            if done.is_empty() {
-                break;
+        stats.late = self.order.stats.late;
+        stats.reorder_full = self.order.stats.forced;
+        stats
+    }
+
+    /// The broker error that ended the input early, if any.
+    pub fn error(&self) -> Option<&KafkaInputError> {
+        self.error.as_ref()
+    }
+
+    /// Polls one message into the pairer; marks the input read when the window is.
+    fn read(&mut self) {
+        let quiet = self.quiet_since.map_or(Duration::ZERO, |t| t.elapsed());
+        let at_ends = self.ends.values().all(|(_, reached)| *reached);
+        if (at_ends && quiet >= QUIET_AT_END) || quiet >= QUIET_LIMIT {
+            if !at_ends {
+                let behind: Vec<i32> = self.ends.iter().filter(|(_, (_, reached))| !reached).map(|(p, _)| *p).collect();
+                warn!("kafka://{}/{}: no message for {QUIET_LIMIT:?}, partitions {behind:?} short of their end offset: the window ends here", self.input.brokers, self.input.topic);
             }
-            continue;
+            self.read_all = true;
+            return;
+        }
+        let Some(result) = self.consumer.poll(Duration::from_millis(200)) else {
+            self.quiet_since.get_or_insert_with(Instant::now);
+            return;
         };
-        quiet_since = None;
-        let msg = result.map_err(input.err("consuming"))?;
+        self.quiet_since = None;
+        let msg = match result {
+            Ok(msg) => msg,
+            Err(e) => {
+                self.error = Some(self.input.err("consuming")(e));
+                self.read_all = true;
+                return;
+            }
+        };
         let p = msg.partition();
-        if msg.offset() + 1 >= ends.get(&p).copied().unwrap_or(0) {
-            done.insert(p, true);
+        if let Some((end, reached)) = self.ends.get_mut(&p) {
+            *reached |= msg.offset() + 1 >= *end;
         }
         // A message's time is its first record's: past the window, so is the rest of
         // the partition (as far as capture order goes); its records are checked one by one.
         let ts = msg.timestamp().to_millis().unwrap_or(0);
-        if input.to_ms.is_some_and(|to| ts > to) {
-            done.insert(p, true);
-            continue;
+        self.order.advance(p, (ts.max(0) as u64).saturating_mul(1_000_000));
+        if self.input.to_ms.is_some_and(|to| ts > to) {
+            if let Some((_, reached)) = self.ends.get_mut(&p) {
+                *reached = true;
+            }
+            return;
         }
-        add(&mut pairer, &msg, |ts_ms| in_window(input, ts_ms));
+        add(&mut self.pairer, &msg, |ts_ms| in_window(&self.input, ts_ms));
     }
-    Ok(pairer.finish())
+}
+
+impl Iterator for WindowInput {
+    type Item = Exchange;
+
+    fn next(&mut self) -> Option<Exchange> {
+        loop {
+            if let Some(exchange) = self.order.pop() {
+                return Some(exchange);
+            }
+            if let Some(exchange) = self.pairer.pop_ready() {
+                self.order.push(exchange);
+                continue;
+            }
+            if self.read_all {
+                // The requests still waiting for a response, then everything held.
+                while let Some(exchange) = self.pairer.pop_any() {
+                    self.order.push(exchange);
+                }
+                self.order.end();
+                return self.order.pop();
+            }
+            self.read();
+        }
+    }
 }
 
 /// What group mode hands its caller.
@@ -408,6 +500,7 @@ mod tests {
             to_ms: Some(2_500),
             options: Vec::new(),
             idle: Duration::ZERO,
+            reorder_window: Duration::ZERO,
         };
         let mut pairer = Pairer::new(PairingWindow::default());
         let m = MessageView { value: &value, format: Some(FORMAT_BATCH.as_bytes()), ts_ms: 1_000, server: None, origin: (0, 7) };

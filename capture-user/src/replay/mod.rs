@@ -15,6 +15,8 @@ mod event_loop;
 pub mod input;
 #[cfg(feature = "kafka")]
 pub mod kafka_input;
+#[cfg(feature = "kafka")]
+mod reorder;
 pub mod request;
 pub mod safety;
 pub mod schedule;
