@@ -162,7 +162,7 @@ mod tests {
     fn ex(ts_s: u64) -> Exchange {
         Exchange {
             id: format!("{ts_s}"),
-            connection: String::new(),
+            connection: "".into(),
             ts_ns: ts_s * S,
             request: vec![b'x'; 100],
             request_cut: None,
