@@ -364,9 +364,13 @@ impl Packs {
     }
 
     /// Every pack (the end of a batch past the wait, a flush, shutdown).
+    /// Every pack, oldest first record first: packs of several connections gathered
+    /// over the same wait keep capture order in their partition as far as packs can.
     pub fn take_all(&mut self) -> Vec<(String, Pack)> {
         self.buffered = 0;
-        self.by_conn.drain().collect()
+        let mut all: Vec<(String, Pack)> = self.by_conn.drain().collect();
+        all.sort_unstable_by_key(|(_, pack)| pack.ts_ns);
+        all
     }
 
     /// Gives a sent pack's buffer back for reuse (a few are kept).
@@ -949,6 +953,20 @@ mod tests {
         assert_eq!((alone.records, alone.ts_ns), (1, 2));
         assert_eq!(split(&alone.value)[0].payload, big);
         assert_eq!(packs.buffered(), 0);
+    }
+
+    /// Packs gathered over one wait left in hash order, so a later connection's records
+    /// could precede an earlier one's in their partition (kernel_controls saw the third
+    /// connection's request first). They leave oldest first record first.
+    #[test]
+    fn packs_of_several_connections_left_out_of_capture_order() {
+        let mut packs = Packs::new(1 << 20);
+        let conns: Vec<String> = (0..50).map(|i| format!("conn-{i}")).collect();
+        for (i, conn) in conns.iter().enumerate() {
+            packs.add(conn, 1000 + i as u64, b"1 a 1 0 len=0\n", b"");
+        }
+        let order: Vec<String> = packs.take_all().into_iter().map(|(c, _)| c).collect();
+        assert_eq!(order, conns);
     }
 
     /// Every record of a batch-format sink is pending until delivered, then counted
