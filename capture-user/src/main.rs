@@ -21,7 +21,7 @@ use capture::export::write_har;
 use capture::output::{parse_size, OutputSpec};
 use capture::policy::ExchangePolicy;
 use capture::redact::{JsonField, RedactConfig, RedactKey};
-use capture::replay::input::{GorInput, InputStats, PairingWindow};
+use capture::replay::input::{GorInput, InputStats, PairingWindow, WholeInput};
 use capture::replay::kafka_input::{consume_group, parse_time, GroupEvent, KafkaInput, WindowInput};
 use capture::replay::request::{RewriteOptions, TargetUrl};
 use capture::replay::safety::{LocalAddresses, ProductionCheck};
@@ -460,10 +460,23 @@ fn note(line: std::fmt::Arguments<'_>) {
 enum Input {
     /// `.gor` files, read as a stream.
     Files(Vec<PathBuf>),
-    /// A Kafka time window (read whole, then in capture order).
+    /// A Kafka time window (streamed through a reorder buffer, in request time order).
     KafkaWindow(KafkaInput),
     /// A Kafka consumer group (live, in batches).
     KafkaGroup(KafkaInput, String),
+}
+
+/// Opens an input that is read to its end: `.gor` files (every one opened first, so a
+/// missing one fails before anything is sent) or a Kafka time window.
+fn open_whole(input: &Input) -> anyhow::Result<Box<dyn WholeInput>> {
+    Ok(match input {
+        Input::Files(paths) => {
+            let paths: Vec<&std::path::Path> = paths.iter().map(PathBuf::as_path).collect();
+            Box::new(GorInput::open(&paths, PairingWindow::default()).context("opening the input")?)
+        }
+        Input::KafkaWindow(kafka) => Box::new(WindowInput::open(kafka)?),
+        Input::KafkaGroup(..) => unreachable!("a consumer group has no end"),
+    })
 }
 
 /// Checks the input flags (usage errors exit 2) and says where records come from.
@@ -673,9 +686,8 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     }
     let mut input_error = None;
     let results = match input {
-        Input::Files(paths) => {
-            let paths: Vec<&std::path::Path> = paths.iter().map(PathBuf::as_path).collect();
-            let mut input = GorInput::open(&paths, PairingWindow::default()).context("opening the input")?;
+        Input::Files(_) | Input::KafkaWindow(_) => {
+            let mut input = open_whole(&input)?;
             let mut requests = 0u64;
             let mut published = std::time::Instant::now();
             let exchanges = std::iter::from_fn(|| {
@@ -689,26 +701,7 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             });
             let results = timed_replay(exchanges, &config, results);
             describe(&input.stats(), requests, &targets);
-            input_error = input.error().map(|e| anyhow::anyhow!("{e}"));
-            publish_input(&input.stats());
-            with_input(results, &input.stats())
-        }
-        Input::KafkaWindow(kafka) => {
-            let mut input = WindowInput::open(&kafka)?;
-            let mut requests = 0u64;
-            let mut published = std::time::Instant::now();
-            let exchanges = std::iter::from_fn(|| {
-                let next = input.next();
-                requests += u64::from(next.is_some());
-                if next.is_none() || published.elapsed() >= INPUT_PROGRESS_EVERY {
-                    publish_input(&input.stats());
-                    published = std::time::Instant::now();
-                }
-                next
-            });
-            let results = timed_replay(exchanges, &config, results);
-            describe(&input.stats(), requests, &targets);
-            input_error = input.error().map(|e| anyhow::anyhow!("{e}"));
+            input_error = input.failure().map(anyhow::Error::msg);
             publish_input(&input.stats());
             with_input(results, &input.stats())
         }
@@ -795,19 +788,10 @@ fn run_export(args: ExportArgs) -> anyhow::Result<ExitCode> {
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
     let (written, stats) = match input {
-        Input::Files(paths) => {
-            let paths: Vec<&std::path::Path> = paths.iter().map(PathBuf::as_path).collect();
-            let mut input = GorInput::open(&paths, PairingWindow::default()).context("opening the input")?;
+        Input::Files(_) | Input::KafkaWindow(_) => {
+            let mut input = open_whole(&input)?;
             let written = write_har(input.by_ref(), &mut out);
-            if let Some(e) = input.error() {
-                anyhow::bail!("{e}");
-            }
-            (written, input.stats())
-        }
-        Input::KafkaWindow(kafka) => {
-            let mut input = WindowInput::open(&kafka)?;
-            let written = write_har(input.by_ref(), &mut out);
-            if let Some(e) = input.error() {
+            if let Some(e) = input.failure() {
                 anyhow::bail!("{e}");
             }
             (written, input.stats())

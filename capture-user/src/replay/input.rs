@@ -517,6 +517,24 @@ impl GorInput {
     }
 }
 
+/// An input read from its start to its end (`.gor` files, a Kafka time window): the
+/// exchanges in order, its counters so far, and what ended it early.
+pub trait WholeInput: Iterator<Item = Exchange> {
+    fn stats(&self) -> InputStats;
+    /// Why the input ended before its end, if it did.
+    fn failure(&self) -> Option<String>;
+}
+
+impl WholeInput for GorInput {
+    fn stats(&self) -> InputStats {
+        GorInput::stats(self)
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.error().map(|e| e.to_string())
+    }
+}
+
 impl Iterator for GorInput {
     type Item = Exchange;
 

@@ -21,7 +21,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::input::{Exchange, InputStats, Pairer, PairingWindow};
+use super::input::{Exchange, InputStats, Pairer, PairingWindow, WholeInput};
 use super::reorder::Reorder;
 use crate::record::{parse_value, split_file};
 use crate::sink::kafka::{FORMAT_BATCH, FORMAT_HEADER};
@@ -295,6 +295,16 @@ impl WindowInput {
             return;
         }
         add(&mut self.pairer, &msg, |ts_ms| in_window(&self.input, ts_ms));
+    }
+}
+
+impl WholeInput for WindowInput {
+    fn stats(&self) -> InputStats {
+        WindowInput::stats(self)
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.error().map(|e| e.to_string())
     }
 }
 
