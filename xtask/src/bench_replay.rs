@@ -70,7 +70,7 @@ impl Variant {
 #[derive(Default, Clone, Debug)]
 struct Run {
     /// Requests per second: wrk's, or the replay phase's (from the first request read
-    /// to the last answer; a Kafka window is read before it).
+    /// to the last answer; a Kafka window streams into it, reading included).
     rps: f64,
     /// Requests sent (wrk: completed), and the whole process's wall time.
     requests: u64,
@@ -386,8 +386,8 @@ fn bench_in(bin: &Path, dir: &Path, opts: &ReplayBenchOptions) -> Result<()> {
         );
     }
     println!(
-        "(replay requests/s: replayed requests over the replay phase, first request read to last answer; a Kafka window is read \
-         before it, see wall s. checked: every replayed request logged by nginx as a 200 with {BODY} B, none counted as an error or \
+        "(replay requests/s: replayed requests over the replay phase, first request read to last answer; a Kafka window streams \
+         into it, so its reading is inside. checked: every replayed request logged by nginx as a 200 with {BODY} B, none counted as an error or \
          skipped, with --compare every answer equal to the captured one; wrk: nginx's log agrees with wrk's count)"
     );
     Ok(())
